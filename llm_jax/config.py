@@ -1,0 +1,286 @@
+"""The base config, the model presets, derived sizes and validation.
+
+Every run is described by one `ml_collections.ConfigDict` with five sections:
+`model`, `data`, `train`, `checkpoint`, `mesh`. `default_config()` holds every
+key with a default that suits a newcomer; experiment files under
+`experiments/configs/` start from it and override a few values, usually by
+naming a model preset (`apply_preset`).
+
+Values that depend on others (head_dim, n_kv_heads, d_ff, the padded vocab)
+are stored as 0 meaning "derive it" and resolved by the helpers below, which
+the model and the FLOP counter both use, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+# Model shapes users know. Each entry overrides `config.model` fields.
+_GPT2 = dict(
+    positions="learned", norm="layernorm", norm_bias=True, norm_position="pre", mlp="gelu",
+    attn_bias=True, mlp_bias=True, tie_embeddings=True, vocab_size=50257, max_seq_len=1024,
+    norm_eps=1e-5, scaled_residual_init=True,
+)
+_LLAMA = dict(
+    positions="rope", norm="rmsnorm", norm_bias=False, norm_position="pre", mlp="swiglu",
+    attn_bias=False, mlp_bias=False, tie_embeddings=False, norm_eps=1e-5,
+    scaled_residual_init=True,
+)
+MODEL_PRESETS: dict[str, dict] = {
+    # GPT-2 (Radford et al. 2019): learned positions, pre-LayerNorm, GELU, tied embeddings.
+    "gpt2-small": dict(_GPT2, d_model=768, n_layers=12, n_heads=12, d_ff=3072),
+    "gpt2-medium": dict(_GPT2, d_model=1024, n_layers=24, n_heads=16, d_ff=4096),
+    "gpt2-large": dict(_GPT2, d_model=1280, n_layers=36, n_heads=20, d_ff=5120),
+    "gpt2-xl": dict(_GPT2, d_model=1600, n_layers=48, n_heads=25, d_ff=6400),
+    # Llama family: RoPE, pre-RMSNorm, SwiGLU, GQA, untied.
+    "llama-tiny": dict(_LLAMA, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192,
+                       vocab_size=512, max_seq_len=256, rope_theta=10000.0),
+    "llama-150m": dict(_LLAMA, d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=2048,
+                       vocab_size=32000, max_seq_len=2048, rope_theta=10000.0),
+    "llama-1b": dict(_LLAMA, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, d_ff=8192,
+                     vocab_size=128256, max_seq_len=8192, rope_theta=500000.0,
+                     tie_embeddings=True),
+    "llama2-7b": dict(_LLAMA, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, d_ff=11008,
+                      vocab_size=32000, max_seq_len=4096, rope_theta=10000.0),
+    "llama3-8b": dict(_LLAMA, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
+                      vocab_size=128256, max_seq_len=8192, rope_theta=500000.0),
+    # The original block (Vaswani et al. 2017, base size) as a decoder-only model:
+    # sinusoidal positions, post-LayerNorm ("Add & Norm"), ReLU, tied, embeddings x sqrt(d).
+    "transformer-2017": dict(
+        positions="sinusoidal", norm="layernorm", norm_bias=True, norm_position="post",
+        mlp="relu", attn_bias=True, mlp_bias=True, tie_embeddings=True, embed_scale=True,
+        d_model=512, n_layers=6, n_heads=8, d_ff=2048, vocab_size=37000, max_seq_len=512,
+        norm_eps=1e-6, scaled_residual_init=False,
+    ),
+    # Tiny shapes for CPU runs and tests.
+    "tiny": dict(d_model=64, n_layers=2, n_heads=4, d_ff=256, vocab_size=512, max_seq_len=256),
+    "gpt2-tiny": dict(_GPT2, d_model=64, n_layers=2, n_heads=4, d_ff=256, vocab_size=512,
+                      max_seq_len=256),
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key of a run, with defaults right for a first run on one CPU."""
+    c = ml_collections.ConfigDict()
+
+    c.model = m = ml_collections.ConfigDict()
+    m.preset = ""               # informative: the MODEL_PRESETS entry this shape came from
+    m.vocab_size = 512          # real tokens; the tokenizer is trained to this size
+    m.vocab_multiple = 128      # embedding rows padded to a multiple of this, for speed
+    m.d_model = 64
+    m.n_layers = 2
+    m.n_heads = 4
+    m.n_kv_heads = 0            # 0: same as n_heads (MHA); 1: MQA; else GQA
+    m.head_dim = 0              # 0: d_model // n_heads
+    m.d_ff = 0                  # 0: 4*d_model (relu/gelu) or 8/3*d_model rounded to 64 (swiglu)
+    m.max_seq_len = 256         # context length: size of learned positions and of the KV cache
+    m.positions = "rope"        # sinusoidal | learned | rope | none
+    m.rope_theta = 10000.0
+    m.norm = "rmsnorm"          # layernorm | rmsnorm
+    m.norm_eps = 1e-6
+    m.norm_bias = False         # LayerNorm bias (ignored by rmsnorm)
+    m.norm_position = "pre"     # pre | post ("Add & Norm")
+    m.mlp = "swiglu"            # relu | gelu | swiglu
+    m.mlp_bias = False
+    m.attn_bias = False
+    m.qk_norm = False
+    m.causal = True             # False: bidirectional (encoder objectives)
+    m.tie_embeddings = False
+    m.embed_scale = False       # multiply token embeddings by sqrt(d_model) (2017 paper)
+    m.init_std = 0.02
+    m.scaled_residual_init = True   # output projections init std / sqrt(2 * n_layers)
+    m.dropout = 0.0
+    m.dtype = "float32"         # compute dtype; bfloat16 on accelerators
+    m.param_dtype = "float32"
+    m.scan_layers = True        # nn.scan over layers: compile time independent of depth
+    m.remat = "none"            # none | full | save_dots
+    m.attention_impl = "auto"   # auto (cudnn on GPU, xla elsewhere) | xla | cudnn
+
+    c.data = d = ml_collections.ConfigDict()
+    d.source = "shakespeare"    # shakespeare | files | hf
+    d.path = ""                 # files: a path or glob (comma-separated for several)
+    d.format = ""               # files: txt | jsonl | parquet | csv ('' = from the extension)
+    d.text_field = "text"       # jsonl/parquet/csv/hf: the column holding the text
+    d.txt_document = "file"     # txt: file (one document per file) | line (one per line)
+    d.hf_name = ""              # hf: dataset name, e.g. roneneldan/TinyStories
+    d.hf_config = ""
+    d.hf_train_split = "train"
+    d.hf_val_split = "validation"
+    d.hf_streaming = False
+    d.hf_max_documents = 0      # 0: all
+    d.val_fraction = 0.01       # files/hf without a val split: share of documents held out
+    d.on_decode_error = "error"  # error | replace (undecodable bytes -> U+FFFD, counted)
+    d.tokenizer_path = ""       # '' trains one on the training split; else a .model file
+    d.tokenizer_type = "bpe"    # bpe | unigram
+    d.tokenizer_max_chars = 20_000_000  # characters of training text fed to SentencePiece
+    d.cache_dir = ""            # '' : $LLM_JAX_CACHE or ~/.cache/llm_jax (shared by a sweep)
+    d.seq_len = 128
+    d.segment_ids = False       # pass document ids so packed documents don't attend across
+    d.num_val_batches = 8
+    d.val_batch_size = 0        # 0: train.batch_size
+
+    c.train = t = ml_collections.ConfigDict()
+    t.steps = 200
+    t.tokens = 0                # >0: a token budget D; steps = tokens // (batch * seq_len)
+    t.batch_size = 16           # global, in sequences
+    t.microbatches = 1          # gradient accumulation inside the step
+    t.lr = 3e-3
+    t.schedule = "cosine"       # cosine | linear | wsd | constant | rsqrt
+    t.warmup_steps = 20
+    t.min_lr_ratio = 0.1
+    t.decay_fraction = 0.2      # wsd: share of steps spent decaying
+    t.b1 = 0.9
+    t.b2 = 0.95
+    t.eps = 1e-8
+    t.weight_decay = 0.1
+    t.decay_embeddings = False
+    t.grad_clip = 1.0           # global-norm clipping; 0 disables
+    t.z_loss = 0.0              # coefficient of log(Z)^2
+    t.log_every = 10
+    t.eval_every = 100
+    t.seed = 0
+    t.compilation_cache_dir = ""  # '' : <cache_dir>/jax_compilation_cache
+
+    c.checkpoint = k = ml_collections.ConfigDict()
+    k.every = 100
+    k.keep = 2
+    k.async_save = True
+
+    c.mesh = h = ml_collections.ConfigDict()
+    h.data = -1                 # -1: all devices left after the others
+    h.fsdp = 1
+    h.tensor = 1
+    h.distributed = "auto"      # auto (TPU pod / SLURM) | on | off
+    return c
+
+
+def apply_preset(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Overwrite `config.model` with the named preset's shape; returns the config."""
+    if name not in MODEL_PRESETS:
+        raise ConfigError(
+            f"unknown model preset {name!r}; choose one of: {', '.join(sorted(MODEL_PRESETS))}"
+        )
+    config.model.update(MODEL_PRESETS[name])
+    config.model.preset = name
+    return config
+
+
+class ConfigError(ValueError):
+    """A config value a user set is wrong; the message names the fix."""
+
+
+# --- derived sizes: the only place they are computed -------------------------------------
+
+
+def n_kv_heads(m: ml_collections.ConfigDict) -> int:
+    """Key/value heads (GQA); equals n_heads when unset."""
+    return m.n_kv_heads or m.n_heads
+
+
+def head_dim(m: ml_collections.ConfigDict) -> int:
+    """Width of one attention head."""
+    return m.head_dim or m.d_model // m.n_heads
+
+
+def d_ff(m: ml_collections.ConfigDict) -> int:
+    """Hidden width of the MLP (per branch for SwiGLU)."""
+    if m.d_ff:
+        return m.d_ff
+    if m.mlp == "swiglu":  # keep the parameter count of a 4*d MLP, rounded for speed
+        return 64 * math.ceil(8 * m.d_model / 3 / 64)
+    return 4 * m.d_model
+
+
+def padded_vocab(m: ml_collections.ConfigDict) -> int:
+    """Embedding rows: vocab_size rounded up to vocab_multiple."""
+    mult = max(1, m.vocab_multiple)
+    return mult * math.ceil(m.vocab_size / mult)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+_CHOICES = {
+    "model.positions": ("sinusoidal", "learned", "rope", "none"),
+    "model.norm": ("layernorm", "rmsnorm"),
+    "model.norm_position": ("pre", "post"),
+    "model.mlp": ("relu", "gelu", "swiglu"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.remat": ("none", "full", "save_dots"),
+    "model.attention_impl": ("auto", "xla", "cudnn"),
+    "data.source": ("shakespeare", "files", "hf"),
+    "data.format": ("", "txt", "jsonl", "parquet", "csv"),
+    "data.txt_document": ("file", "line"),
+    "data.on_decode_error": ("error", "replace"),
+    "data.tokenizer_type": ("bpe", "unigram"),
+    "train.schedule": ("cosine", "linear", "wsd", "constant", "rsqrt"),
+    "mesh.distributed": ("auto", "on", "off"),
+}
+
+_POSITIVE = (
+    "model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads", "model.max_seq_len",
+    "data.seq_len", "data.num_val_batches", "train.batch_size", "train.microbatches",
+    "train.log_every", "train.eval_every", "checkpoint.every", "checkpoint.keep",
+)
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+    section, key = dotted.split(".")
+    return config[section][key]
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Check the config; raise ConfigError naming the key and the fix. Returns the config."""
+    for key, choices in _CHOICES.items():
+        value = _get(config, key)
+        if value not in choices:
+            raise ConfigError(
+                f"config.{key}={value!r} is not one of {choices}; set --config.{key}=<one of them>"
+            )
+    for key in _POSITIVE:
+        if _get(config, key) <= 0:
+            raise ConfigError(f"config.{key} must be > 0 (got {_get(config, key)})")
+    m = config.model
+    if not m.head_dim and m.d_model % m.n_heads:
+        raise ConfigError(
+            f"config.model.d_model={m.d_model} is not divisible by n_heads={m.n_heads}; "
+            "change one of them or set config.model.head_dim"
+        )
+    if m.n_heads % n_kv_heads(m):
+        raise ConfigError(
+            f"config.model.n_heads={m.n_heads} must be a multiple of n_kv_heads={n_kv_heads(m)}"
+        )
+    if m.positions == "rope" and head_dim(m) % 2:
+        raise ConfigError(f"RoPE needs an even head_dim (got {head_dim(m)})")
+    if config.data.seq_len > m.max_seq_len:
+        raise ConfigError(
+            f"config.data.seq_len={config.data.seq_len} exceeds config.model.max_seq_len="
+            f"{m.max_seq_len}; raise max_seq_len or shorten seq_len"
+        )
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"config.model.dropout must be in [0, 1) (got {m.dropout})")
+    t = config.train
+    if t.steps <= 0 and t.tokens <= 0:
+        raise ConfigError("set config.train.steps or config.train.tokens to a positive number")
+    if t.batch_size % t.microbatches:
+        raise ConfigError(
+            f"config.train.batch_size={t.batch_size} is not divisible by "
+            f"microbatches={t.microbatches}"
+        )
+    if t.lr <= 0:
+        raise ConfigError(f"config.train.lr must be > 0 (got {t.lr})")
+    if config.data.source == "files" and not config.data.path:
+        raise ConfigError("config.data.source='files' needs config.data.path (a path or glob)")
+    if config.data.source == "hf" and not config.data.hf_name:
+        raise ConfigError("config.data.source='hf' needs config.data.hf_name (e.g. 'wikitext')")
+    return config
+
+
+def train_steps(config: ml_collections.ConfigDict) -> int:
+    """Optimizer steps of the run: train.steps, or the token budget train.tokens."""
+    t = config.train
+    if t.tokens > 0:
+        return max(1, t.tokens // (t.batch_size * config.data.seq_len))
+    return t.steps
