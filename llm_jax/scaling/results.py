@@ -1,0 +1,167 @@
+"""The sweep directory on disk: trial metrics in, the results table out.
+
+Shared by the runner (which writes the table), the fitter and the plotter
+(which read it), so the layout is defined once:
+
+    DIR/<trial>/metrics.jsonl   written by `llm-jax train`
+    DIR/<trial>/trial.json      the trial's name, overrides and plan (runner)
+    DIR/<trial>/done.json       completion marker (runner, after exit 0 + final metrics)
+    DIR/results.csv             one row per trial
+    DIR/fit.json                the fitted laws, keyed by law
+    DIR/plots/*.png
+
+Nothing here imports JAX.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+RESULTS_CSV = "results.csv"
+FIT_JSON = "fit.json"
+PLOTS_DIR = "plots"
+
+
+# The results table: `name`, then the swept values (one column per overridden config key that
+# varies, e.g. `train.lr`, and `budget` for IsoFLOP trials), then these.
+MEASURED_COLUMNS = [
+    "N", "N_non_embedding", "D", "C", "C_detailed", "steps", "epochs",
+    "loss", "best_loss", "bpb", "train_loss", "wall_s", "status",
+]
+
+
+def swept_columns(rows: list[dict]) -> list[str]:
+    """The swept-value columns of a results table (everything but name and the measured)."""
+    if not rows:
+        return []
+    return [k for k in rows[0] if k != "name" and k not in MEASURED_COLUMNS]
+
+
+class ResultsError(ValueError):
+    """A results table or sweep directory a user pointed at is unusable; the message says why."""
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through a temporary file, so a good file is never half-replaced."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON (NaN/inf become null)."""
+    write_atomic(path, json.dumps(jsonable(obj), indent=1) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; None when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Rows of a metrics.jsonl; a torn last line (a run killed mid-write) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def curve(rows: list[dict], key: str = "train/loss") -> dict[str, list[float]]:
+    """One training curve: `tokens`, `flops` and `loss` (the `key` metric) per logged step.
+
+    A resumed run logs some steps twice; the last row for a step wins.
+    """
+    by_step: dict[int, dict] = {}
+    for row in rows:
+        if key in row and row.get(key) is not None and "step" in row:
+            by_step[int(row["step"])] = row
+    steps = sorted(by_step)
+    return {
+        "step": steps,
+        "tokens": [float(by_step[s].get("tokens", math.nan)) for s in steps],
+        "flops": [float(by_step[s].get("flops", math.nan)) for s in steps],
+        "loss": [float(by_step[s][key]) for s in steps],
+    }
+
+
+def write_results(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:
+    """Atomically write the results table; missing values are left empty."""
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
+    write_atomic(path, buf.getvalue())
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else repr(value)
+    return str(value)
+
+
+def read_results(path: str | os.PathLike) -> list[dict]:
+    """Rows of a results CSV (or of DIR/results.csv), numbers parsed, empty cells None."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_CSV
+    if not path.exists():
+        raise ResultsError(
+            f"{path} does not exist; run `llm-jax sweep SWEEP.py --workdir DIR` "
+            "(or `llm-jax sweep --collect DIR`) first, or pass a CSV with columns N, D, loss"
+        )
+    with open(path, newline="") as f:
+        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _parse_cell(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text in ("True", "False"):
+        return text == "True"
+    return text
+
+
+def trial_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
+    """The trial workdirs of a sweep directory (those holding a trial.json or metrics.jsonl)."""
+    sweep_dir = Path(sweep_dir)
+    return sorted(
+        p for p in sweep_dir.iterdir()
+        if p.is_dir() and ((p / "trial.json").exists() or (p / "metrics.jsonl").exists())
+    )

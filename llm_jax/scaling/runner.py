@@ -1,0 +1,508 @@
+"""The sweep runner: run, resume or launch a sweep's trials; collect, fit and plot.
+
+    llm-jax sweep SWEEP.py --workdir DIR [--parallel K] [--only PATTERN] [--dry-run]
+                  [--launcher local|slurm|tpu]
+    llm-jax sweep --collect DIR
+
+Local: each trial is one subprocess, exactly the command a user would type,
+
+    python -m llm_jax.cli train --config SWEEP.py --workdir DIR/<trial> --config.k=v ...
+
+with its output in DIR/<trial>/train.log. A trial is finished once the process exited 0
+with its final evaluation in metrics.jsonl; the runner then writes DIR/<trial>/done.json.
+Rerunning the command skips finished trials and reruns the others, which resume from
+their checkpoints (the trainer restores them). A crash is recorded in status.json and the
+other trials go on. Ctrl-C (or SIGTERM) stops the trials, which save a checkpoint first.
+
+`--launcher slurm|tpu` writes scripts running the same `llm-jax train` commands instead
+(DIR/sweep.sbatch: a job array; DIR/launch_tpu.sh: one `gcloud ... ssh --worker=all` per
+trial), so results land in the same layout. Such trials have no done.json; collecting
+counts a trial finished when its metrics reach the planned last step with an evaluation.
+
+At the end, and with --collect, DIR/results.csv gets one row per trial, the laws the
+results support are fitted into DIR/fit.json, and the plots are drawn into DIR/plots/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from llm_jax import flops as flops_lib
+from llm_jax.config import ConfigError
+from llm_jax.scaling import fit as fitting
+from llm_jax.scaling import plot as plotting
+from llm_jax.scaling import results as results_io
+from llm_jax.scaling import sweep as sweep_lib
+
+PREEMPTED_EXIT_CODE = 75  # llm_jax.train's "checkpoint saved, rerun to resume" (not imported:
+#                           importing train pulls in JAX, which the runner does not need)
+HEARTBEAT_S = 30.0
+
+
+# --- trial state on disk ------------------------------------------------------------------
+
+
+def train_command(sweep_path: str, workdir: str, trial: sweep_lib.Trial,
+                  launcher: Sequence[str] = ("llm-jax",)) -> list[str]:
+    """The `llm-jax train` command line of a trial."""
+    return [*launcher, "train", "--config", str(sweep_path), "--workdir",
+            str(Path(workdir) / trial.name), *sweep_lib.override_args(trial.overrides)]
+
+
+def _last_row(trial_dir: Path, key: str) -> dict | None:
+    rows = [r for r in results_io.read_metrics(trial_dir / "metrics.jsonl") if key in r]
+    return rows[-1] if rows else None
+
+
+def is_complete(trial_dir: Path, steps: int) -> bool:
+    """The trial's metrics hold an evaluation at its planned last step."""
+    row = _last_row(trial_dir, "val/loss")
+    return row is not None and row["step"] >= steps
+
+
+def trial_status(trial_dir: Path, steps: int | None = None) -> str:
+    """done | failed | stopped | running | incomplete | pending."""
+    if (trial_dir / "done.json").exists():
+        return "done"
+    state = results_io.read_json(trial_dir / "status.json") or {}
+    if steps is None:
+        steps = (results_io.read_json(trial_dir / "trial.json") or {}).get("plan", {}).get("steps")
+    if steps is not None and is_complete(trial_dir, steps) and state.get("status") != "running":
+        return "done"
+    if state.get("status"):
+        return state["status"]
+    return "incomplete" if (trial_dir / "metrics.jsonl").exists() else "pending"
+
+
+def _write_status(trial_dir: Path, status: str, **fields) -> dict:
+    state = results_io.read_json(trial_dir / "status.json") or {"attempts": []}
+    state.update(status=status, **fields)
+    results_io.write_json(trial_dir / "status.json", state)
+    return state
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# --- running locally ----------------------------------------------------------------------
+
+
+class _Running:
+    """A trial subprocess and its bookkeeping."""
+
+    def __init__(self, trial, plan, command, trial_dir: Path, env):
+        self.trial, self.plan, self.dir = trial, plan, trial_dir
+        self.start = time.time()
+        state = _write_status(trial_dir, "running")
+        self.attempt = len(state["attempts"]) + 1
+        self.log = open(trial_dir / "train.log", "a")  # noqa: SIM115 (closed in finish)
+        self.log.write(f"\n=== attempt {self.attempt}: {shlex.join(command)}\n")
+        self.log.flush()
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def progress(self) -> float:
+        row = _last_row(self.dir, "step")
+        return min(1.0, row["step"] / max(1, self.plan["steps"])) if row else 0.0
+
+    def finish(self, rc: int) -> str:
+        """Record the attempt; returns the trial's status."""
+        self.log.close()
+        end = time.time()
+        state = results_io.read_json(self.dir / "status.json") or {"attempts": []}
+        attempts = state["attempts"] + [{"start": self.start, "end": end, "rc": rc}]
+        wall = sum(a["end"] - a["start"] for a in attempts)
+        if rc == 0 and is_complete(self.dir, self.plan["steps"]):
+            _write_status(self.dir, "done", attempts=attempts, wall_s=wall)
+            results_io.write_json(self.dir / "done.json", {"wall_s": wall, "finished": end})
+            return "done"
+        status = "stopped" if rc in (PREEMPTED_EXIT_CODE, -signal.SIGTERM, -signal.SIGINT) else (
+            "failed")
+        error = _tail(self.dir / "train.log") or f"exit code {rc}"
+        if rc == 0:
+            error = "exited 0 without a final evaluation in metrics.jsonl"
+        _write_status(self.dir, status, attempts=attempts, wall_s=wall, error=error, rc=rc)
+        return status
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s")
+
+
+class _Eta:
+    """Seconds per trial as overhead + rate x FLOPs, fitted to the trials finished so far."""
+
+    def __init__(self):
+        self.points: list[tuple[float, float]] = []  # (C, wall seconds)
+
+    def add(self, cost: float, seconds: float) -> None:
+        self.points.append((cost, seconds))
+
+    def seconds(self, cost: float) -> float | None:
+        if not self.points:
+            return None
+        c, s = np.array(self.points).T
+        if len(set(c)) >= 2:
+            rate, overhead = np.polyfit(c, s, 1)
+            if rate > 0 and overhead >= 0:
+                return overhead + rate * cost
+        return float(np.sum(s) / np.sum(c) * cost)
+
+
+def _thread_env(parallel: int) -> dict[str, str]:
+    """Environment for trial processes: split the CPU cores between the parallel trials."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cores = os.cpu_count() or 1
+    if parallel > 1 and env.get("JAX_PLATFORMS", "cpu") == "cpu":
+        threads = max(1, cores // parallel)
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                            f"{'true' if threads > 1 else 'false'} "
+                            f"intra_op_parallelism_threads={threads}").strip()
+    return env
+
+
+def run_local(sweep_path: str, workdir: str, todo: list, parallel: int, total: int,
+              done_before: int) -> dict[str, str]:
+    """Run `todo` [(trial, plan)] with `parallel` at a time; returns name -> final status."""
+    env = _thread_env(parallel)
+    launcher = [sys.executable, "-m", "llm_jax.cli"]
+    queue, running, outcome, eta = list(todo), [], {}, _Eta()
+    last_report = 0.0
+
+    def report(event: str = "") -> None:
+        nonlocal last_report
+        last_report = time.time()
+        done = done_before + sum(s == "done" for s in outcome.values())
+        failed = sum(s == "failed" for s in outcome.values())
+        now = time.time()
+        parts = [f"[sweep] {done}/{total} done" + (f", {failed} failed" if failed else "")]
+        if running:
+            parts.append("running: " + ", ".join(
+                f"{r.trial.name} ({100 * r.progress():.0f}%)" for r in running))
+        left = [eta.seconds(p["C_detailed"]) for _, p in queue]
+        left += [None if (s := eta.seconds(r.plan["C_detailed"])) is None
+                 else max(0.0, s - (now - r.start)) for r in running]
+        if left and all(x is not None for x in left):
+            parts.append(f"ETA {_duration(sum(left) / max(1, min(parallel, len(left))))}")
+        print((event + "\n" if event else "") + " | ".join(parts), flush=True)
+
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                trial, plan = queue.pop(0)
+                command = train_command(sweep_path, workdir, trial, launcher)
+                running.append(_Running(trial, plan, command, Path(workdir) / trial.name, env))
+                report(f"[sweep] start {trial.name} (N={plan['N']:.3g}, "
+                       f"{plan['steps']} steps, C={plan['C_detailed']:.2g} FLOPs)")
+            time.sleep(0.2)
+            for r in [r for r in running if r.proc.poll() is not None]:
+                running.remove(r)
+                status = outcome[r.trial.name] = r.finish(r.proc.returncode)
+                seconds = time.time() - r.start
+                if status == "done":
+                    eta.add(r.plan["C_detailed"], seconds)
+                    msg = f"[sweep] done  {r.trial.name} in {_duration(seconds)}"
+                else:
+                    tail = _tail(r.dir / "train.log", 1)
+                    msg = (f"[sweep] {status.upper()} {r.trial.name} (exit {r.proc.returncode}): "
+                           f"{tail}\n        log: {r.dir / 'train.log'}")
+                report(msg)
+            if running and time.time() - last_report > HEARTBEAT_S:
+                report()
+    except KeyboardInterrupt:
+        print("[sweep] interrupted: stopping the running trials (each saves a checkpoint); "
+              "rerun the same command to resume", flush=True)
+        for r in running:
+            if r.proc.poll() is None:
+                r.proc.send_signal(signal.SIGTERM)
+        for r in running:
+            try:
+                rc = r.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+                rc = r.proc.wait()
+            outcome[r.trial.name] = r.finish(rc)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return outcome
+
+
+# --- cluster scripts ------------------------------------------------------------------------
+
+
+def write_slurm(sweep_path: str, workdir: str, todo: list, parallel: int) -> Path:
+    """DIR/sweep.sbatch: a job array, one task per trial running its `llm-jax train`."""
+    cases = "\n".join(
+        f"  {i}) {shlex.join(train_command(sweep_path, workdir, t))} ;;"
+        for i, (t, _) in enumerate(todo))
+    script = f"""#!/bin/bash
+# The sweep {sweep_path} as a SLURM job array: task i runs trial i. Edit the resources,
+# then:   sbatch {workdir}/sweep.sbatch
+# Resubmitting resumes unfinished trials from their checkpoints (finished ones exit at
+# once); afterwards:   llm-jax sweep --collect {workdir}
+#SBATCH --job-name={Path(sweep_path).stem}
+#SBATCH --array=0-{len(todo) - 1}%{parallel}
+#SBATCH --output={workdir}/slurm-%A_%a.out
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --time=24:00:00
+set -euo pipefail
+cd {shlex.quote(os.getcwd())}
+case "$SLURM_ARRAY_TASK_ID" in
+{cases}
+esac
+"""
+    path = Path(workdir) / "sweep.sbatch"
+    results_io.write_atomic(path, script)
+    return path
+
+
+def write_tpu(sweep_path: str, workdir: str, todo: list) -> Path:
+    """DIR/launch_tpu.sh: per trial, every host of a TPU VM slice runs the same command."""
+    lines = "\n".join(f"run {shlex.quote(shlex.join(train_command(sweep_path, workdir, t)))}"
+                      for t, _ in todo)
+    script = f"""#!/bin/bash
+# The sweep {sweep_path} on a Cloud TPU VM slice, one trial after another; all hosts run
+# the same `llm-jax train` (JAX finds its peers). The repo and its install must be at
+# $REPO_DIR on every host, and the workdir on storage every host can write (a gs://
+# bucket or NFS). Usage:
+#   TPU_NAME=my-v5p-32 ZONE=us-east5-a REPO_DIR='~/llm_jax' bash {workdir}/launch_tpu.sh
+# Rerunning resumes unfinished trials from their checkpoints; afterwards, where the
+# workdir is readable:   llm-jax sweep --collect {workdir}
+set -euo pipefail
+: "${{TPU_NAME:?set TPU_NAME}}" "${{ZONE:?set ZONE}}" "${{REPO_DIR:?set REPO_DIR}}"
+run() {{
+  gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all \\
+    --command="cd $REPO_DIR && $1"
+}}
+{lines}
+"""
+    path = Path(workdir) / "launch_tpu.sh"
+    results_io.write_atomic(path, script)
+    path.chmod(0o755)
+    return path
+
+
+# --- collecting ----------------------------------------------------------------------------
+
+
+def _row(trial_dir: Path) -> dict:
+    """One results row from a trial directory."""
+    info = results_io.read_json(trial_dir / "trial.json") or {}
+    config = results_io.read_json(trial_dir / "config.json")
+    plan = info.get("plan", {})
+    row = {"name": trial_dir.name, **info.get("tags", {}), **info.get("overrides", {})}
+    if config:  # what the trainer ran, not what the sweep planned
+        counts = flops_lib.param_counts(ml_collections.ConfigDict(config["model"]))
+        row.update(N=counts["total"], N_non_embedding=counts["non_embedding"])
+    else:
+        row.update(N=plan.get("N"), N_non_embedding=plan.get("N_non_embedding"))
+    status = trial_status(trial_dir, plan.get("steps"))
+    state = results_io.read_json(trial_dir / "status.json") or {}
+    row.update(status=status, steps=plan.get("steps"), wall_s=state.get("wall_s"))
+    metrics = results_io.read_metrics(trial_dir / "metrics.jsonl")
+    last = metrics[-1] if metrics else None
+    evals = [r for r in metrics if r.get("val/loss") is not None]
+    train = [r for r in metrics if r.get("train/loss") is not None]
+    if last:
+        row.update(D=last["tokens"], C=flops_lib.training_flops(row["N"], last["tokens"]),
+                   C_detailed=last.get("flops"), epochs=last.get("epochs"))
+    if evals:
+        row.update(loss=evals[-1]["val/loss"], bpb=evals[-1].get("val/bpb"),
+                   best_loss=min(r["val/loss"] for r in evals))
+    if train:
+        row["train_loss"] = train[-1]["train/loss"]
+    return row
+
+
+def collect_rows(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
+    """Results rows of every trial directory, and the table's columns."""
+    rows = [_row(d) for d in results_io.trial_dirs(sweep_dir)]
+    if not rows:
+        raise results_io.ResultsError(f"{sweep_dir} holds no trial directories")
+    keys = dict.fromkeys(k for r in rows for k in r if k != "name"
+                         and k not in results_io.MEASURED_COLUMNS)
+    swept = [k for k in keys if len({repr(r.get(k)) for r in rows}) > 1]
+    return rows, ["name", *swept, *results_io.MEASURED_COLUMNS]
+
+
+def _constant(values: np.ndarray) -> bool:
+    return bool(values.max() <= values.min() * 1.01)
+
+
+def fit_sweep(sweep_dir: Path, rows: list[dict], n_boot: int = 100) -> dict:
+    """Every law the finished trials support; `notes` says why others were skipped."""
+    done = [r for r in rows if r["status"] == "done" and r.get("loss") is not None]
+    fits: dict = {"notes": []}
+    if not done:
+        fits["notes"].append("no finished trials to fit")
+        return fits
+    n, d, loss = (np.array([r[k] for r in done], float) for k in ("N", "D", "loss"))
+    attempts = {
+        "isoflop": (lambda: fitting.fit_isoflop(n, d, loss, [r["budget"] for r in done]))
+        if all(r.get("budget") for r in done) else None,
+        "chinchilla": (lambda: fitting.fit_parametric(n, d, loss, n_boot=n_boot))
+        if len(done) >= 5 and not _constant(n) and not _constant(d) else None,
+        "envelope": (lambda: fitting.fit_envelope(plotting.load_curves(sweep_dir, done)))
+        if len(set(n)) >= 2 else None,
+    }
+    kaplan = {}
+    if _constant(d) and len(set(n)) >= 3:
+        kaplan["N"] = lambda: fitting.fit_power_law(n, loss, n_boot=n_boot)
+    if _constant(n) and len(set(d)) >= 3:
+        kaplan["D"] = lambda: fitting.fit_power_law(d, loss, n_boot=n_boot)
+    for law, run in attempts.items():
+        if run is None:
+            continue
+        try:
+            fits[law] = run()
+        except fitting.FitError as err:
+            fits["notes"].append(f"{law}: {err}")
+    if "envelope" in fits:  # Kaplan's L(C): a power law on the compute frontier
+        env = fits["envelope"]["envelope"]
+        kaplan["C"] = lambda: fitting.fit_power_law([p["C"] for p in env],
+                                                    [p["loss"] for p in env], n_boot=n_boot)
+    for key, run in kaplan.items():
+        try:
+            fits.setdefault("kaplan", {})[key] = run()
+        except fitting.FitError as err:
+            fits["notes"].append(f"kaplan L({key}): {err}")
+    return fits
+
+
+def collect(sweep_dir: str | Path, n_boot: int = 100) -> dict:
+    """Write DIR/results.csv and DIR/fit.json, draw DIR/plots/, print the fitted laws."""
+    sweep_dir = Path(sweep_dir)
+    rows, columns = collect_rows(sweep_dir)
+    results_io.write_results(sweep_dir / results_io.RESULTS_CSV, rows, columns)
+    fits = fit_sweep(sweep_dir, rows, n_boot)
+    stored = results_io.read_json(sweep_dir / results_io.FIT_JSON) or {}
+    results_io.write_json(sweep_dir / results_io.FIT_JSON, {**stored, **fits})
+    plots = plotting.plot_sweep(sweep_dir)
+    counts = {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}}
+    print(f"\n[sweep] {sweep_dir}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    titles = {"isoflop": "Chinchilla approach 2 (IsoFLOP parabolas)",
+              "envelope": "Chinchilla approach 1 (training-curve envelope)",
+              "chinchilla": "Chinchilla approach 3 (parametric fit)", "kaplan": "Kaplan"}
+    for law, title in titles.items():
+        if law in fits:
+            print(f"\n{fitting.format_fit(title if law != 'kaplan' else law, fits[law])}")
+    for note in fits["notes"]:
+        print(f"note: {note}")
+    print(f"\nresults: {sweep_dir / results_io.RESULTS_CSV}\nfits:    "
+          f"{sweep_dir / results_io.FIT_JSON}")
+    for path in plots:
+        print(f"plot:    {path}")
+    return {"rows": rows, "fits": fits, "plots": plots}
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def _select(trials: list, only: str | None) -> list:
+    if not only:
+        return trials
+    patterns = only.split(",")
+    return [t for t in trials if any(fnmatch.fnmatchcase(t.name, p) for p in patterns)]
+
+
+def run_sweep(sweep_path: str, workdir: str, *, parallel: int = 1, only: str | None = None,
+              dry_run: bool = False, launcher: str = "local", n_boot: int = 100) -> int:
+    """Run (or plan, or write launch scripts for) a sweep; returns an exit code."""
+    base, trials = sweep_lib.load_sweep(sweep_path)
+    trials = _select(trials, only)
+    if not trials:
+        raise sweep_lib.SweepError(f"--only {only!r} matches no trial of {sweep_path}")
+    planned = [(t, sweep_lib.plan(sweep_lib.apply_overrides(base, t.overrides))) for t in trials]
+    root = Path(workdir)
+    status = {t.name: trial_status(root / t.name, p["steps"]) for t, p in planned}
+    todo = [(t, p) for t, p in planned if status[t.name] != "done"]
+    if dry_run:
+        print(f"{'trial':32s}{'N':>10s}{'steps':>8s}{'tokens':>11s}{'C (FLOPs)':>11s}  status")
+        for t, p in planned:
+            print(f"{t.name:32s}{p['N']:10.3g}{p['steps']:8d}{p['tokens']:11.3g}"
+                  f"{p['C_detailed']:11.3g}  {status[t.name]}")
+        print(f"\n{len(todo)} of {len(planned)} trials to run, e.g.:")
+        print("  " + shlex.join(train_command(sweep_path, workdir, (todo or planned)[0][0])))
+        return 0
+    for t, p in planned:
+        (root / t.name).mkdir(parents=True, exist_ok=True)
+        info = {"name": t.name, "overrides": t.overrides, "tags": t.tags, "plan": p,
+                "command": shlex.join(train_command(sweep_path, workdir, t))}
+        if results_io.read_json(root / t.name / "trial.json") != results_io.jsonable(info):
+            if status[t.name] == "done":
+                print(f"[sweep] warning: {t.name} finished with other settings; kept as is "
+                      "(delete its directory to rerun it)")
+                continue
+            results_io.write_json(root / t.name / "trial.json", info)
+    if launcher != "local":
+        if not todo:
+            print(f"[sweep] all {len(planned)} trials are done")
+            return 0
+        path = (write_slurm(sweep_path, workdir, todo, parallel) if launcher == "slurm"
+                else write_tpu(sweep_path, workdir, todo))
+        print(f"[sweep] wrote {path} for {len(todo)} trials; submit it, then run "
+              f"`llm-jax sweep --collect {workdir}`")
+        return 0
+    print(f"[sweep] {len(planned)} trials, {len(planned) - len(todo)} already done, "
+          f"{len(todo)} to run, {parallel} at a time")
+    outcome = run_local(sweep_path, workdir, todo, parallel, len(planned),
+                        len(planned) - len(todo)) if todo else {}
+    collect(root, n_boot)
+    failed = [name for name, s in outcome.items() if s != "done"]
+    if failed:
+        print(f"[sweep] {len(failed)} trial(s) did not finish: {', '.join(failed)} "
+              "(see their train.log and status.json; rerun the command to retry them)")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """`llm-jax sweep SWEEP.py --workdir DIR [...]` or `llm-jax sweep --collect DIR`."""
+    p = argparse.ArgumentParser(prog=argv[0], description=(
+        "Run a sweep file's trials (one `llm-jax train` each), resuming unfinished ones and "
+        "skipping finished ones; then write DIR/results.csv, fit.json and plots/."))
+    p.add_argument("sweep", nargs="?", help="a sweep file: get_config() and get_sweep()")
+    p.add_argument("--workdir", help="the sweep directory: one subdirectory per trial")
+    p.add_argument("--parallel", type=int, default=1, help="trials run at once (local)")
+    p.add_argument("--only", help="run only trials matching these glob patterns (comma-separated)")
+    p.add_argument("--dry-run", action="store_true", help="list the trials and commands")
+    p.add_argument("--launcher", choices=("local", "slurm", "tpu"), default="local",
+                   help="local: run here; slurm/tpu: write launch scripts into the workdir")
+    p.add_argument("--collect", metavar="DIR", help="only (re)write results, fits and plots")
+    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap refits for intervals")
+    args = p.parse_args(argv[1:])
+    try:
+        if args.collect:
+            collect(args.collect, args.bootstrap)
+            return 0
+        if not args.sweep or not args.workdir:
+            p.error("give a sweep file and --workdir (or --collect DIR)")
+        if args.parallel < 1:
+            p.error("--parallel must be >= 1")
+        return run_sweep(args.sweep, args.workdir, parallel=args.parallel, only=args.only,
+                         dry_run=args.dry_run, launcher=args.launcher, n_boot=args.bootstrap)
+    except (sweep_lib.SweepError, results_io.ResultsError, ConfigError) as err:
+        print(f"llm-jax sweep: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+

@@ -1,0 +1,325 @@
+"""Sweep files and the helpers that build their trials.
+
+A sweep file is a Python file with two functions:
+
+    def get_config():  # the base config, as in experiments/configs/*.py
+        ...
+    def get_sweep():   # the trials: a list of Trial(name, overrides, tags)
+        return sweep.isoflop(get_config(), budgets=[1e17, 1e18], sizes=[...])
+
+Each trial is the base config plus `overrides` ({"model.d_model": 256, ...}), run as
+
+    llm-jax train --config SWEEP.py --workdir DIR/<name> --config.model.d_model=256 ...
+
+`tags` are values reported in the results table that are not config keys (the IsoFLOP
+`budget`). The designs:
+
+- `isoflop(base, budgets, sizes)`: Chinchilla approach 2. For each compute budget C and
+  model size N, D = C / (FLOPs per token) tokens, the schedule length matched to D.
+- `model_sizes(base, sizes, tokens)` (Kaplan L(N)), `data_sizes(base, tokens, size)` (L(D)),
+  `nd_grid(base, sizes, tokens)` (the parametric L(N, D) fit).
+- `ablation(grid, seeds=, lrs=)`: config fields x values x seeds, optionally x learning rates.
+
+Model shapes come from a target parameter count (`shape_for_params`), and learning rate,
+warmup and batch size from `SizeRules`; a sweep file passes its own rules to change them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import math
+import re
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from llm_jax import config as config_lib
+from llm_jax import flops as flops_lib
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One run of a sweep: its directory name, config overrides and reported tags."""
+
+    name: str
+    overrides: dict[str, Any]
+    tags: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class SweepError(ValueError):
+    """A sweep file is malformed; the message names the trial or function to fix."""
+
+
+# --- configs of trials ----------------------------------------------------------------------
+
+
+def apply_overrides(base: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+                    ) -> ml_collections.ConfigDict:
+    """A copy of `base` with dotted-key overrides applied; unknown keys raise SweepError."""
+    config = ml_collections.ConfigDict(base.to_dict())
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        node = config
+        for part in path:
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            raise SweepError(f"override {key!r} is not a config key (see llm_jax/config.py)")
+        node[leaf] = value
+    return config
+
+
+def format_value(value: Any) -> str:
+    """A config value as the command line spells it (`--config.key=<this>`)."""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def override_args(overrides: Mapping[str, Any]) -> list[str]:
+    """`--config.key=value` arguments for `llm-jax train`."""
+    return [f"--config.{k}={format_value(v)}" for k, v in overrides.items()]
+
+
+def _short(x: float) -> str:
+    """1e+11 -> '1e11', 3.2e-3 -> '3.2e-3': compact numbers for trial names."""
+    mantissa, exponent = f"{x:.2g}".split("e") if "e" in f"{x:.2g}" else (f"{x:.2g}", None)
+    return mantissa if exponent is None else f"{mantissa}e{int(exponent)}"
+
+
+# --- shapes and per-size hyperparameters ----------------------------------------------------
+
+
+def _shape_config(base_model: Mapping[str, Any], d_model: int, n_layers: int,
+                  head_dim: int) -> types.SimpleNamespace:
+    # A plain namespace, not a ConfigDict: the shape search counts parameters thousands of
+    # times, and the counting functions only read attributes.
+    return types.SimpleNamespace(**{
+        **base_model, "d_model": d_model, "n_layers": n_layers,
+        "n_heads": d_model // head_dim, "n_kv_heads": 0, "head_dim": 0, "d_ff": 0})
+
+
+def shape_for_params(target: float, base: ml_collections.ConfigDict, *, aspect: float = 64.0,
+                     head_dim: int = 64, tolerance: float = 0.05, count: str = "total",
+                     max_layers: int = 128) -> dict[str, Any]:
+    """A model shape with about `target` parameters, from a fixed depth-to-width family.
+
+    The rule: d_model is a multiple of `head_dim` (so n_heads = d_model / head_dim, plain
+    multi-head attention), d_ff is the config's derived width (4 d_model, or 8/3 d_model for
+    SwiGLU), and the family is d_model = aspect x n_layers. Among the shapes whose
+    parameter count (`count`: "total" or "non_embedding", per llm_jax/flops.py) lies within
+    `tolerance` of the target, the one nearest the family line (in log d_model / n_layers)
+    is chosen; when none is that close (tiny targets, where widths are coarse), the shape
+    nearest the target is. Vocabulary, norms, positions etc. come from `base.model`.
+
+    Returns the `model.*` overrides plus `N` (the actual count), `N_total` and
+    `N_non_embedding`.
+    """
+    base_model = base.model.to_dict()
+    candidates = []
+    for n_layers in range(1, max_layers + 1):
+        def count_at(k: int, n_layers: int = n_layers) -> int:
+            m = _shape_config(base_model, k * head_dim, n_layers, head_dim)
+            return flops_lib.param_counts(m)[count]
+
+        if count_at(1) > target * (1 + tolerance) and candidates:
+            break
+        lo, hi = 1, 2
+        while count_at(hi) < target:  # exponential then binary search: N grows with width
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if count_at(mid) < target else (lo, mid)
+        for k in {lo, hi}:
+            n = count_at(k)
+            candidates.append((abs(math.log(n / target)),
+                               abs(math.log(k * head_dim / n_layers / aspect)), k, n_layers))
+    within = [c for c in candidates if c[0] <= math.log1p(tolerance)]
+    _, _, k, n_layers = (min(within, key=lambda c: c[1]) if within
+                         else min(candidates, key=lambda c: c[0]))
+    m = _shape_config(base_model, k * head_dim, n_layers, head_dim)
+    counts = flops_lib.param_counts(m)
+    return {"model.d_model": m.d_model, "model.n_layers": n_layers, "model.n_heads": m.n_heads,
+            "model.n_kv_heads": 0, "model.head_dim": 0, "model.d_ff": 0,
+            "N": counts[count], "N_total": counts["total"],
+            "N_non_embedding": counts["non_embedding"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeRules:
+    """Per-size hyperparameters; a sweep file passes its own instance to change any.
+
+    - Peak learning rate: lr = lr_ref * (n_ref / N)^lr_exponent, capped at lr_max, N the
+      non-embedding parameter count. The defaults follow GPT-3's table (Brown et al. 2020,
+      table 2.1: 6e-4 at GPT-3 Small, N = 85M non-embedding, falling about as N^-1/3 to
+      175B). `lr_ref=None` keeps config.train.lr for every size.
+    - Warmup: warmup_fraction of the run's steps, at least min_warmup.
+    - Batch: batch_tokens_ref * (N / n_ref)^batch_exponent tokens, rounded to a power of two
+      sequences (GPT-3's batch grows about as N^0.25). `batch_tokens_ref=0` keeps
+      config.train.batch_size.
+    """
+
+    lr_ref: float | None = 6e-4
+    n_ref: float = 8.5e7
+    lr_exponent: float = 1 / 3
+    lr_max: float = 1e-2
+    warmup_fraction: float = 0.05
+    min_warmup: int = 10
+    batch_tokens_ref: int = 0
+    batch_exponent: float = 0.25
+
+    def batch_size(self, config: ml_collections.ConfigDict, n_non_embedding: float) -> int:
+        """Global batch in sequences for a model of this size."""
+        if not self.batch_tokens_ref:
+            return config.train.batch_size
+        tokens = self.batch_tokens_ref * (n_non_embedding / self.n_ref) ** self.batch_exponent
+        return 2 ** max(0, round(math.log2(tokens / config.data.seq_len)))
+
+    def lr(self, config: ml_collections.ConfigDict, n_non_embedding: float) -> float:
+        """Peak learning rate for a model of this size."""
+        if self.lr_ref is None:
+            return config.train.lr
+        return min(self.lr_max, self.lr_ref * (self.n_ref / n_non_embedding) ** self.lr_exponent)
+
+    def warmup(self, steps: int) -> int:
+        """Warmup steps of a run of `steps` steps."""
+        return min(steps, max(self.min_warmup, round(self.warmup_fraction * steps)))
+
+
+def sized_trial(base: ml_collections.ConfigDict, target_n: float, *, tokens: float | None = None,
+                budget: float | None = None, rules: SizeRules = SizeRules(),
+                flops: str = "detailed", evals: int = 4, name_prefix: str = "",
+                **shape_kwargs) -> Trial:
+    """One trial of a size sweep: the shape for `target_n`, trained on `tokens` tokens or on
+    the tokens a FLOP `budget` buys (D = budget / flops_per_token[`flops`]).
+
+    The steps (hence the schedule length) follow D; warmup, lr and batch follow `rules`;
+    evaluation runs `evals` times along the run (the last at the end).
+    """
+    shape = shape_for_params(target_n, base, **shape_kwargs)
+    overrides = {k: v for k, v in shape.items() if k.startswith("model.")}
+    config = apply_overrides(base, overrides)
+    batch = rules.batch_size(config, shape["N_non_embedding"])
+    tokens_per_step = batch * config.data.seq_len
+    if budget is not None:
+        tokens = budget / flops_lib.flops_per_token(config.model, config.data.seq_len)[flops]
+    steps = max(1, round(tokens / tokens_per_step))
+    overrides.update({
+        "train.batch_size": batch, "train.tokens": steps * tokens_per_step,
+        "train.lr": rules.lr(config, shape["N_non_embedding"]),
+        "train.warmup_steps": rules.warmup(steps), "train.eval_every": math.ceil(steps / evals),
+    })
+    d, n_layers = overrides["model.d_model"], overrides["model.n_layers"]
+    tags = {"target_N": target_n}
+    name = f"{name_prefix}d{d}-L{n_layers}"
+    if budget is not None:
+        tags["budget"] = budget
+        name = f"{name_prefix}C{_short(budget)}-d{d}-L{n_layers}"
+    elif tokens is not None:
+        name += f"-D{_short(steps * tokens_per_step)}"
+    return Trial(name, overrides, tags)
+
+
+# --- designs ----------------------------------------------------------------------------------
+
+
+def isoflop(base: ml_collections.ConfigDict, budgets: Sequence[float],
+            sizes: Sequence[float] | Mapping[float, Sequence[float]], **kwargs) -> list[Trial]:
+    """IsoFLOP profiles: every budget C x every size N (or `sizes[C]` when a mapping)."""
+    trials = []
+    for budget in budgets:
+        per_budget = sizes[budget] if isinstance(sizes, Mapping) else sizes
+        trials += [sized_trial(base, n, budget=budget, **kwargs) for n in per_budget]
+    return _unique(trials)
+
+
+def model_sizes(base: ml_collections.ConfigDict, sizes: Sequence[float], tokens: float,
+                **kwargs) -> list[Trial]:
+    """Kaplan L(N): each size trained on the same number of tokens."""
+    return _unique([sized_trial(base, n, tokens=tokens, **kwargs) for n in sizes])
+
+
+def data_sizes(base: ml_collections.ConfigDict, tokens: Sequence[float], size: float,
+               **kwargs) -> list[Trial]:
+    """Kaplan L(D): one size trained on each number of tokens (each with its own schedule)."""
+    return _unique([sized_trial(base, size, tokens=t, **kwargs) for t in tokens])
+
+
+def nd_grid(base: ml_collections.ConfigDict, sizes: Sequence[float], tokens: Sequence[float],
+            **kwargs) -> list[Trial]:
+    """Every size x every token count: the points of the parametric L(N, D) fit."""
+    return _unique([sized_trial(base, n, tokens=t, **kwargs) for n in sizes for t in tokens])
+
+
+def ablation(grid: Mapping[str, Sequence[Any]], *, seeds: Sequence[int] = (0,),
+             lrs: Sequence[float] | None = None, prefix: str = "") -> list[Trial]:
+    """Every combination of the `grid` values (config key -> values) x seeds (x lrs)."""
+    axes = dict(grid)
+    if lrs is not None:
+        axes["train.lr"] = lrs
+    axes["train.seed"] = seeds
+    trials = []
+    for values in itertools.product(*axes.values()):
+        overrides = dict(zip(axes, values, strict=True))
+        parts = [f"{k.split('.')[-1]}={_short(v) if isinstance(v, float) else v}"
+                 for k, v in overrides.items()]
+        trials.append(Trial(prefix + "-".join(parts), overrides))
+    return _unique(trials)
+
+
+def _unique(trials: list[Trial]) -> list[Trial]:
+    seen: dict[str, Trial] = {}
+    for t in trials:
+        if t.name in seen and seen[t.name].overrides != t.overrides:
+            raise SweepError(f"two different trials are both named {t.name!r}; "
+                             "give one a name_prefix")
+        seen[t.name] = t
+    return list(seen.values())
+
+
+# --- loading a sweep file -------------------------------------------------------------------
+
+
+def plan(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """What a trial will cost: N (total, non-embedding), steps, tokens, C (6ND and detailed)."""
+    counts = flops_lib.param_counts(config.model)
+    steps = config_lib.train_steps(config)
+    tokens = steps * config.train.batch_size * config.data.seq_len
+    per_token = flops_lib.flops_per_token(config.model, config.data.seq_len)["detailed"]
+    return {"N": counts["total"], "N_non_embedding": counts["non_embedding"], "steps": steps,
+            "tokens": tokens, "C": flops_lib.training_flops(counts["total"], tokens),
+            "C_detailed": float(per_token * tokens)}
+
+
+def load_sweep(path: str | Path) -> tuple[ml_collections.ConfigDict, list[Trial]]:
+    """Import a sweep file; return its base config and validated trials."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file {path} not found")
+    spec = importlib.util.spec_from_file_location(f"_sweep_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for fn in ("get_config", "get_sweep"):
+        if not callable(getattr(module, fn, None)):
+            raise SweepError(f"{path} has no {fn}() function; a sweep file defines "
+                             "get_config() (the base) and get_sweep() (the trials)")
+    base = module.get_config()
+    trials = [t if isinstance(t, Trial) else Trial(**t) for t in module.get_sweep()]
+    if not trials:
+        raise SweepError(f"{path}: get_sweep() returned no trials")
+    _unique(trials)
+    for t in trials:
+        if not _NAME_OK.match(t.name):
+            raise SweepError(f"trial name {t.name!r} must be letters, digits and ._=+- "
+                             "(it names a directory)")
+        try:
+            config_lib.validate(apply_overrides(base, t.overrides))
+        except config_lib.ConfigError as err:
+            raise SweepError(f"trial {t.name}: {err}") from err
+    return base, trials

@@ -1,0 +1,153 @@
+"""The device mesh, the logical -> mesh axis rules, and shardings for params and batches.
+
+The model names every parameter and activation axis logically (`embed`, `heads`, ...);
+`LOGICAL_RULES` is the one table that maps those names onto the mesh axes
+`('data', 'fsdp', 'tensor')`. Changing the parallelism changes the mesh shape in
+`config.mesh` (or this table), never the model.
+
+Typical use by the trainer:
+    mesh = make_mesh(config.mesh)
+    abstract, shardings = abstract_params(config.model, mesh)
+    params = init_params(config.model, mesh, rng)          # created already sharded
+    batch = jax.device_put(batch, batch_sharding(mesh))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        ...  # jit the step; activation constraints in the model now apply
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Order matters: flax gives each mesh axis to the first rule that claims it within an
+# array, so an activation [batch, length, embed] shards batch over (data, fsdp) and
+# leaves embed whole, while a parameter [embed, heads, kv] (no batch axis) shards its
+# embed rows over fsdp.
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    # Data parallelism: examples split over every replica group, fsdp included (ZeRO-3
+    # shards params over fsdp but still feeds each fsdp shard its own examples).
+    ("batch", ("data", "fsdp")),
+    # Megatron-style tensor parallelism: attention heads, MLP hidden units and vocab
+    # columns split over `tensor`, so each matmul's output (or input) dim is local.
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    # FSDP: parameters' d_model rows split over `fsdp`, gathered just before use.
+    ("embed", "fsdp"),
+    # Replicated: the head width (too small to split), the scanned layer axis (each
+    # step of the scan needs its whole layer), and the sequence (no context parallelism).
+    ("kv", None),
+    ("layers", None),
+    ("length", None),
+)
+
+
+def make_mesh(mesh_cfg: ml_collections.ConfigDict,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh with sizes from `config.mesh`; -1 = the rest.
+
+    Axes are `AxisType.Auto`: Linen's logical sharding needs the compiler to propagate
+    shardings, which an Explicit-axes mesh forbids.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [int(mesh_cfg[axis]) for axis in MESH_AXES]
+    named = ", ".join(f"mesh.{a}={s}" for a, s in zip(MESH_AXES, sizes, strict=True))
+    if sizes.count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1 ({named}); set the others")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh sizes must be positive or -1 ({named})")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices cannot be split as {named}: "
+                             f"{len(devices)} is not a multiple of {known}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(f"{named} needs {math.prod(sizes)} devices but {len(devices)} are "
+                         "available; make the product match or set one axis to -1")
+    return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    # A dimension that the mesh axes do not divide (25 heads on tensor=2, one MQA kv
+    # head) stays replicated instead of failing: correct, merely less sharded.
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)),
+                         strict=True):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        fitted.append(axes if dim % math.prod(mesh.shape[a] for a in names) == 0 else None)
+    return PartitionSpec(*fitted)
+
+
+def _is_boxed(x: Any) -> bool:
+    return isinstance(x, nn.LogicallyPartitioned)
+
+
+def _is_spec(x: Any) -> bool:
+    return isinstance(x, PartitionSpec)
+
+
+def logical_to_sharding(mesh: Mesh, logical_tree: Any, shapes: Any = None,
+                        rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> Any:
+    """NamedShardings for a tree of logical PartitionSpecs or of boxed params.
+
+    Boxed (LogicallyPartitioned) leaves carry their own shapes; for a tree of specs pass
+    `shapes` (matching arrays or ShapeDtypeStructs). Where a shape is known, a dimension
+    the mesh axes do not divide is replicated.
+    """
+    if any(_is_boxed(x) for x in jax.tree.leaves(logical_tree, is_leaf=_is_boxed)):
+        shapes = nn.meta.unbox(logical_tree)
+        logical_tree = nn.get_partition_spec(logical_tree)
+    mesh_specs = nn.logical_to_mesh(logical_tree, rules)
+    if shapes is not None:
+        mesh_specs = jax.tree.map(lambda s, a: _fit_spec(s, a.shape, mesh), mesh_specs,
+                                  shapes, is_leaf=_is_spec)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), mesh_specs, is_leaf=_is_spec)
+
+
+def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES
+                   ) -> NamedSharding:
+    """Sharding of an int [batch, length] array (tokens, targets, segment ids)."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", "length"), rules))
+
+
+def _init_fn(model_cfg: ml_collections.ConfigDict, seq_len: int):
+    # Local import: model imports config only, sharding stays importable without it.
+    from llm_jax.model import Transformer
+
+    model = Transformer(config=model_cfg)
+    # Batch 1 and a short length suffice: parameter shapes do not depend on them.
+    tokens_BxL = jnp.zeros((1, seq_len), jnp.int32)
+    return lambda rng: model.init(rng, tokens_BxL)["params"]
+
+
+def abstract_params(model_cfg: ml_collections.ConfigDict, mesh: Mesh, seq_len: int = 8
+                    ) -> tuple[Any, Any]:
+    """(ShapeDtypeStruct tree of the unboxed params, matching NamedSharding tree).
+
+    No memory is used (jax.eval_shape): training, TPU planning and checkpoint restore
+    all take their param shapes and shardings from here.
+    """
+    boxed = jax.eval_shape(_init_fn(model_cfg, seq_len), jax.random.key(0))
+    shardings = logical_to_sharding(mesh, boxed)
+    return nn.meta.unbox(boxed), shardings
+
+
+def init_params(model_cfg: ml_collections.ConfigDict, mesh: Mesh, rng: jax.Array,
+                seq_len: int = 8) -> Any:
+    """Freshly initialised (unboxed) params, created directly in their sharded layout."""
+    _, shardings = abstract_params(model_cfg, mesh, seq_len)
+    init = _init_fn(model_cfg, seq_len)
+    with jax.set_mesh(mesh):
+        return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)

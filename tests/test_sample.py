@@ -1,0 +1,278 @@
+"""Sampling: the filters' distributions, KV-cache decoding against full forwards, stopping."""
+
+import functools
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llm_jax import config as cfg
+from llm_jax import sample
+from llm_jax.model import Transformer, init_cache
+from llm_jax.sample import SamplingConfig
+
+VOCAB = 8  # real tokens of the small-vocabulary tests; 8 more columns are padding
+DRAWS = 40_000
+
+
+def _draw(logits_V: np.ndarray, sampling: SamplingConfig, draws: int = DRAWS) -> np.ndarray:
+    """`draws` independent tokens from one row of logits, with the library's sampler."""
+    keys_B = jax.random.split(jax.random.key(0), draws)
+    logits_BxV = jnp.broadcast_to(jnp.asarray(logits_V), (draws, logits_V.shape[0]))
+    return np.asarray(jax.jit(sample.sample_tokens, static_argnums=(2, 3))(
+        keys_B, logits_BxV, sampling, VOCAB))
+
+
+def _reference_probs(logits_V: np.ndarray, temperature: float, top_k: int, top_p: float):
+    """The distribution the sampler should draw from, computed independently in numpy."""
+    z = np.asarray(logits_V[:VOCAB], np.float64) / temperature
+    order = np.argsort(-z)
+    keep = np.zeros(VOCAB, bool)
+    keep[order[: top_k or VOCAB]] = True
+    probs = np.where(keep, np.exp(z - z.max()), 0.0)
+    probs /= probs.sum()
+    if top_p < 1.0:  # smallest prefix of the ranking whose mass reaches top_p
+        cumulative = np.cumsum(probs[order])
+        n_kept = int(np.searchsorted(cumulative, top_p) + 1)
+        keep = np.zeros(VOCAB, bool)
+        keep[order[:n_kept]] = True
+        probs = np.where(keep, probs, 0.0) / probs[keep].sum()
+    return probs
+
+
+def _small_logits() -> np.ndarray:
+    logits_V = np.full(2 * VOCAB, -1e9, np.float32)  # padding columns, as the model writes them
+    logits_V[:VOCAB] = [2.0, 1.5, 1.1, 0.7, 0.2, -0.4, -1.0, -2.0]
+    return logits_V
+
+
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p",
+    [(1.0, 0, 1.0), (0.6, 0, 1.0), (1.7, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.8),
+     (1.3, 5, 0.9)],
+)
+def test_frequencies_match_the_filtered_softmax(temperature, top_k, top_p):
+    """Tolerance: every token's frequency within 5 standard errors of its probability (a false
+    failure has probability < 1e-5 per test), and filtered-out tokens are never drawn."""
+    logits_V = _small_logits()
+    tokens = _draw(logits_V, SamplingConfig(temperature, top_k, top_p))
+    freq = np.bincount(tokens, minlength=2 * VOCAB) / DRAWS
+    probs = _reference_probs(logits_V, temperature, top_k, top_p)
+    assert freq[VOCAB:].sum() == 0.0
+    stderr = np.sqrt(probs * (1 - probs) / DRAWS)
+    np.testing.assert_array_less(np.abs(freq[:VOCAB] - probs), 5 * stderr + 1e-12)
+
+
+def test_top_k_draws_only_the_k_most_likely():
+    logits_BxV = jax.random.normal(jax.random.key(1), (4, 64)) * 3
+    k = 5
+    keys_B = jax.random.split(jax.random.key(2), 4 * 2000).reshape(4, 2000)
+    draw = jax.vmap(lambda keys, logits: sample.sample_tokens(
+        keys, jnp.broadcast_to(logits, (2000, 64)), SamplingConfig(top_k=k), 64))
+    tokens_BxN = np.asarray(draw(keys_B, logits_BxV))
+    for row in range(4):
+        top_k = set(np.argsort(-np.asarray(logits_BxV[row]))[:k].tolist())
+        assert set(tokens_BxN[row].tolist()) == top_k  # inside, and all of it reachable
+
+
+def test_top_p_draws_only_inside_the_nucleus():
+    logits_V = np.asarray(jax.random.normal(jax.random.key(3), (VOCAB,)), np.float32) * 2
+    probs = _reference_probs(logits_V, 1.0, 0, 1.0)
+    order = np.argsort(-probs)
+    nucleus = set(order[: np.searchsorted(np.cumsum(probs[order]), 0.7) + 1].tolist())
+    assert 1 < len(nucleus) < VOCAB  # the check below means something
+    tokens = _draw(logits_V, SamplingConfig(top_p=0.7), draws=5000)
+    assert set(tokens.tolist()) == nucleus
+
+
+def test_padding_columns_are_never_picked_even_if_largest():
+    logits_BxV = jnp.zeros((3, 2 * VOCAB)).at[:, VOCAB:].set(50.0).at[:, 2].set(1.0)
+    keys_B = jax.random.split(jax.random.key(0), 3)
+    for sampling in [SamplingConfig(temperature=0.0), SamplingConfig(), SamplingConfig(top_k=2),
+                     SamplingConfig(top_p=0.5)]:
+        tokens_B = np.asarray(sample.sample_tokens(keys_B, logits_BxV, sampling, VOCAB))
+        assert (tokens_B < VOCAB).all(), sampling
+    greedy = sample.sample_tokens(keys_B, logits_BxV, SamplingConfig(temperature=0.0), VOCAB)
+    assert np.asarray(greedy).tolist() == [2, 2, 2]
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=-1.0), dict(top_k=-2), dict(top_p=0.0),
+                                    dict(top_p=1.5)])
+def test_bad_sampling_settings_are_refused(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        SamplingConfig(**kwargs)
+
+
+def test_prompt_longer_than_the_context():
+    with pytest.raises(sample.PromptTooLongError, match="truncate"):
+        sample.fit_prompt(list(range(30)), max_seq_len=32, max_new_tokens=8)
+    with pytest.warns(UserWarning, match="truncated from the left: 30 -> 24"):
+        kept = sample.fit_prompt(list(range(30)), max_seq_len=32, max_new_tokens=8, truncate=True)
+    assert kept == list(range(6, 30))
+    with pytest.raises(sample.PromptTooLongError, match="fewer than 32"):
+        sample.fit_prompt([1], max_seq_len=32, max_new_tokens=32)
+
+
+# --- with a tiny model ------------------------------------------------------------------------
+
+
+def _tiny(**overrides):
+    m = cfg.default_config().model
+    m.update(d_model=32, n_layers=2, n_heads=4, vocab_size=61, vocab_multiple=32, max_seq_len=32)
+    m.update(overrides)
+    variables = Transformer(config=m).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    return m, nn.unbox(variables)["params"]
+
+
+PROMPTS = [[5, 9, 2, 33, 7, 1, 40], [12, 3], [60, 8, 8, 19]]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(positions="learned"), dict(positions="sinusoidal", n_kv_heads=1),
+     dict(positions="rope", n_kv_heads=2)],
+    ids=["learned-mha", "sinusoidal-mqa", "rope-gqa"],
+)
+def test_cached_logits_equal_full_forward(overrides):
+    """A left-padded batch: prefill the prompts, then feed 5 more tokens one at a time; each
+    row's logits equal those of a full forward over that row alone, at every position."""
+    m, params = _tiny(**overrides)
+    model = Transformer(config=m)
+    continuation_BxT = np.array([[3, 4, 5, 6, 7], [50, 1, 2, 2, 9], [0, 11, 22, 33, 44]])
+    tokens_BxL, lengths_B = sample.left_pad(PROMPTS)
+    positions_BxL, segment_ids_BxL = sample.left_pad_layout(lengths_B, tokens_BxL.shape[1])
+    decode = jax.jit(functools.partial(model.apply, decode=True, mutable=["cache"]))
+    cache = init_cache(m, len(PROMPTS), tokens_BxL.shape[1] + continuation_BxT.shape[1])
+    logits, variables = decode({"params": params, "cache": cache}, tokens_BxL,
+                               positions_BxL=positions_BxL, segment_ids_BxL=segment_ids_BxL)
+    cached = [logits]
+    for t in range(continuation_BxT.shape[1]):
+        logits, variables = decode(
+            {"params": params, "cache": variables["cache"]}, continuation_BxT[:, t : t + 1],
+            positions_BxL=(lengths_B + t)[:, None], segment_ids_BxL=np.ones((3, 1), np.int32))
+        cached.append(logits)
+    cached_BxLxV = np.asarray(jnp.concatenate(cached, axis=1))
+
+    # The full forwards: each row alone from position 0, right-padded (causal attention keeps
+    # the padding out of the real positions) so that one compiled program serves all rows.
+    sequences = [p + c for p, c in zip(PROMPTS, continuation_BxT.tolist(), strict=True)]
+    right_padded_BxL = sample.left_pad([s[::-1] for s in sequences])[0][:, ::-1]
+    full_BxLxV = np.asarray(jax.jit(model.apply)({"params": params}, right_padded_BxL))
+    for row, sequence in enumerate(sequences):
+        pad = tokens_BxL.shape[1] - len(PROMPTS[row])
+        np.testing.assert_allclose(cached_BxLxV[row, pad:, : m.vocab_size],
+                                   full_BxLxV[row, : len(sequence), : m.vocab_size],
+                                   atol=2e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def rope_gqa():
+    return _tiny(positions="rope", n_kv_heads=2)
+
+
+def _greedy(m, params, prompts, eos_id=None, max_new_tokens=8):
+    sampler = sample.Sampler(m, SamplingConfig(temperature=0.0), eos_id)
+    keys_B = sample.row_keys(0, range(len(prompts)), [0] * len(prompts))
+    *_, out = sampler.stream(params, prompts, keys_B, max_new_tokens)
+    return out
+
+
+def test_greedy_is_the_argmax_of_a_full_forward_and_deterministic(rope_gqa):
+    m, params = rope_gqa
+    out = _greedy(m, params, PROMPTS)
+    assert out == _greedy(m, params, PROMPTS)
+    full = jax.jit(Transformer(config=m).apply)
+    for prompt, new in zip(PROMPTS, out, strict=True):
+        assert len(new) == 8
+        logits_LxV = np.asarray(full({"params": params}, np.array([prompt + new])))[0]
+        chosen = logits_LxV[np.arange(len(prompt) - 1, len(prompt) + 7), new]
+        best = logits_LxV[len(prompt) - 1 : -1].max(axis=-1)  # ties are harmless: up to 1e-5
+        np.testing.assert_allclose(chosen, best, atol=1e-5)
+        assert (np.argmax(logits_LxV[len(prompt) - 1 : -1], -1) == new).mean() > 0.8
+
+
+def test_rows_stop_independently_at_eos(rope_gqa):
+    m, params = rope_gqa
+    free = _greedy(m, params, PROMPTS)
+    eos = free[0][2]  # row 0's third token becomes the end of sequence
+    stopped = _greedy(m, params, PROMPTS, eos_id=eos)
+    for free_row, row in zip(free, stopped, strict=True):
+        expected = free_row[: free_row.index(eos)] if eos in free_row else free_row
+        assert row == expected
+    assert len(stopped[0]) == free[0].index(eos) <= 2
+    assert any(len(row) == 8 for row in stopped)  # at least one row ran on: the stop is per row
+
+
+def test_padding_does_not_change_a_sampled_continuation(rope_gqa):
+    """The short prompt (5 padding tokens in the batch) continues as it does alone, sampling
+    included, since each row's randomness depends only on (seed, prompt, sample)."""
+    m, params = rope_gqa
+    sampling = SamplingConfig(temperature=1.0, top_k=20, top_p=0.95)
+    together = sample.generate(params, m, PROMPTS, max_new_tokens=10, sampling=sampling, seed=3,
+                               num_samples=2)
+    alone = sample.Sampler(m, sampling, eos_id=None).stream(
+        params, [PROMPTS[1]] * 2, sample.row_keys(3, [1, 1], [0, 1]), 10)
+    assert list(alone)[-1] == together[1]
+    assert together[1][0] != together[1][1]
+
+
+def test_seed_and_samples(rope_gqa):
+    m, params = rope_gqa
+    run = functools.partial(sample.generate, params, m, PROMPTS[:2], max_new_tokens=12,
+                            sampling=SamplingConfig(temperature=1.5), num_samples=3)
+    first = run(seed=0)
+    assert first == run(seed=0)
+    assert first != run(seed=1)
+    assert len(first) == 2 and all(len(samples) == 3 for samples in first)
+    assert len({tuple(s) for s in first[0]}) == 3  # the samples of one prompt differ
+
+
+def test_streaming_yields_growing_prefixes_of_the_same_result(rope_gqa):
+    m, params = rope_gqa
+    sampler = sample.Sampler(m, SamplingConfig(temperature=1.0), eos_id=None)
+    keys_B = sample.row_keys(7, [0, 1], [0, 0])
+    chunks = list(sampler.stream(params, PROMPTS[:2], keys_B, 11, chunk_size=4))
+    *_, whole = sampler.stream(params, PROMPTS[:2], keys_B, 11)
+    assert [len(c[0]) for c in chunks] == [4, 8, 11]
+    assert chunks[-1] == whole
+    for earlier, later in zip(chunks, chunks[1:], strict=False):
+        assert all(later[r][: len(earlier[r])] == earlier[r] for r in range(2))
+
+
+def test_generate_refuses_a_prompt_that_does_not_fit(rope_gqa):
+    m, params = rope_gqa
+    with pytest.raises(sample.PromptTooLongError, match="at most 22 fit"):
+        sample.generate(params, m, [list(range(25))], max_new_tokens=10)
+
+
+def test_llm_jax_generate_prints_samples_of_a_trained_workdir(tmp_path, capsys):
+    """Train the tiny config for 2 steps with `llm-jax train`, then sample from its workdir:
+    batched (not a terminal) and streamed output hold the same text."""
+    from llm_jax import cli
+
+    config_file = Path(__file__).parents[1] / "experiments" / "configs" / "shakespeare_tiny.py"
+    workdir = str(tmp_path / "run")
+    assert cli.run(["train", f"--config={config_file}", f"--workdir={workdir}",
+                    "--config.train.steps=2", "--config.train.batch_size=8",
+                    "--config.checkpoint.every=2", "--config.train.eval_every=2",
+                    "--config.data.num_val_batches=1"]) == 0
+    args = ["generate", "--workdir", workdir, "--prompt", "ROMEO:", "--prompt", "JULIET:\nO",
+            "--max-new-tokens", "12", "--num-samples", "2", "--seed", "1"]
+    capsys.readouterr()
+    assert cli.run(args) == 0  # captured stdout is not a terminal: one batch
+    batched = capsys.readouterr().out
+    assert cli.run([*args, "--stream"]) == 0
+    assert capsys.readouterr().out == batched
+
+    blocks = batched.split("--- prompt ")[1:]
+    assert [b.split(" ---\n")[0] for b in blocks] == [
+        "1, sample 1", "1, sample 2", "2, sample 1", "2, sample 2"]
+    texts = [b.split(" ---\n", 1)[1] for b in blocks]
+    prompts = ["ROMEO:", "ROMEO:", "JULIET:\nO", "JULIET:\nO"]
+    assert all(t.startswith(p) for t, p in zip(texts, prompts, strict=True))
+    continuations = [t[len(p) :].strip() for t, p in zip(texts, prompts, strict=True)]
+    assert sum(bool(c) for c in continuations) >= 3  # the model wrote text
+    assert continuations[0] != continuations[1]  # two samples, not one printed twice

@@ -1,0 +1,139 @@
+"""Scaling-law fits recover the parameters of synthetic data drawn from known laws."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from llm_jax.scaling import fit
+
+# Hoffmann et al. (2022)'s fitted law: the ground truth of the synthetic data.
+TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+TRUE_A = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])   # N_opt ∝ C^a
+TRUE_B = TRUE["alpha"] / (TRUE["alpha"] + TRUE["beta"])   # D_opt ∝ C^b
+
+
+def law(n, d):
+    return TRUE["E"] + TRUE["A"] / np.asarray(n) ** TRUE["alpha"] + TRUE["B"] / np.asarray(
+        d) ** TRUE["beta"]
+
+
+def grid_points(noise=0.002, seed=0):
+    rng = np.random.default_rng(seed)
+    n, d = (a.ravel() for a in np.meshgrid(np.logspace(6.5, 10.5, 9), np.logspace(8, 12.5, 9)))
+    return n, d, law(n, d) * np.exp(rng.normal(0, noise, n.size))
+
+
+def isoflop_points(budgets, spread=8.0, sizes=9, noise=0.0005, seed=0):
+    """IsoFLOP profiles centred on the true optimum of each budget."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in budgets:
+        n_opt = fit.compute_optimal(TRUE, c)["N_opt"]
+        for n in n_opt * np.logspace(-np.log10(spread), np.log10(spread), sizes):
+            d = c / (6 * n)
+            rows.append((n, d, law(n, d) * np.exp(rng.normal(0, noise)), c))
+    return (np.array(col) for col in zip(*rows, strict=True))
+
+
+def test_parametric_fit_recovers_the_law():
+    n, d, loss = grid_points()
+    got = fit.fit_parametric(n, d, loss, n_boot=8)
+    for key in ("E", "alpha", "beta"):
+        assert got[key] == pytest.approx(TRUE[key], rel=0.03), key
+    assert got["a"] == pytest.approx(TRUE_A, abs=0.02)
+    assert got["b"] == pytest.approx(1 - got["a"])
+    lo, hi = got["ci"]["alpha"]
+    assert lo <= got["alpha"] <= hi and hi - lo < 0.1
+    # The frontier satisfies C = 6 N D at every budget.
+    for p in got["frontier"]:
+        assert 6 * p["N_opt"] * p["D_opt"] == pytest.approx(p["C"], rel=1e-9)
+
+
+def test_power_law_recovers_exponent_and_floor():
+    rng = np.random.default_rng(1)
+    x = np.logspace(5, 9, 12)
+    loss = (2.0 + 60.0 / x**0.3) * np.exp(rng.normal(0, 0.001, x.size))
+    got = fit.fit_power_law(x, loss, n_boot=5)
+    assert got["alpha"] == pytest.approx(0.3, rel=0.05)
+    assert got["E"] == pytest.approx(2.0, rel=0.02)
+
+
+def test_isoflop_recovers_exponents_and_drops_edge_budgets():
+    n, d, loss, budget = isoflop_points([1e18, 1e19, 1e20, 1e21])
+    # One more budget whose sizes all lie below its optimum: its minimum is at the edge.
+    c_edge = 1e22
+    n_edge = fit.compute_optimal(TRUE, c_edge)["N_opt"] * np.logspace(-3, -1, 5)
+    d_edge = c_edge / (6 * n_edge)
+    got = fit.fit_isoflop(np.r_[n, n_edge], np.r_[d, d_edge], np.r_[loss, law(n_edge, d_edge)],
+                          np.r_[budget, np.full(5, c_edge)])
+    assert got["a"] == pytest.approx(TRUE_A, abs=0.02)
+    assert got["b"] == pytest.approx(TRUE_B, abs=0.02)
+    kept = {b["C"]: b["kept"] for b in got["budgets"]}
+    assert kept == {1e18: True, 1e19: True, 1e20: True, 1e21: True, 1e22: False}
+    assert len(got["notes"]) == 1 and "largest model" in got["notes"][0]
+
+
+def test_isoflop_needs_two_usable_budgets():
+    n, d, loss, budget = isoflop_points([1e19])
+    got = fit.fit_isoflop(n, d, loss, budget)
+    assert got["a"] is None and "need at least 2" in got["notes"][-1]
+
+
+def test_envelope_of_training_curves_recovers_exponents():
+    curves = []
+    for n in np.logspace(7, 10, 16):
+        d = np.logspace(8, 12.5, 200)
+        curves.append({"N": n, "tokens": d, "flops": 6 * n * d, "loss": law(n, d)})
+    got = fit.fit_envelope(curves, smooth=1)
+    assert got["a"] == pytest.approx(TRUE_A, abs=0.06)
+    assert got["b"] == pytest.approx(TRUE_B, abs=0.06)
+    assert all(p["loss"] <= law(p["N"], p["D"]) + 1e-9 for p in got["envelope"])
+
+
+def test_group_budgets_merges_near_equal_compute():
+    labels = fit.group_budgets([1e18, 1.02e18, 0.99e18, 1e19, 1.01e19])
+    assert len(set(labels)) == 2 and labels[0] == labels[1] == labels[2]
+
+
+def _write_csv(path, n, d, loss):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["N", "D", "loss"])
+        w.writerows(zip(n, d, loss, strict=True))
+
+
+def test_fit_command_json_has_the_chinchilla_keys(tmp_path, capsys):
+    n, d, loss = grid_points()
+    _write_csv(tmp_path / "points.csv", n, d, loss)
+    assert fit.main(["llm-jax fit", str(tmp_path / "points.csv"), "--json",
+                     "--bootstrap", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"E", "A", "B", "alpha", "beta", "a", "b"} <= set(out)
+    assert out["alpha"] == pytest.approx(TRUE["alpha"], rel=0.05)
+    stored = json.loads((tmp_path / "fit.json").read_text())
+    assert stored["chinchilla"]["beta"] == pytest.approx(out["beta"])
+
+
+def test_fit_command_isoflop_table_and_kaplan(tmp_path, capsys):
+    n, d, loss, budget = isoflop_points([1e18, 1e19, 1e20])
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "budget", "N", "D", "loss", "status"])
+        w.writerows((f"t{i}", *row, "done") for i, row in enumerate(zip(budget, n, d, loss,
+                                                                          strict=True)))
+    assert fit.main(["llm-jax fit", str(tmp_path), "--law", "isoflop"]) == 0
+    text = capsys.readouterr().out
+    assert "a " in text and "budget C=1e+19" in text
+    assert fit.main(["llm-jax fit", str(tmp_path), "--law", "kaplan", "--json",
+                     "--bootstrap", "2"]) == 0
+    kaplan = json.loads(capsys.readouterr().out)
+    assert set(kaplan) == {"N", "D"} and "alpha" in kaplan["N"]
+    assert set(json.loads((tmp_path / "fit.json").read_text())) == {"isoflop", "kaplan"}
+
+
+def test_fit_command_names_missing_columns(tmp_path, capsys):
+    (tmp_path / "bad.csv").write_text("N,tokens,loss\n1,2,3\n")
+    assert fit.main(["llm-jax fit", str(tmp_path / "bad.csv")]) == 2
+    assert "no column(s) D" in capsys.readouterr().err
