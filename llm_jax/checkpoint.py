@@ -61,7 +61,13 @@ class Checkpointer:
             save_interval_steps=every, max_to_keep=keep, create=not read_only,
             enable_async_checkpointing=async_save, read_only=read_only,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._options = options
+        self._manager = self._make_manager(ocp.StandardCheckpointHandler())
+
+    def _make_manager(self, state_handler) -> ocp.CheckpointManager:
+        handlers = {"state": state_handler, "meta": ocp.JsonCheckpointHandler()}
+        return ocp.CheckpointManager(self.directory, options=self._options,
+                                     item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         """The newest fully written checkpoint's step, or None."""
@@ -140,7 +146,12 @@ class Checkpointer:
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
         args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
             abstract, restore_args=restore_args, partial_restore=True))
-        return self._manager.restore(step, args=args)["state"]
+        # Same files, read through the PyTree handler, which can skip entries.
+        manager = self._make_manager(ocp.PyTreeCheckpointHandler())
+        try:
+            return manager.restore(step, args=args)["state"]
+        finally:
+            manager.close()
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are committed."""

@@ -119,7 +119,7 @@ def _header(p: int, s: int) -> str:
 def _print_streamed(out: TextIO, texts, prompts, config, params, tokenizer, sampling, args,
                     max_new_tokens: int) -> None:
     """One sample at a time, printed every STREAM_CHUNK tokens."""
-    sampler = sample.Sampler(config.model, sampling, tokenizer.eos_id)
+    sampler = sample.sampler_for(config.model, sampling, tokenizer.eos_id)
     for p, (text, prompt) in enumerate(zip(texts, prompts, strict=True)):
         for s in range(args.num_samples):
             out.write(_header(p, s) + text)

@@ -300,8 +300,15 @@ class Sampler:
         return tokens[: tokens.index(self.eos_id)] if self.eos_id in tokens else tokens
 
 
+def sampler_for(
+    model_cfg: ml_collections.ConfigDict | ModelSpec, sampling: SamplingConfig, eos_id: int | None
+) -> Sampler:
+    """The `Sampler` shared by every caller with this model shape, setting and EOS id."""
+    return _shared_sampler(ModelSpec.from_config(model_cfg), sampling, eos_id)
+
+
 @functools.lru_cache(maxsize=8)
-def _cached_sampler(spec: ModelSpec, sampling: SamplingConfig, eos_id: int | None) -> Sampler:
+def _shared_sampler(spec: ModelSpec, sampling: SamplingConfig, eos_id: int | None) -> Sampler:
     return Sampler(spec, sampling, eos_id)
 
 
@@ -317,7 +324,7 @@ def generate(
     """
     rows = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
     keys_B = row_keys(seed, [p for p, _ in rows], [s for _, s in rows])
-    sampler = _cached_sampler(ModelSpec.from_config(model_cfg), sampling, eos_id)
+    sampler = sampler_for(model_cfg, sampling, eos_id)
     *_, new_tokens = sampler.stream(
         params, [prompts[p] for p, _ in rows], keys_B, max_new_tokens, truncate=truncate
     )

@@ -157,8 +157,8 @@ def _train_step_fn(model: Transformer, optimizer, schedule, train_cfg, determini
         metrics = {
             "train/loss": ce_sum / total_weight,
             "lr": schedule(state["step"]),
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
         }
         new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
         return new_state, metrics

@@ -1,4 +1,10 @@
-"""Model tests on tiny shapes: switches, causality, positions, norms, GQA, decode cache."""
+"""Model tests on tiny shapes: switches, causality, positions, norms, GQA, decode cache.
+
+Compiling dominates on a 2-core CPU, so models are built once per shape (`_build`) and
+most tests share the token shape [2, 9] and four position configs.
+"""
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -9,7 +15,14 @@ import pytest
 from llm_jax import config as config_lib
 from llm_jax import model as model_lib
 
-POSITIONS = ("sinusoidal", "learned", "rope", "none")
+# One config per position scheme; together they also cover MQA, GQA and unscanned layers.
+POSITION_CONFIGS = [
+    dict(positions="sinusoidal", n_kv_heads=1, scan_layers=False),
+    dict(positions="learned"),
+    dict(positions="rope", n_kv_heads=2),
+    dict(positions="none"),
+]
+B, L = 2, 9
 
 
 def tiny(**overrides):
@@ -20,73 +33,81 @@ def tiny(**overrides):
     return m
 
 
-def init(m, length=8, seed=0):
-    model = model_lib.Transformer(config=m)
-    tokens = jnp.zeros((1, length), jnp.int32)
-    return model, nn.meta.unbox(model.init(jax.random.key(seed), tokens)["params"])
+@functools.lru_cache(maxsize=None)
+def _build(spec):
+    model = model_lib.Transformer(config=spec)
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    params = jax.jit(lambda k: nn.meta.unbox(model.init(k, tokens)["params"]))(jax.random.key(0))
+    decode = jax.jit(functools.partial(model.apply, decode=True, mutable=["cache"]))
+    return model, params, jax.jit(model.apply), decode
 
 
-def random_tokens(shape, seed=1, vocab=100):
-    return jax.random.randint(jax.random.key(seed), shape, 0, vocab)
+def build(m):
+    """(model, params, jitted apply, jitted decode apply) for config.model `m`, cached."""
+    return _build(model_lib.ModelSpec.from_config(m))
 
 
-@pytest.mark.parametrize("positions", POSITIONS)
-def test_causal_for_every_position_scheme(positions):
-    model, params = init(tiny(positions=positions))
-    tokens = random_tokens((2, 12))
-    t = 7
+def random_tokens(shape, seed=1):
+    return jax.random.randint(jax.random.key(seed), shape, 0, 100)
+
+
+@pytest.mark.parametrize("overrides", POSITION_CONFIGS, ids=lambda o: o["positions"])
+def test_causal_for_every_position_scheme(overrides):
+    _, params, apply, _ = build(tiny(**overrides))
+    tokens = random_tokens((B, L))
+    t = 5
     changed = tokens.at[:, t].set((tokens[:, t] + 1) % 100)
-    a = model.apply({"params": params}, tokens)
-    b = model.apply({"params": params}, changed)
+    a = apply({"params": params}, tokens)
+    b = apply({"params": params}, changed)
     np.testing.assert_array_equal(a[:, :t], b[:, :t])
     assert np.abs(a[:, t:] - b[:, t:]).max() > 1e-4  # later positions do see the change
 
 
 def test_logits_shape_dtype_and_padding_columns():
-    model, params = init(tiny())
-    logits = model.apply({"params": params}, random_tokens((2, 8)))
-    assert logits.shape == (2, 8, 128) and logits.dtype == jnp.float32
+    _, params, apply, _ = build(tiny(**POSITION_CONFIGS[2]))
+    logits = apply({"params": params}, random_tokens((B, L)))
+    assert logits.shape == (B, L, 128) and logits.dtype == jnp.float32
     assert (logits[..., 100:] == model_lib.PAD_LOGIT).all()
     assert (logits[..., :100] > -100).all()
-    # padding never gets probability mass
-    assert jax.nn.softmax(logits)[..., 100:].max() == 0.0
+    assert jax.nn.softmax(logits)[..., 100:].max() == 0.0  # padding is never sampled
 
 
 SWITCHES = [
-    dict(positions="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=2, qk_norm=True),
-    dict(positions="learned", norm="layernorm", norm_bias=True, mlp="gelu", attn_bias=True,
+    dict(positions="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, n_kv_heads=2),
+    dict(positions="learned", norm="layernorm", mlp="gelu", norm_bias=True, attn_bias=True,
          mlp_bias=True, tie_embeddings=True, scan_layers=False),
-    dict(positions="sinusoidal", norm_position="post", norm="layernorm", mlp="relu",
+    dict(positions="sinusoidal", norm_position="post", mlp="relu", norm="layernorm",
          embed_scale=True, scaled_residual_init=False, remat="full"),
-    dict(positions="none", n_kv_heads=1, causal=False, mlp="swiglu", mlp_bias=True,
+    dict(positions="none", causal=False, mlp="swiglu", n_kv_heads=1, mlp_bias=True,
          remat="save_dots", dropout=0.1),
-    dict(positions="rope", dtype="bfloat16", head_dim=16, n_kv_heads=2, qk_norm=True,
+    dict(positions="rope", dtype="bfloat16", qk_norm=True, head_dim=16, n_kv_heads=2,
          norm="layernorm", scan_layers=False, remat="save_dots", dropout=0.1),
 ]
 
 
 @pytest.mark.parametrize("overrides", SWITCHES, ids=lambda o: "-".join(
-    f"{k}={v}" for k, v in list(o.items())[:3]))
+    f"{k}={v}" for k, v in list(o.items())[:4]))
 def test_switch_combinations_forward_backward_finite(overrides):
     m = tiny(**overrides)
-    model, params = init(m)
-    tokens = random_tokens((2, 8))
+    model, params, _, _ = build(m)
+    tokens = random_tokens((B, 8))
 
-    def loss(p):
-        logits = model.apply({"params": p}, tokens, deterministic=False,
-                             rngs={"dropout": jax.random.key(3)})
-        logp = jax.nn.log_softmax(logits)
-        return -jnp.take_along_axis(logp, tokens[..., None], -1).mean()
+    @jax.jit
+    def loss_and_grad(p, key):
+        def loss(p):
+            logits = model.apply({"params": p}, tokens, deterministic=False,
+                                 rngs={"dropout": key})
+            logp = jax.nn.log_softmax(logits)
+            return -jnp.take_along_axis(logp, tokens[..., None], -1).mean()
+        return jax.value_and_grad(loss)(p)
 
-    value, grads = jax.value_and_grad(loss)(params)
+    value, grads = loss_and_grad(params, jax.random.key(1))
     assert np.isfinite(value) and 3.0 < value < 7.0  # near log(100) at init
     leaves = jax.tree.leaves(grads)
     assert all(np.isfinite(g).all() for g in leaves)
-    assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
-    if m.dropout:  # dropout active: two rng keys give different outputs
-        a, b = (model.apply({"params": params}, tokens, deterministic=False,
-                            rngs={"dropout": jax.random.key(k)}) for k in (1, 2))
-        assert np.abs(a - b).max() > 0
+    assert all(float(jnp.abs(g).max()) > 0 for g in leaves)  # every param gets a gradient
+    other, _ = loss_and_grad(params, jax.random.key(2))
+    assert (other != value) == (m.dropout > 0)  # dropout, and only dropout, draws rng
 
 
 def test_sinusoidal_matches_paper_formula():
@@ -114,147 +135,164 @@ def test_rope_dot_product_depends_only_on_relative_position():
 
 
 def test_gqa_equals_mha_with_repeated_kv_heads():
-    gqa, params = init(tiny(n_kv_heads=2))
-    mha, _ = init(tiny(n_kv_heads=4))
+    _, params, gqa_apply, _ = build(tiny(**POSITION_CONFIGS[2]))  # 4 query, 2 kv heads
+    mha = model_lib.Transformer(config=tiny(positions="rope", n_kv_heads=4))
     # Each kv head serves n_heads / n_kv_heads consecutive query heads.
     attn = dict(params["layers"]["attn"])
     for name in ("key", "value"):
         attn[name] = jnp.repeat(attn[name], 2, axis=2)  # [layers, D, G, K] -> [.., H, K]
     mha_params = dict(params, layers=dict(params["layers"], attn=attn))
-    tokens = random_tokens((2, 10))
-    np.testing.assert_allclose(gqa.apply({"params": params}, tokens),
-                               mha.apply({"params": mha_params}, tokens), atol=1e-5)
-    # n_kv_heads == n_heads is plain MHA: the same as leaving it unset.
-    assert model_lib.ModelSpec.from_config(tiny(n_kv_heads=0)).n_kv_heads == 4
+    tokens = random_tokens((B, L))
+    np.testing.assert_allclose(gqa_apply({"params": params}, tokens),
+                               jax.jit(mha.apply)({"params": mha_params}, tokens), atol=1e-5)
+
+
+def _block(norm, where):
+    spec = model_lib.ModelSpec.from_config(tiny(norm=norm, norm_position=where))
+    block = model_lib.Block(spec)
+    positions = jnp.broadcast_to(jnp.arange(6), (2, 6))
+    x = jnp.zeros((2, 6, 32))
+    params = jax.jit(block.init)(jax.random.key(1), x, positions, None, None)
+    return jax.jit(lambda v: block.apply(params, v, positions, None, None)[0])
 
 
 @pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
-def test_norm_placement(norm):
+def test_post_norm_block_output_is_normalised(norm):
+    # "Add & Norm": every position leaves the block with unit RMS (unit std and zero mean
+    # for LayerNorm), since norm scales start at 1 and biases at 0.
     x = 3.0 * jax.random.normal(jax.random.key(0), (2, 6, 32))
-    positions = jnp.broadcast_to(jnp.arange(6), (2, 6))
-    outs = {}
-    for where in ("pre", "post"):
-        spec = model_lib.ModelSpec.from_config(tiny(norm=norm, norm_position=where))
-        block = model_lib.Block(spec)
-        params = block.init(jax.random.key(1), x, positions, None, None)
-        outs[where] = (lambda v, p=params, b=block: b.apply(p, v, positions, None, None)[0])
-    # post-norm ("Add & Norm"): every position leaves the block with unit RMS (and zero
-    # mean for LayerNorm), since scale starts at 1 and bias at 0.
-    y = outs["post"](x)
-    np.testing.assert_allclose(jnp.sqrt((y * y).mean(-1)) if norm == "rmsnorm"
-                               else y.std(-1), 1.0, atol=1e-3)
-    # pre-norm: the residual path is untouched, so for a huge input the block adds only
-    # a bounded update to it, and the output keeps the input's scale.
-    big = 1000.0 * x
-    update = outs["pre"](big) - big
-    assert float(jnp.abs(update).max()) < 10.0
-    assert float(jnp.sqrt((outs["pre"](big) ** 2).mean())) > 1000.0
-    # the final norm exists exactly for pre-norm models
-    assert "final_norm" in init(tiny(norm=norm, norm_position="pre"))[1]
-    assert "final_norm" not in init(tiny(norm=norm, norm_position="post"))[1]
+    y = _block(norm, "post")(x)
+    spread = jnp.sqrt((y * y).mean(-1)) if norm == "rmsnorm" else y.std(-1)
+    np.testing.assert_allclose(spread, 1.0, atol=1e-3)
+    if norm == "layernorm":
+        np.testing.assert_allclose(y.mean(-1), 0.0, atol=1e-4)
+
+
+def test_pre_norm_block_keeps_the_residual_path_untouched():
+    # For a huge input the sublayers see only norm(x), so the block adds a bounded update
+    # and its output keeps the input's scale (a post-norm block would squash it to 1).
+    big = 1000.0 * jax.random.normal(jax.random.key(0), (2, 6, 32))
+    y = _block("rmsnorm", "pre")(big)
+    assert float(jnp.abs(y - big).max()) < 10.0
+    assert float(jnp.sqrt((y * y).mean())) > 500.0
+
+
+def param_shapes(m):
+    model = model_lib.Transformer(config=m)
+    return jax.eval_shape(lambda: nn.meta.unbox(
+        model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]))
+
+
+def test_final_norm_only_for_pre_norm():
+    assert "final_norm" in param_shapes(tiny(norm_position="pre"))
+    assert "final_norm" not in param_shapes(tiny(norm_position="post"))
 
 
 def test_scan_and_loop_layers_agree():
-    scanned, params = init(tiny(scan_layers=True))
-    looped, _ = init(tiny(scan_layers=False))
+    _, params, apply, _ = build(tiny(**POSITION_CONFIGS[1]))
+    looped = model_lib.Transformer(config=tiny(positions="learned", scan_layers=False))
     loop_params = {k: v for k, v in params.items() if k != "layers"}
     for i in range(2):
         loop_params[f"layer_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["layers"])
-    tokens = random_tokens((2, 8))
-    np.testing.assert_allclose(scanned.apply({"params": params}, tokens),
-                               looped.apply({"params": loop_params}, tokens), atol=1e-5)
+    tokens = random_tokens((B, L))
+    np.testing.assert_allclose(apply({"params": params}, tokens),
+                               jax.jit(looped.apply)({"params": loop_params}, tokens), atol=1e-5)
 
 
 def test_params_carry_logical_axes():
     model = model_lib.Transformer(config=tiny(n_kv_heads=2))
-    boxed = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-    specs = nn.get_partition_spec(boxed)
+    boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    specs = nn.get_partition_spec(boxed["params"])
     assert tuple(specs["token_embed"]) == ("vocab", "embed")
+    assert tuple(specs["lm_head"]) == ("embed", "vocab")
     assert tuple(specs["layers"]["attn"]["key"]) == ("layers", "embed", "kv_heads", "kv")
+    assert tuple(specs["layers"]["attn"]["out"]) == ("layers", "heads", "kv", "embed")
     assert tuple(specs["layers"]["mlp"]["down"]) == ("layers", "mlp", "embed")
 
 
 def test_residual_init_is_scaled():
-    _, params = init(tiny(n_layers=8, d_model=64, d_ff=256))
-    std_in = float(params["layers"]["mlp"]["up"].std())
-    std_out = float(params["layers"]["mlp"]["down"].std())
-    assert std_in == pytest.approx(0.02, rel=0.05)
-    assert std_out == pytest.approx(0.02 / 4.0, rel=0.05)  # 1/sqrt(2 * 8 layers)
+    _, params, _, _ = build(tiny(**POSITION_CONFIGS[3]))  # 2 layers
+    mlp = params["layers"]["mlp"]
+    assert float(mlp["up"].std()) == pytest.approx(0.02, rel=0.06)
+    assert float(mlp["down"].std()) == pytest.approx(0.02 / 2.0, rel=0.06)  # 1/sqrt(2*2)
+    assert float(params["layers"]["attn"]["out"].std()) == pytest.approx(0.01, rel=0.1)
 
 
 def test_forced_cudnn_on_cpu_is_a_clear_error():
-    model, params = init(tiny())
     forced = model_lib.Transformer(config=tiny(attention_impl="cudnn"))
     with pytest.raises(ValueError, match="cudnn.*backend is cpu.*float32"):
-        forced.apply({"params": params}, random_tokens((1, 4)))
-    assert model_lib.choose_attention_impl(model.config) == "xla"
+        jax.eval_shape(forced.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    assert model_lib.choose_attention_impl(model_lib.ModelSpec.from_config(tiny())) == "xla"
 
 
 # --- segments and the decode path --------------------------------------------------------
 
 
 def test_packed_documents_equal_each_alone():
-    model, params = init(tiny(positions="learned"))
-    doc_a, doc_b = random_tokens((1, 5), seed=4), random_tokens((1, 7), seed=5)
+    _, params, apply, _ = build(tiny(**POSITION_CONFIGS[1]))  # learned positions
+    doc_a, doc_b = random_tokens((B, 4), seed=4), random_tokens((B, 5), seed=5)
     packed = jnp.concatenate([doc_a, doc_b], axis=1)
-    segments = jnp.array([[1] * 5 + [2] * 7])
-    out = model.apply({"params": params}, packed, segment_ids_BxL=segments)
-    alone_a = model.apply({"params": params}, doc_a)
-    alone_b = model.apply({"params": params}, doc_b)
-    np.testing.assert_allclose(out[:, :5], alone_a, atol=1e-5)
-    np.testing.assert_allclose(out[:, 5:], alone_b, atol=1e-5)
+    segments = jnp.array([[1] * 4 + [2] * 5] * B)
+    out = apply({"params": params}, packed, segment_ids_BxL=segments)
+    # Alone: each document first, junk after it (which a causal model cannot see).
+    alone_a = apply({"params": params}, packed)[:, :4]
+    alone_b = apply({"params": params}, jnp.concatenate([doc_b, doc_a], axis=1))[:, :5]
+    np.testing.assert_allclose(out[:, :4], alone_a, atol=1e-5)
+    np.testing.assert_allclose(out[:, 4:], alone_b, atol=1e-5)
 
 
-def decode_stepwise(model, params, tokens, prefill, positions=None, segments=None):
+def decode_stepwise(m, tokens, positions, segments, prefill=5):
     """Logits from a prefill of `prefill` tokens, then one token per call."""
-    cache = model_lib.init_cache(model.config, tokens.shape[0], 16)
+    model, params, _, decode = build(m)
+    cache = model_lib.init_cache(m, tokens.shape[0], 16)
     outs = []
     for start, stop in [(0, prefill)] + [(t, t + 1) for t in range(prefill, tokens.shape[1])]:
-        kw = {}
-        if positions is not None:
-            kw["positions_BxL"] = positions[:, start:stop]
-        if segments is not None:
-            kw["segment_ids_BxL"] = segments[:, start:stop]
-        logits, state = model.apply({"params": params, "cache": cache},
-                                    tokens[:, start:stop], decode=True, mutable=["cache"],
-                                    **kw)
+        logits, state = decode({"params": params, "cache": cache}, tokens[:, start:stop],
+                               positions_BxL=positions[:, start:stop],
+                               segment_ids_BxL=segments[:, start:stop])
         cache = state["cache"]
         outs.append(logits)
     assert int(cache["index"]) == tokens.shape[1]
     return jnp.concatenate(outs, axis=1)
 
 
-@pytest.mark.parametrize("overrides", [dict(positions=p) for p in POSITIONS]
-                         + [dict(n_kv_heads=1, scan_layers=False), dict(n_kv_heads=2)])
+@pytest.mark.parametrize("overrides", POSITION_CONFIGS, ids=lambda o: o["positions"])
 def test_cached_decoding_equals_full_forward(overrides):
-    model, params = init(tiny(**overrides))
-    tokens = random_tokens((2, 9))
-    full = model.apply({"params": params}, tokens)
-    np.testing.assert_allclose(decode_stepwise(model, params, tokens, prefill=4), full,
-                               atol=1e-5)
+    m = tiny(**overrides)
+    _, params, apply, _ = build(m)
+    tokens = random_tokens((B, L))
+    full = apply({"params": params}, tokens)
+    positions = jnp.broadcast_to(jnp.arange(L), (B, L))
+    got = decode_stepwise(m, tokens, positions, jnp.ones((B, L), jnp.int32))
+    np.testing.assert_allclose(got, full, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", POSITION_CONFIGS[1:3], ids=lambda o: o["positions"])
+def test_left_padded_prompt_matches_unpadded(overrides):
+    # The sampler's batch: row 0 a 6-token prompt left-padded by 3, row 1 a 9-token one.
+    m = tiny(**overrides)
+    _, params, apply, _ = build(m)
+    prompts = random_tokens((B, L), seed=7)
+    pad = 3
+    padded = prompts.at[0].set(jnp.concatenate([jnp.full((pad,), 5), prompts[0, :6]]))
+    segments = jnp.array([[0] * pad + [1] * 6, [1] * L])
+    positions = jnp.array([[0] * pad + list(range(6)), list(range(L))])
+    expected = apply({"params": params}, prompts)  # row 0's first 6: its prompt alone
+    got = decode_stepwise(m, padded, positions, segments)
+    np.testing.assert_allclose(got[0, pad:], expected[0, :6], atol=1e-5)
+    np.testing.assert_allclose(got[1], expected[1], atol=1e-5)
+    # The full forward derives the same positions from the segment ids by itself.
+    direct = apply({"params": params}, padded, segment_ids_BxL=segments)
+    np.testing.assert_allclose(direct[0, pad:], expected[0, :6], atol=1e-5)
 
 
 def test_cache_layout():
     cache = model_lib.init_cache(tiny(n_kv_heads=2), batch=3, max_len=16)
     assert cache["layers"]["attn"]["key"].shape == (2, 3, 16, 2, 8)  # [layers, B, S, G, K]
     assert cache["segment_ids"].shape == (3, 16) and int(cache["index"]) == 0
+    assert not cache["segment_ids"].any()  # every slot starts empty
     loop = model_lib.init_cache(tiny(scan_layers=False, dtype="bfloat16"), 1, 8)
     assert loop["layer_1"]["attn"]["value"].shape == (1, 8, 4, 8)
     assert loop["layer_1"]["attn"]["value"].dtype == jnp.bfloat16
-
-
-@pytest.mark.parametrize("positions", ["learned", "rope"])
-def test_left_padded_prompt_matches_unpadded(positions):
-    model, params = init(tiny(positions=positions))
-    prompt = random_tokens((1, 6), seed=7)
-    pad = 3
-    padded = jnp.concatenate([jnp.full((1, pad), 5), prompt], axis=1)
-    segments = jnp.array([[0] * pad + [1] * 6])
-    positions_BxL = jnp.array([[0] * pad + list(range(6))])
-    expected = model.apply({"params": params}, prompt)
-    got = decode_stepwise(model, params, padded, prefill=pad + 2, positions=positions_BxL,
-                          segments=segments)
-    np.testing.assert_allclose(got[:, pad:], expected, atol=1e-5)
-    # The full forward derives the same positions from the segment ids by itself.
-    direct = model.apply({"params": params}, padded, segment_ids_BxL=segments)
-    np.testing.assert_allclose(direct[:, pad:], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="learned position table"):
+        model_lib.init_cache(tiny(positions="learned"), 1, 64)

@@ -119,21 +119,23 @@ def test_prompt_longer_than_the_context():
 # --- with a tiny model ------------------------------------------------------------------------
 
 
+@functools.cache
 def _tiny(**overrides):
+    """A 2-layer d_model 32 model config and its random params (shared between tests)."""
     m = cfg.default_config().model
     m.update(d_model=32, n_layers=2, n_heads=4, vocab_size=61, vocab_multiple=32, max_seq_len=32)
     m.update(overrides)
-    variables = Transformer(config=m).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-    return m, nn.unbox(variables)["params"]
+    init = jax.jit(Transformer(config=m).init)
+    return m, nn.unbox(init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
 
 
 PROMPTS = [[5, 9, 2, 33, 7, 1, 40], [12, 3], [60, 8, 8, 19]]
+ROPE_GQA = dict(positions="rope", n_kv_heads=2)
 
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(positions="learned"), dict(positions="sinusoidal", n_kv_heads=1),
-     dict(positions="rope", n_kv_heads=2)],
+    [dict(positions="learned"), dict(positions="sinusoidal", n_kv_heads=1), ROPE_GQA],
     ids=["learned-mha", "sinusoidal-mqa", "rope-gqa"],
 )
 def test_cached_logits_equal_full_forward(overrides):
@@ -168,22 +170,20 @@ def test_cached_logits_equal_full_forward(overrides):
                                    atol=2e-5, rtol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def rope_gqa():
-    return _tiny(positions="rope", n_kv_heads=2)
+GREEDY = SamplingConfig(temperature=0.0)
+NUCLEUS = SamplingConfig(temperature=1.0, top_k=20, top_p=0.95)
 
 
-def _greedy(m, params, prompts, eos_id=None, max_new_tokens=8):
-    sampler = sample.Sampler(m, SamplingConfig(temperature=0.0), eos_id)
-    keys_B = sample.row_keys(0, range(len(prompts)), [0] * len(prompts))
-    *_, out = sampler.stream(params, prompts, keys_B, max_new_tokens)
-    return out
+def _generate(prompts, sampling=GREEDY, eos_id=None, seed=0, num_samples=1, new_tokens=8):
+    m, params = _tiny(**ROPE_GQA)
+    return sample.generate(params, m, prompts, max_new_tokens=new_tokens, sampling=sampling,
+                           eos_id=eos_id, seed=seed, num_samples=num_samples)
 
 
-def test_greedy_is_the_argmax_of_a_full_forward_and_deterministic(rope_gqa):
-    m, params = rope_gqa
-    out = _greedy(m, params, PROMPTS)
-    assert out == _greedy(m, params, PROMPTS)
+def test_greedy_is_the_argmax_of_a_full_forward_and_deterministic():
+    m, params = _tiny(**ROPE_GQA)
+    out = [samples[0] for samples in _generate(PROMPTS)]
+    assert out == [samples[0] for samples in _generate(PROMPTS)]
     full = jax.jit(Transformer(config=m).apply)
     for prompt, new in zip(PROMPTS, out, strict=True):
         assert len(new) == 8
@@ -194,11 +194,10 @@ def test_greedy_is_the_argmax_of_a_full_forward_and_deterministic(rope_gqa):
         assert (np.argmax(logits_LxV[len(prompt) - 1 : -1], -1) == new).mean() > 0.8
 
 
-def test_rows_stop_independently_at_eos(rope_gqa):
-    m, params = rope_gqa
-    free = _greedy(m, params, PROMPTS)
+def test_rows_stop_independently_at_eos():
+    free = [samples[0] for samples in _generate(PROMPTS)]
     eos = free[0][2]  # row 0's third token becomes the end of sequence
-    stopped = _greedy(m, params, PROMPTS, eos_id=eos)
+    stopped = [samples[0] for samples in _generate(PROMPTS, eos_id=eos)]
     for free_row, row in zip(free, stopped, strict=True):
         expected = free_row[: free_row.index(eos)] if eos in free_row else free_row
         assert row == expected
@@ -206,46 +205,41 @@ def test_rows_stop_independently_at_eos(rope_gqa):
     assert any(len(row) == 8 for row in stopped)  # at least one row ran on: the stop is per row
 
 
-def test_padding_does_not_change_a_sampled_continuation(rope_gqa):
+def test_padding_does_not_change_a_sampled_continuation():
     """The short prompt (5 padding tokens in the batch) continues as it does alone, sampling
     included, since each row's randomness depends only on (seed, prompt, sample)."""
-    m, params = rope_gqa
-    sampling = SamplingConfig(temperature=1.0, top_k=20, top_p=0.95)
-    together = sample.generate(params, m, PROMPTS, max_new_tokens=10, sampling=sampling, seed=3,
-                               num_samples=2)
-    alone = sample.Sampler(m, sampling, eos_id=None).stream(
+    m, params = _tiny(**ROPE_GQA)
+    together = _generate(PROMPTS, NUCLEUS, seed=3, num_samples=2, new_tokens=10)
+    alone = sample.sampler_for(m, NUCLEUS, None).stream(
         params, [PROMPTS[1]] * 2, sample.row_keys(3, [1, 1], [0, 1]), 10)
     assert list(alone)[-1] == together[1]
-    assert together[1][0] != together[1][1]
 
 
-def test_seed_and_samples(rope_gqa):
-    m, params = rope_gqa
-    run = functools.partial(sample.generate, params, m, PROMPTS[:2], max_new_tokens=12,
-                            sampling=SamplingConfig(temperature=1.5), num_samples=3)
-    first = run(seed=0)
-    assert first == run(seed=0)
-    assert first != run(seed=1)
-    assert len(first) == 2 and all(len(samples) == 3 for samples in first)
-    assert len({tuple(s) for s in first[0]}) == 3  # the samples of one prompt differ
+def test_seed_and_samples():
+    run = functools.partial(_generate, PROMPTS, NUCLEUS, num_samples=2, new_tokens=10)
+    first = run(seed=3)
+    assert first == run(seed=3)
+    assert first != run(seed=4)
+    assert len(first) == 3 and all(len(samples) == 2 for samples in first)
+    assert all(samples[0] != samples[1] for samples in first)  # a prompt's samples differ
 
 
-def test_streaming_yields_growing_prefixes_of_the_same_result(rope_gqa):
-    m, params = rope_gqa
-    sampler = sample.Sampler(m, SamplingConfig(temperature=1.0), eos_id=None)
-    keys_B = sample.row_keys(7, [0, 1], [0, 0])
-    chunks = list(sampler.stream(params, PROMPTS[:2], keys_B, 11, chunk_size=4))
-    *_, whole = sampler.stream(params, PROMPTS[:2], keys_B, 11)
-    assert [len(c[0]) for c in chunks] == [4, 8, 11]
-    assert chunks[-1] == whole
+def test_streaming_yields_growing_prefixes_of_the_same_result():
+    m, params = _tiny(**ROPE_GQA)
+    rows = [(p, s) for p in range(3) for s in range(2)]
+    keys_B = sample.row_keys(3, [p for p, _ in rows], [s for _, s in rows])
+    chunks = list(sample.sampler_for(m, NUCLEUS, None).stream(
+        params, [PROMPTS[p] for p, _ in rows], keys_B, 10, chunk_size=4))
+    assert [len(c[0]) for c in chunks] == [4, 8, 10]
+    whole = _generate(PROMPTS, NUCLEUS, seed=3, num_samples=2, new_tokens=10)
+    assert chunks[-1] == [whole[p][s] for p, s in rows]
     for earlier, later in zip(chunks, chunks[1:], strict=False):
-        assert all(later[r][: len(earlier[r])] == earlier[r] for r in range(2))
+        assert all(b[: len(a)] == a for a, b in zip(earlier, later, strict=True))
 
 
-def test_generate_refuses_a_prompt_that_does_not_fit(rope_gqa):
-    m, params = rope_gqa
+def test_generate_refuses_a_prompt_that_does_not_fit():
     with pytest.raises(sample.PromptTooLongError, match="at most 22 fit"):
-        sample.generate(params, m, [list(range(25))], max_new_tokens=10)
+        _generate([list(range(25))], new_tokens=10)
 
 
 def test_llm_jax_generate_prints_samples_of_a_trained_workdir(tmp_path, capsys):

@@ -89,7 +89,8 @@ def test_envelope_of_training_curves_recovers_exponents():
     got = fit.fit_envelope(curves, smooth=1)
     assert got["a"] == pytest.approx(TRUE_A, abs=0.06)
     assert got["b"] == pytest.approx(TRUE_B, abs=0.06)
-    assert all(p["loss"] <= law(p["N"], p["D"]) + 1e-9 for p in got["envelope"])
+    losses = [p["loss"] for p in got["envelope"]]
+    assert losses == sorted(losses, reverse=True)  # more compute, lower best loss
 
 
 def test_group_budgets_merges_near_equal_compute():

@@ -15,7 +15,7 @@ from llm_jax.config import default_config
 from llm_jax.scaling import sweep
 
 BUDGETS = [1e11, 3e11, 1e12]           # training FLOPs, as the trainer counts them
-SIZES = [3.3e4, 8e4, 1.4e5, 3e5]       # target total parameters N
+SIZES = [1.2e4, 3.3e4, 5.2e4, 8e4, 1.4e5]  # target total parameters N
 
 
 def get_config():

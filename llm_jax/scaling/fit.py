@@ -121,7 +121,7 @@ def _fit_lse(log_x, log_loss, *, n_starts, n_boot, seed, delta):
         idx = rng.integers(0, n, n)
         # A resample's optimum lies near the full-data one: start there.
         boot.append(_minimize(theta[None], log_x[:, idx], log_loss[idx], delta)[0])
-    return theta, value, np.array(boot).reshape(n_boot, -1)
+    return theta, value, np.array(boot).reshape(n_boot, len(theta))
 
 
 def _intervals(summaries: list[dict], level: float) -> dict[str, list[float]]:

@@ -124,6 +124,8 @@ def write_results(path: str | os.PathLike, rows: list[dict], columns: list[str])
 
 
 def _csv_cell(value: Any) -> str:
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
     if value is None:
         return ""
     if isinstance(value, float):

@@ -182,7 +182,9 @@ def run_local(sweep_path: str, workdir: str, todo: list, parallel: int, total: i
     """Run `todo` [(trial, plan)] with `parallel` at a time; returns name -> final status."""
     env = _thread_env(parallel)
     launcher = [sys.executable, "-m", "llm_jax.cli"]
-    queue, running, outcome, eta = list(todo), [], {}, _Eta()
+    # Costliest first, so that the parallel slots finish at about the same time.
+    queue = sorted(todo, key=lambda tp: -tp[1]["C_detailed"])
+    running, outcome, eta = [], {}, _Eta()
     last_report = 0.0
 
     def report(event: str = "") -> None:

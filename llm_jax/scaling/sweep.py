@@ -258,18 +258,22 @@ def nd_grid(base: ml_collections.ConfigDict, sizes: Sequence[float], tokens: Seq
 
 
 def ablation(grid: Mapping[str, Sequence[Any]], *, seeds: Sequence[int] = (0,),
-             lrs: Sequence[float] | None = None, prefix: str = "") -> list[Trial]:
-    """Every combination of the `grid` values (config key -> values) x seeds (x lrs)."""
+             lrs: Sequence[float] | None = None, prefix: str = "",
+             overrides: Mapping[str, Any] | None = None) -> list[Trial]:
+    """Every combination of the `grid` values (config key -> values) x seeds (x lrs).
+
+    `overrides` are applied to every trial (e.g. a model size); `prefix` starts each name.
+    """
     axes = dict(grid)
     if lrs is not None:
         axes["train.lr"] = lrs
     axes["train.seed"] = seeds
     trials = []
     for values in itertools.product(*axes.values()):
-        overrides = dict(zip(axes, values, strict=True))
+        swept = dict(zip(axes, values, strict=True))
         parts = [f"{k.split('.')[-1]}={_short(v) if isinstance(v, float) else v}"
-                 for k, v in overrides.items()]
-        trials.append(Trial(prefix + "-".join(parts), overrides))
+                 for k, v in swept.items()]
+        trials.append(Trial(prefix + "-".join(parts), {**(overrides or {}), **swept}))
     return _unique(trials)
 
 

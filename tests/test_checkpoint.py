@@ -1,0 +1,97 @@
+"""Orbax checkpoints: resharding onto another mesh, shape checks, params-only restore, signals."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from llm_jax import checkpoint as ckpt_lib
+from llm_jax import config as config_lib
+from llm_jax import sharding as sharding_lib
+from llm_jax import train as train_lib
+
+
+def _config(d_model=32):
+    config = config_lib.default_config()
+    config.model.update(d_model=d_model, n_layers=2, n_heads=2, vocab_size=64,
+                        vocab_multiple=64, max_seq_len=32)
+    config.data.seq_len = 16
+    config.train.batch_size = 8
+    return config
+
+
+def _setup(config, **mesh):
+    mesh_cfg = config.mesh
+    mesh_cfg.update(dict(data=1, fsdp=1, tensor=1), **mesh)
+    n = mesh_cfg.data * mesh_cfg.fsdp * mesh_cfg.tensor
+    return train_lib.make_train(config, sharding_lib.make_mesh(mesh_cfg, jax.devices()[:n]))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A train state saved from an 8-way data-parallel mesh."""
+    workdir = tmp_path_factory.mktemp("ckpt")
+    config = _config()
+    setup = _setup(config, data=8)
+    with setup.context():
+        state = setup.init_state(0)
+    checkpointer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), every=1, keep=2)
+    meta = {"step": 7, "model": config.model.to_dict(), "data": [{"position": 3}]}
+    assert checkpointer.save(7, state, meta)
+    assert not checkpointer.save(7, state, meta)  # already there
+    checkpointer.close()
+    with open(workdir / "config.json", "w") as f:
+        json.dump(config.to_dict(), f)
+    return workdir, jax.device_get(state)
+
+
+def test_restore_onto_another_mesh(saved):
+    workdir, expected = saved
+    setup = _setup(_config(), data=2, fsdp=2, tensor=2)
+    checkpointer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), read_only=True)
+    assert checkpointer.latest_step() == 7
+    state, meta = checkpointer.restore(7, setup.abstract_state)
+    checkpointer.close()
+    assert meta["data"] == [{"position": 3}]
+    kernel = state["params"]["layers"]["mlp"]["up"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert kernel.sharding.mesh.shape == {"data": 2, "fsdp": 2, "tensor": 2}
+    mu = state["opt_state"][1][0].mu["layers"]["mlp"]["up"]
+    assert mu.sharding == kernel.sharding  # optimizer moments follow their params
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), expected)
+
+
+def test_other_model_shape_is_refused_clearly(saved):
+    workdir, _ = saved
+    config = _config(d_model=64)
+    setup = _setup(config)
+    checkpointer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), read_only=True)
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=r"another model shape \(d_model: checkpoint 32, config 64\)"):
+        checkpointer.restore(7, setup.abstract_state, config.model.to_dict())
+    with pytest.raises(ckpt_lib.CheckpointError, match="does not match this run's state"):
+        checkpointer.restore(7, setup.abstract_state)  # without the config: names the arrays
+    checkpointer.close()
+
+
+def test_restore_params_only(saved):
+    workdir, expected = saved
+    config, params = train_lib.restore_params(str(workdir))
+    assert config.model.d_model == 32
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), expected["params"])
+    with pytest.raises(ckpt_lib.CheckpointError, match="not found"):
+        train_lib.restore_params(str(workdir / "nowhere"))
+
+
+def test_preemption_guard_turns_signals_into_a_flag():
+    before = signal.getsignal(signal.SIGTERM)
+    with ckpt_lib.PreemptionGuard() as guard:
+        assert guard.requested is None
+        os.kill(os.getpid(), signal.SIGTERM)  # would end the test process without the guard
+        assert guard.requested == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert ckpt_lib.gather_host_states({"a": 1}) == [{"a": 1}]
+    assert ckpt_lib.any_host(True) and not ckpt_lib.any_host(False)

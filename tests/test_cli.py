@@ -1,0 +1,53 @@
+"""The `llm-jax` dispatcher: help, unknown commands, user errors as one line with exit 2."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from tiny_run import BASE_CONFIG
+
+from llm_jax import cli
+
+
+def test_help_lists_the_commands(capsys):
+    assert cli.run(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert f"  {name}" in out
+    assert cli.run([]) == 2
+
+
+def test_every_command_names_an_importable_function():
+    for target, _ in cli.COMMANDS.values():
+        module, func = target.split(":")
+        __import__(module)
+        assert callable(getattr(sys.modules[module], func))
+
+
+def test_unknown_command(capsys):
+    assert cli.run(["trian"]) == 2
+    assert "unknown command 'trian'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.model.d_model=-4"], "error: config.model.d_model must be > 0 (got -4)\n"),
+    (["--config.train.schedule=cosin"], "error: config.train.schedule='cosin' is not one of"),
+    (["--config.mesh.tensor=3"], "error: config.mesh: "),
+])
+def test_config_errors_are_one_line(tmp_path, capsys, args, message):
+    code = cli.run(["train", f"--config={BASE_CONFIG}", *args, f"--workdir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_flags_are_a_user_error(capsys):
+    assert cli.run(["train", f"--config={BASE_CONFIG}"]) == 2
+    assert "--workdir are required" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    script = os.path.join(os.path.dirname(sys.executable), "llm-jax")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "train" in result.stdout

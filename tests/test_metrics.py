@@ -1,0 +1,109 @@
+"""metrics.jsonl, TensorBoard records parsed back by protobuf, MFU peaks, the console line."""
+
+import io
+import json
+import struct
+
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from llm_jax import metrics
+
+
+def _event_class():
+    """tensorflow.Event / Summary built from a descriptor: an independent decoder."""
+    f = descriptor_pb2.FileDescriptorProto(name="event_test.proto", package="tb")
+    t = descriptor_pb2.FieldDescriptorProto
+    value = f.message_type.add(name="Value")
+    value.field.add(name="tag", number=1, type=t.TYPE_STRING, label=t.LABEL_OPTIONAL)
+    value.field.add(name="simple_value", number=2, type=t.TYPE_FLOAT, label=t.LABEL_OPTIONAL)
+    summary = f.message_type.add(name="Summary")
+    summary.field.add(name="value", number=1, type=t.TYPE_MESSAGE, type_name=".tb.Value",
+                      label=t.LABEL_REPEATED)
+    event = f.message_type.add(name="Event")
+    event.field.add(name="wall_time", number=1, type=t.TYPE_DOUBLE, label=t.LABEL_OPTIONAL)
+    event.field.add(name="step", number=2, type=t.TYPE_INT64, label=t.LABEL_OPTIONAL)
+    event.field.add(name="file_version", number=3, type=t.TYPE_STRING, label=t.LABEL_OPTIONAL)
+    event.field.add(name="summary", number=5, type=t.TYPE_MESSAGE, type_name=".tb.Summary",
+                    label=t.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tb.Event"))
+
+
+def test_crc32c_known_values():
+    assert metrics.crc32c(b"123456789") == 0xE3069283  # the standard check value
+    assert metrics.crc32c(b"") == 0
+
+
+def test_tensorboard_file_parses_back(tmp_path):
+    writer = metrics.TensorBoardWriter(str(tmp_path))
+    writer.scalars(10, {"train/loss": 2.5, "lr": 1e-3, "mfu": float("nan")})
+    writer.scalars(300, {"val/bpb": 1.25})
+    writer.close()
+    records = metrics.read_records(writer.path)
+    Event = _event_class()
+    events = [Event.FromString(r) for r in records]
+    assert events[0].file_version == "brain.Event:2"
+    assert events[1].step == 10 and events[2].step == 300
+    first = {v.tag: v.simple_value for v in events[1].summary.value}
+    assert first == {"train/loss": 2.5, "lr": pytest.approx(1e-3)}  # NaN dropped
+    assert events[2].summary.value[0].tag == "val/bpb"
+    # A flipped byte is caught by the checksums.
+    data = bytearray(open(writer.path, "rb").read())
+    data[-6] ^= 0xFF
+    open(writer.path, "wb").write(bytes(data))
+    with pytest.raises(ValueError, match="corrupt"):
+        metrics.read_records(writer.path)
+
+
+def test_record_framing():
+    record = metrics.encode_record(b"abc")
+    assert struct.unpack("<Q", record[:8])[0] == 3 and record[12:15] == b"abc"
+    assert len(record) == 8 + 4 + 3 + 4
+
+
+def test_jsonl_rows_nan_and_truncate(tmp_path):
+    writer = metrics.MetricsWriter(str(tmp_path))
+    for step in (10, 20, 30):
+        writer.write({"step": step, "train/loss": 1.0 / step, "mfu": None})
+    writer.write({"step": 30, "val/loss": float("inf")})
+    rows = metrics.read_metrics(writer.path)
+    assert [r["step"] for r in rows] == [10, 20, 30, 30]
+    assert rows[3]["val/loss"] is None  # JSON has no inf
+    json.loads(open(writer.path).readline())  # plain JSON lines
+    writer.truncate_after(20)
+    assert [r["step"] for r in metrics.read_metrics(writer.path)] == [10, 20]
+    writer.close()
+    assert metrics.MetricsWriter(str(tmp_path / "off"), enabled=False).path.endswith(".jsonl")
+    assert not (tmp_path / "off").exists()
+
+
+@pytest.mark.parametrize("kind, peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12), ("TPU v4", 275e12), ("TPU v5 lite", 197e12),
+    ("TPU v5p", 459e12), ("TPU v6 lite", 918e12), ("cpu", None),
+])
+def test_peak_flops_table(kind, peak):
+    assert metrics.peak_flops(kind) == peak
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_draws_on_a_terminal_only():
+    quiet = io.StringIO()
+    bar = metrics.ProgressBar(100, stream=quiet)
+    bar.update(10, 2.0, 1000.0)
+    bar.close()
+    assert quiet.getvalue() == ""
+    tty = _Terminal()
+    bar = metrics.ProgressBar(100, stream=tty)
+    bar.update(10, 2.0, 1000.0)
+    bar.update(20, 1.5, 2000.0)
+    bar.message("step 20: val/loss 1.4")
+    line = tty.getvalue()
+    assert "20/100" in line and "loss 1.5000" in line and "2,000 tok/s" in line
+    assert "ETA" in line and "step 20: val/loss 1.4\n" in line

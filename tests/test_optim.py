@@ -1,0 +1,83 @@
+"""Schedules at key steps, the weight-decay mask, and what the optimizer does with it."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from llm_jax import config as config_lib
+from llm_jax import optim
+from llm_jax.model import Transformer
+
+
+def _train_cfg(**overrides):
+    t = config_lib.default_config().train
+    t.update(dict(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, decay_fraction=0.2), **overrides)
+    return t
+
+
+@pytest.mark.parametrize("kind, expected", [
+    # warmup is shared: lr * (s + 1) / warmup
+    ("cosine", {0: 0.1, 4: 0.5, 9: 1.0, 10: 1.0, 60: 0.55, 110: 0.1, 500: 0.1}),
+    ("linear", {0: 0.1, 9: 1.0, 35: 0.775, 60: 0.55, 110: 0.1}),
+    # 22 decay steps (20% of 110) start at step 88
+    ("wsd", {0: 0.1, 9: 1.0, 50: 1.0, 88: 1.0, 99: 0.55, 110: 0.1}),
+    ("constant", {0: 0.1, 9: 1.0, 10: 1.0, 109: 1.0}),
+    ("rsqrt", {0: 0.1, 9: 1.0, 10: 1.0, 40: 0.5, 160: 0.25}),
+])
+def test_schedule_values_at_key_steps(kind, expected):
+    schedule = optim.make_schedule(_train_cfg(schedule=kind), total_steps=110)
+    for step, value in expected.items():
+        assert float(schedule(step)) == pytest.approx(value, rel=1e-5), (kind, step)
+
+
+def test_schedule_without_warmup_starts_at_peak():
+    schedule = optim.make_schedule(_train_cfg(warmup_steps=0), total_steps=100)
+    assert float(schedule(0)) == pytest.approx(1.0)
+    assert float(schedule(100)) == pytest.approx(0.1)
+
+
+def _params(preset):
+    config = config_lib.apply_preset(config_lib.default_config(), preset)
+    config.model.update(d_model=32, n_heads=2, n_kv_heads=0, d_ff=64, vocab_size=64)
+    shapes = jax.eval_shape(lambda: Transformer(config=config.model).init(
+        jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+    return nn.meta.unbox(shapes)
+
+
+def _flat(tree):
+    return {"/".join(str(getattr(k, "key", k)) for k in path): v
+            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_weight_decay_mask_excludes_norms_biases_and_embeddings():
+    mask = _flat(optim.weight_decay_mask(_params("gpt2-tiny")))  # biases, LayerNorm, learned pos
+    decayed = {k for k, v in mask.items() if v}
+    assert decayed == {"layers/attn/query", "layers/attn/key", "layers/attn/value",
+                       "layers/attn/out", "layers/mlp/up", "layers/mlp/down"}
+    assert not mask["layers/attn/query_bias"] and not mask["layers/attn_norm/bias"]
+    assert not mask["final_norm/scale"] and not mask["token_embed"] and not mask["pos_embed"]
+    with_embed = _flat(optim.weight_decay_mask(_params("gpt2-tiny"), decay_embeddings=True))
+    assert with_embed["token_embed"] and with_embed["pos_embed"]
+    assert not with_embed["layers/mlp_norm/scale"]
+
+
+def test_optimizer_decays_only_masked_params_and_clips():
+    params = {"dense": {"kernel": jnp.ones((4, 4))}, "norm": {"scale": jnp.ones((4,))}}
+    tx, _ = optim.make_optimizer(
+        _train_cfg(schedule="constant", warmup_steps=0, lr=0.1, weight_decay=0.5), 10)
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(new["dense"]["kernel"], 1 - 0.1 * 0.5)  # decoupled decay
+    np.testing.assert_allclose(new["norm"]["scale"], 1.0)
+    # Clipping: a huge gradient is scaled to global norm 1 before Adam sees it.
+    clip_only = optax.clip_by_global_norm(1.0)
+    huge = jax.tree.map(lambda p: 1e6 * jnp.ones_like(p), params)
+    clipped, _ = clip_only.update(huge, clip_only.init(params))
+    assert float(optax.tree.norm(clipped)) == pytest.approx(1.0, rel=1e-5)
+    assert len(tx.init(params)) == 2  # chain(clip, adamw)
+    no_clip, _ = optim.make_optimizer(_train_cfg(grad_clip=0.0), 10)
+    assert len(no_clip.init(params)) == 3  # adamw alone: adam, decay, lr

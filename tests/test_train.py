@@ -1,0 +1,196 @@
+"""The train step and loop: sharding, accumulation, learning, resume, hosts, divergence."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+from tiny_run import subprocess_env, tiny_command, tiny_config, write_corpus
+
+from llm_jax import checkpoint as ckpt_lib
+from llm_jax import metrics as metrics_lib
+from llm_jax import sharding as sharding_lib
+from llm_jax import train as train_lib
+
+VOCAB = 64
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_data")
+    return write_corpus(root / "corpus"), root / "cache"
+
+
+def _config(**train):
+    from llm_jax import config as config_lib
+
+    config = config_lib.default_config()
+    config.model.update(d_model=32, n_layers=2, n_heads=2, vocab_size=VOCAB,
+                        vocab_multiple=64, max_seq_len=32)
+    config.data.seq_len = 16
+    config.train.update(dict(batch_size=8, steps=50, warmup_steps=0, schedule="constant"),
+                        **train)
+    return config
+
+
+def _batch(batch_size=8, seq_len=16, seed=0):
+    tokens = np.random.default_rng(seed).integers(0, VOCAB, (batch_size, seq_len + 1))
+    return {"inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32)}
+
+
+def _mesh(data=1, fsdp=1, tensor=1):
+    cfg = _config().mesh
+    cfg.update(data=data, fsdp=fsdp, tensor=tensor)
+    return sharding_lib.make_mesh(cfg, jax.devices()[: data * fsdp * tensor])
+
+
+def _run_steps(config, mesh, batches):
+    setup = train_lib.make_train(config, mesh)
+    with setup.context():
+        state = setup.init_state(config.train.seed)
+        history = []
+        for batch in batches:
+            state, step_metrics = setup.train_step(state, jax.device_put(batch,
+                                                                         setup.batch_sharding))
+            history.append(jax.device_get(step_metrics))
+        return jax.device_get(state), history
+
+
+def test_sharded_steps_match_one_device():
+    config = _config(lr=1e-2)
+    batches = [_batch()] * 5  # repeated, so the loss must fall
+    _, single = _run_steps(config, _mesh(), batches)
+    losses = [h["train/loss"] for h in single]
+    assert losses[-1] < losses[0]
+    for shape in ({"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}):
+        mesh = _mesh(**shape)
+        setup = train_lib.make_train(config, mesh)
+        kernel = setup.abstract_state["params"]["layers"]["mlp"]["up"]
+        if "fsdp" in shape:  # really sharded: d_model rows over fsdp, d_ff over tensor
+            assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+        _, sharded = _run_steps(config, mesh, batches)
+        np.testing.assert_allclose([h["train/loss"] for h in sharded], losses, rtol=2e-5)
+        np.testing.assert_allclose([h["grad_norm"] for h in sharded],
+                                   [h["grad_norm"] for h in single], rtol=1e-4)
+
+
+def test_gradient_accumulation_equals_full_batch():
+    # A large Adam eps makes the update smooth in the gradient, so float noise stays small.
+    full_config = _config(eps=1e-3, weight_decay=0.0)
+    micro_config = _config(eps=1e-3, weight_decay=0.0, microbatches=4)
+    batch = [_batch()]
+    full_state, full = _run_steps(full_config, _mesh(data=2), batch)
+    micro_state, micro = _run_steps(micro_config, _mesh(data=2), batch)
+    assert micro[0]["train/loss"] == pytest.approx(full[0]["train/loss"], rel=1e-5)
+    assert micro[0]["grad_norm"] == pytest.approx(full[0]["grad_norm"], rel=1e-5)
+    # Updates are ~lr = 3e-3 per weight; both runs moved them the same way.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                 micro_state["params"], full_state["params"])
+
+
+def test_tiny_model_overfits_one_batch():
+    config = _config(lr=1e-2, steps=150)
+    config.model.d_model = 64
+    _, history = _run_steps(config, _mesh(), [_batch(batch_size=4)] * 150)
+    assert history[0]["train/loss"] > 3.5  # ~ln(64) at init
+    assert history[-1]["train/loss"] < 0.05
+
+
+def test_divergence_stops_and_keeps_the_last_checkpoint(corpus, tmp_path):
+    corpus_glob, cache = corpus
+    workdir = str(tmp_path / "run")
+    good = tiny_config(corpus_glob, cache, train__steps=4, checkpoint__every=2)
+    train_lib.train_and_evaluate(good, workdir)
+    # Continue to 8 steps with an absurd learning rate: the weights overflow at once.
+    bad = tiny_config(corpus_glob, cache, train__steps=8, checkpoint__every=2,
+                      train__log_every=4, train__lr=1e30, train__schedule="constant")
+    with pytest.raises(train_lib.TrainError, match="diverged"):
+        train_lib.train_and_evaluate(bad, workdir)
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    assert checkpointer.latest_step() == 4  # nothing saved after the divergence
+    checkpointer.close()
+    config, params = train_lib.restore_params(workdir)
+    assert config.train.lr == 1e30  # config.json is the latest run's
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
+
+
+def _rows(workdir):
+    rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
+
+
+def test_resume_after_sigterm_is_exact(corpus, tmp_path):
+    corpus_glob, cache = corpus
+    k = 8
+    # Evaluating every step makes steps slow enough to signal between steps k and 2k.
+    extra = dict(train__steps=2 * k, checkpoint__every=k, train__log_every=1,
+                 train__eval_every=1, checkpoint__async_save=False)
+    env = subprocess_env(1)
+    reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
+    reference = subprocess.Popen(tiny_command(reference_dir, corpus_glob, cache, **extra),
+                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = tiny_command(resumed_dir, corpus_glob, cache, **extra)
+    interrupted = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (resumed_dir / "checkpoints" / str(k)).exists():
+        assert interrupted.poll() is None, interrupted.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.01)
+    interrupted.send_signal(signal.SIGTERM)
+    _, err = interrupted.communicate(timeout=240)
+    assert interrupted.returncode == train_lib.PREEMPTED_EXIT_CODE, err.decode()[-2000:]
+    assert "Rerun the same command to resume" in err.decode()
+    stopped_at = max(int(s) for s in os.listdir(resumed_dir / "checkpoints") if s.isdigit())
+    assert k <= stopped_at < 2 * k
+    restarted = subprocess.run(command, env=env, capture_output=True, timeout=240)
+    assert restarted.returncode == 0, restarted.stderr.decode()[-2000:]
+    _, err = reference.communicate(timeout=240)
+    assert reference.returncode == 0, err.decode()[-2000:]
+    expected, got = _rows(reference_dir), _rows(resumed_dir)
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    assert got == expected  # bit for bit, through the restart
+    assert expected[-1]["step"] == 2 * k and "val/loss" in expected[-1]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(corpus, tmp_path):
+    corpus_glob, cache = corpus
+    extra = dict(mesh__data=2, mesh__fsdp=2, train__steps=4, train__log_every=2,
+                 train__eval_every=4, checkpoint__every=4)
+    single = subprocess.Popen(tiny_command(tmp_path / "one", corpus_glob, cache, **extra),
+                              env=subprocess_env(4), stderr=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL)
+    address = f"127.0.0.1:{_free_port()}"
+    hosts = [subprocess.Popen(
+        tiny_command(tmp_path / "two", corpus_glob, cache, **extra, mesh__distributed="on",
+                     mesh__coordinator_address=address, mesh__num_processes=2,
+                     mesh__process_id=i),
+        env=subprocess_env(2), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        for i in range(2)]
+    try:
+        for proc in [single, *hosts]:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err.decode()[-3000:]
+    finally:
+        for proc in [single, *hosts]:
+            if proc.poll() is None:
+                proc.kill()
+    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [2, 4, 4]
+    for a, b in zip(one, two, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    saved = json.load(open(tmp_path / "two" / "checkpoints" / "4" / "meta" / "metadata"))
+    assert len(saved["data"]) == 2  # each host's iterator position

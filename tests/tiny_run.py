@@ -1,0 +1,66 @@
+"""Shared by the train/checkpoint/cli tests: a tiny model on a tiny generated corpus.
+
+Not a test module: a corpus writer and config overrides that serve both in-process
+runs (`tiny_config`) and `llm-jax train` subprocesses (`tiny_flags`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from llm_jax import config as config_lib
+
+BASE_CONFIG = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "base.py")
+_WORDS = ("the king queen sword crown love night day death honour speak my lord good sir "
+          "thou art hath doth none").split()
+
+
+def write_corpus(folder) -> str:
+    """Eight small text files of pseudo-English; returns their glob."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        with open(os.path.join(folder, f"doc{i}.txt"), "w") as f:
+            f.write(" ".join(rng.choice(_WORDS, 2500)) + "\n")
+    return os.path.join(str(folder), "*.txt")
+
+
+def tiny_overrides(corpus_glob: str, cache_dir, **extra) -> dict:
+    """Dotted config keys -> values for a model that compiles and steps in moments."""
+    overrides = {
+        "data.source": "files", "data.path": corpus_glob, "data.cache_dir": str(cache_dir),
+        "data.val_fraction": 0.25, "data.seq_len": 16, "data.num_val_batches": 2,
+        "model.vocab_size": 320, "model.vocab_multiple": 64, "model.d_model": 32,
+        "model.n_heads": 2, "model.n_layers": 2, "model.max_seq_len": 32,
+        "train.batch_size": 8, "train.steps": 6, "train.warmup_steps": 2,
+        "train.log_every": 2, "train.eval_every": 3, "checkpoint.every": 3,
+    }
+    overrides.update({k.replace("__", "."): v for k, v in extra.items()})
+    return overrides
+
+
+def tiny_config(corpus_glob: str, cache_dir, **extra):
+    """The tiny config as a ConfigDict (keyword keys use '__' for '.')."""
+    config = config_lib.default_config()
+    for key, value in tiny_overrides(corpus_glob, cache_dir, **extra).items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
+def tiny_command(workdir, corpus_glob: str, cache_dir, **extra) -> list[str]:
+    """`llm-jax train` (through this Python) with the tiny config as flag overrides."""
+    flags = [f"--config.{k}={v}" for k, v in tiny_overrides(corpus_glob, cache_dir,
+                                                               **extra).items()]
+    return [sys.executable, "-m", "llm_jax.cli", "train", f"--config={BASE_CONFIG}",
+            *flags, f"--workdir={workdir}"]
+
+
+def subprocess_env(num_devices: int = 1) -> dict:
+    """Environment for a CPU-only child process with `num_devices` devices."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices))
+    env.pop("XLA_FLAGS", None)
+    return env
