@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 USER_ERRORS: tuple[str, ...] = (
     "llm_jax.config:ConfigError",
     "llm_jax.data:DataError",
-    "llm_jax.tokenizer:TokenizerError",
+    "llm_jax.tokenizer:DataError",
     "llm_jax.checkpoint:CheckpointError",
     "llm_jax.train:TrainError",
     "absl.flags:Error",

@@ -362,7 +362,8 @@ class Transformer(nn.Module):
         positions_BxL default to arange(L), or with segment_ids to the index within each
         segment (packed documents and left-padded prompts start at 0). segment_ids_BxL:
         attention stays within a segment; 0 marks padding. decode=True appends the tokens
-        to the 'cache' collection (see the module docstring) and attends over it.
+        to the 'cache' collection (see the module docstring) and attends over it; there
+        positions default to the cache slots, so a left-padded batch passes its own.
         """
         s = self.spec
         B, L = tokens_BxL.shape

@@ -128,11 +128,10 @@ def sample_tokens(
 
 def row_keys(seed: int, prompt_ids: Sequence[int], sample_ids: Sequence[int]) -> jax.Array:
     """The key of each row, from (seed, prompt index, sample index) only."""
-    base = jax.random.key(seed)
-    return jnp.stack(
-        [jax.random.fold_in(jax.random.fold_in(base, p), s) for p, s in zip(prompt_ids, sample_ids,
-                                                                          strict=True)]
-    )
+    fold_in = jax.vmap(jax.random.fold_in)
+    prompt_ids_B, sample_ids_B = jnp.asarray(prompt_ids), jnp.asarray(sample_ids)
+    base_B = jnp.broadcast_to(jax.random.key(seed), prompt_ids_B.shape)
+    return fold_in(fold_in(base_B, prompt_ids_B), sample_ids_B)
 
 
 # --- prompts ----------------------------------------------------------------------------------
@@ -212,10 +211,10 @@ class DecodeState(NamedTuple):
 
 
 class Sampler:
-    """Compiled prefill and decode loop for one model config and one sampling setting.
+    """Compiled prefill and decode loop for one model config, sampling setting and EOS id.
 
-    Keep one per setting: calls with the same batch size, prompt length and max_new_tokens reuse
-    the compiled programs.
+    Calls with the same batch size, longest prompt and max_new_tokens reuse the compiled
+    programs; `sampler_for` shares one Sampler per setting across callers.
     """
 
     def __init__(

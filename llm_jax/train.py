@@ -339,8 +339,8 @@ class _Window:
                 raise TrainError(
                     f"{bad[0]} became {float(row[bad[0]])} at step {step}: training diverged "
                     f"(lr there {float(row['lr']):.3g}). Lower config.train.lr, lengthen "
-                    "warmup_steps or set grad_clip; the last checkpoint was saved before "
-                    "the divergence and is intact")
+                    "warmup_steps or set grad_clip. Checkpoints written so far predate the "
+                    "divergence and are intact")
             self.rows.append({k: float(v) for k, v in row.items()})
 
     def restart_clock(self, step: int) -> None:
@@ -366,10 +366,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     from llm_jax import flops as flops_lib
 
     primary = jax.process_index() == 0
+    setup = make_train(config, _make_mesh(config))
     os.makedirs(workdir, exist_ok=True)
     prepared = data_lib.prepare(config)
-    mesh = _make_mesh(config)
-    setup = make_train(config, mesh)
+    if prepared.tokenizer.vocab_size > config.model.vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {prepared.tokenizer.vocab_size} tokens but "
+            f"config.model.vocab_size={config.model.vocab_size}; raise model.vocab_size")
     t, seq_len = config.train, config.data.seq_len
     tokens_per_step = t.batch_size * seq_len
     flops_per_token = flops_lib.flops_per_token(config.model, seq_len)["detailed"]

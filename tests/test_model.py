@@ -25,6 +25,16 @@ POSITION_CONFIGS = [
 B, L = 2, 9
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compiles():
+    # These tests check values, not speed: skipping XLA's expensive passes halves the
+    # compile time that dominates them on a 2-core CPU.
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
 def tiny(**overrides):
     """config.model of a 2-layer, d_model 32 model with vocab 100 (padded to 128)."""
     m = config_lib.default_config().model
@@ -33,7 +43,7 @@ def tiny(**overrides):
     return m
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build(spec):
     model = model_lib.Transformer(config=spec)
     tokens = jnp.zeros((1, 8), jnp.int32)
@@ -73,15 +83,14 @@ def test_logits_shape_dtype_and_padding_columns():
 
 
 SWITCHES = [
-    dict(positions="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, n_kv_heads=2),
+    dict(positions="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, n_kv_heads=2,
+         dtype="bfloat16", head_dim=16),
     dict(positions="learned", norm="layernorm", mlp="gelu", norm_bias=True, attn_bias=True,
-         mlp_bias=True, tie_embeddings=True, scan_layers=False),
+         mlp_bias=True, tie_embeddings=True, scan_layers=False, remat="full"),
     dict(positions="sinusoidal", norm_position="post", mlp="relu", norm="layernorm",
          embed_scale=True, scaled_residual_init=False, remat="full"),
     dict(positions="none", causal=False, mlp="swiglu", n_kv_heads=1, mlp_bias=True,
          remat="save_dots", dropout=0.1),
-    dict(positions="rope", dtype="bfloat16", qk_norm=True, head_dim=16, n_kv_heads=2,
-         norm="layernorm", scan_layers=False, remat="save_dots", dropout=0.1),
 ]
 
 

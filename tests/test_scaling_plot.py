@@ -8,7 +8,6 @@ from matplotlib import image
 from llm_jax.scaling import fit, plot
 from llm_jax.scaling import results as results_io
 
-
 TRUE = dict(E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28)
 
 

@@ -53,7 +53,8 @@ def test_isoflop_tokens_match_the_budget():
         tokens_per_step = config.train.batch_size * config.data.seq_len
         per_token = flops.flops_per_token(config.model, config.data.seq_len)["detailed"]
         # D = C / FLOPs-per-token, rounded to whole steps.
-        assert abs(config.train.tokens * per_token - t.tags["budget"]) <= tokens_per_step * per_token
+        step_flops = tokens_per_step * per_token
+        assert abs(config.train.tokens * per_token - t.tags["budget"]) <= step_flops
         steps = config_lib.train_steps(config)
         assert steps * tokens_per_step == config.train.tokens
         assert config.train.warmup_steps == max(10, round(0.05 * steps))
@@ -115,20 +116,21 @@ def test_unknown_override_and_duplicate_names_are_rejected():
 
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.py")), ids=lambda p: p.stem)
 def test_shipped_sweep_files_load_and_validate(path):
-    base, trials = sweep.load_sweep(path)
+    base, trials, parallel = sweep.load_sweep(path)
+    assert parallel >= 1
     assert len(trials) >= 4
     plans = [sweep.plan(sweep.apply_overrides(base, t.overrides)) for t in trials]
     assert all(p["steps"] >= 1 and p["N"] > 0 for p in plans)
 
 
 def test_shakespeare_demo_is_at_least_three_budgets_by_four_sizes():
-    _, trials = sweep.load_sweep(SWEEPS / "shakespeare_isoflop.py")
+    trials = sweep.load_sweep(SWEEPS / "shakespeare_isoflop.py").trials
     budgets = {t.tags["budget"] for t in trials}
     assert len(budgets) >= 3
     assert all(sum(t.tags["budget"] == c for t in trials) >= 4 for c in budgets)
 
 
 def test_chinchilla_design_spans_real_budgets():
-    _, trials = sweep.load_sweep(SWEEPS / "chinchilla_isoflop.py")
+    trials = sweep.load_sweep(SWEEPS / "chinchilla_isoflop.py").trials
     budgets = sorted({t.tags["budget"] for t in trials})
     assert budgets[0] <= 1e18 and budgets[-1] >= 1e21

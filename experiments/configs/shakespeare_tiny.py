@@ -7,12 +7,12 @@ from llm_jax.config import default_config
 
 
 def get_config():
-    """A 2-layer, d_model 64 Llama-style model on Shakespeare, 300 steps of 16 x 64 tokens."""
+    """A 2-layer, d_model 64 Llama-style model on Shakespeare, 400 steps of 16 x 64 tokens."""
     config = default_config()
     config.model.update(d_model=64, n_layers=2, n_heads=4, vocab_size=512, max_seq_len=128)
     config.data.seq_len = 64
     config.data.num_val_batches = 4
-    config.train.update(steps=300, batch_size=16, lr=3e-3, warmup_steps=20, log_every=20,
+    config.train.update(steps=400, batch_size=16, lr=3e-3, warmup_steps=20, log_every=20,
                         eval_every=100)
     config.checkpoint.every = 100
     return config

@@ -1,13 +1,13 @@
 """A small IsoFLOP study (Chinchilla approach 2) on the embedded Shakespeare corpus.
 
-Three compute budgets x four model sizes, each model trained on the tokens its budget
+Three compute budgets x five model sizes, each model trained on the tokens its budget
 buys (D = C / FLOPs per token, the cosine schedule matched to D); about ten minutes on
 2 CPU cores:
 
     llm-jax sweep experiments/sweeps/shakespeare_isoflop.py --workdir runs/shakespeare_isoflop
 
 Sizes come from `sweep.shape_for_params` with a narrow family (d_model = 32 x n_layers,
-16-wide heads) so that d_model stays between 32 and 128; the learning rate follows
+16-wide heads): d_model 16 to 96, 1 or 2 layers; the learning rate follows
 `sweep.SizeRules` (about N^-1/3).
 """
 
@@ -15,7 +15,11 @@ from llm_jax.config import default_config
 from llm_jax.scaling import sweep
 
 BUDGETS = [1e11, 3e11, 1e12]           # training FLOPs, as the trainer counts them
-SIZES = [1.2e4, 3.3e4, 5.2e4, 8e4, 1.4e5]  # target total parameters N
+# Target total parameters N. The optimum grows with the budget, so the largest budget
+# trades the smallest size for a larger one; each profile then has its minimum inside.
+LADDER = [1.2e4, 3.3e4, 5.2e4, 8e4, 1.4e5, 2.5e5]
+SIZES = {1e11: LADDER[:5], 3e11: LADDER[:5], 1e12: LADDER[1:]}
+PARALLEL = 2                           # two single-threaded trials at once on 2 cores
 
 
 def get_config():

@@ -400,6 +400,12 @@ def collect(sweep_dir: str | Path, n_boot: int = 100) -> dict:
     stored = results_io.read_json(sweep_dir / results_io.FIT_JSON) or {}
     results_io.write_json(sweep_dir / results_io.FIT_JSON, {**stored, **fits})
     plots = plotting.plot_sweep(sweep_dir)
+    summarize(sweep_dir, rows, fits, plots)
+    return {"rows": rows, "fits": fits, "plots": plots}
+
+
+def summarize(sweep_dir: Path, rows: list[dict], fits: dict, plots: Sequence[Path]) -> None:
+    """Print the trial counts, the fitted laws and where the results and plots are."""
     counts = {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}}
     print(f"\n[sweep] {sweep_dir}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     titles = {"isoflop": "Chinchilla approach 2 (IsoFLOP parabolas)",
@@ -408,13 +414,12 @@ def collect(sweep_dir: str | Path, n_boot: int = 100) -> dict:
     for law, title in titles.items():
         if law in fits:
             print(f"\n{fitting.format_fit(title if law != 'kaplan' else law, fits[law])}")
-    for note in fits["notes"]:
+    for note in fits.get("notes", []):
         print(f"note: {note}")
     print(f"\nresults: {sweep_dir / results_io.RESULTS_CSV}\nfits:    "
           f"{sweep_dir / results_io.FIT_JSON}")
     for path in plots:
         print(f"plot:    {path}")
-    return {"rows": rows, "fits": fits, "plots": plots}
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -427,10 +432,15 @@ def _select(trials: list, only: str | None) -> list:
     return [t for t in trials if any(fnmatch.fnmatchcase(t.name, p) for p in patterns)]
 
 
-def run_sweep(sweep_path: str, workdir: str, *, parallel: int = 1, only: str | None = None,
-              dry_run: bool = False, launcher: str = "local", n_boot: int = 100) -> int:
-    """Run (or plan, or write launch scripts for) a sweep; returns an exit code."""
-    base, trials = sweep_lib.load_sweep(sweep_path)
+def run_sweep(sweep_path: str, workdir: str, *, parallel: int | None = None,
+              only: str | None = None, dry_run: bool = False, launcher: str = "local",
+              n_boot: int = 100) -> int:
+    """Run (or plan, or write launch scripts for) a sweep; returns an exit code.
+
+    `parallel`: trials at once; None takes the sweep file's PARALLEL (default 1).
+    """
+    base, trials, default_parallel = sweep_lib.load_sweep(sweep_path)
+    parallel = parallel or default_parallel
     trials = _select(trials, only)
     if not trials:
         raise sweep_lib.SweepError(f"--only {only!r} matches no trial of {sweep_path}")
@@ -467,6 +477,12 @@ def run_sweep(sweep_path: str, workdir: str, *, parallel: int = 1, only: str | N
         return 0
     print(f"[sweep] {len(planned)} trials, {len(planned) - len(todo)} already done, "
           f"{len(todo)} to run, {parallel} at a time")
+    fits = results_io.read_json(root / results_io.FIT_JSON)
+    if not todo and fits is not None and (root / results_io.RESULTS_CSV).exists():
+        # Nothing new: show the stored results instead of refitting (`--collect` refits).
+        plots = sorted((root / results_io.PLOTS_DIR).glob("*.png"))
+        summarize(root, results_io.read_results(root), fits, plots)
+        return 0
     outcome = run_local(sweep_path, workdir, todo, parallel, len(planned),
                         len(planned) - len(todo)) if todo else {}
     collect(root, n_boot)
@@ -484,7 +500,8 @@ def main(argv: Sequence[str]) -> int:
         "skipping finished ones; then write DIR/results.csv, fit.json and plots/."))
     p.add_argument("sweep", nargs="?", help="a sweep file: get_config() and get_sweep()")
     p.add_argument("--workdir", help="the sweep directory: one subdirectory per trial")
-    p.add_argument("--parallel", type=int, default=1, help="trials run at once (local)")
+    p.add_argument("--parallel", type=int, help="trials at once (local; slurm: the array's "
+                   "limit); default: the sweep file's PARALLEL, else 1")
     p.add_argument("--only", help="run only trials matching these glob patterns (comma-separated)")
     p.add_argument("--dry-run", action="store_true", help="list the trials and commands")
     p.add_argument("--launcher", choices=("local", "slurm", "tpu"), default="local",
@@ -498,7 +515,7 @@ def main(argv: Sequence[str]) -> int:
             return 0
         if not args.sweep or not args.workdir:
             p.error("give a sweep file and --workdir (or --collect DIR)")
-        if args.parallel < 1:
+        if args.parallel is not None and args.parallel < 1:
             p.error("--parallel must be >= 1")
         return run_sweep(args.sweep, args.workdir, parallel=args.parallel, only=args.only,
                          dry_run=args.dry_run, launcher=args.launcher, n_boot=args.bootstrap)

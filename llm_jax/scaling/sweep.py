@@ -6,6 +6,7 @@ A sweep file is a Python file with two functions:
         ...
     def get_sweep():   # the trials: a list of Trial(name, overrides, tags)
         return sweep.isoflop(get_config(), budgets=[1e17, 1e18], sizes=[...])
+    PARALLEL = 2       # optional: trials run at once when --parallel is not given
 
 Each trial is the base config plus `overrides` ({"model.d_model": 256, ...}), run as
 
@@ -34,7 +35,7 @@ import re
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 
@@ -301,8 +302,17 @@ def plan(config: ml_collections.ConfigDict) -> dict[str, float]:
             "C_detailed": float(per_token * tokens)}
 
 
-def load_sweep(path: str | Path) -> tuple[ml_collections.ConfigDict, list[Trial]]:
-    """Import a sweep file; return its base config and validated trials."""
+class LoadedSweep(NamedTuple):
+    """A sweep file's base config, its validated trials, and its `PARALLEL` (default 1):
+    the trials to run at once when `--parallel` is not given."""
+
+    config: ml_collections.ConfigDict
+    trials: list[Trial]
+    parallel: int
+
+
+def load_sweep(path: str | Path) -> LoadedSweep:
+    """Import a sweep file; return its base config, validated trials and parallelism."""
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep file {path} not found")
@@ -326,4 +336,4 @@ def load_sweep(path: str | Path) -> tuple[ml_collections.ConfigDict, list[Trial]
             config_lib.validate(apply_overrides(base, t.overrides))
         except config_lib.ConfigError as err:
             raise SweepError(f"trial {t.name}: {err}") from err
-    return base, trials
+    return LoadedSweep(base, trials, int(getattr(module, "PARALLEL", 1)))

@@ -1,0 +1,112 @@
+"""Time the real train step of a model preset on this machine's devices.
+
+    python tools/bench.py --preset llama-150m --batch 32 --seq-len 1024 --dtype bfloat16
+    python tools/bench.py --preset gpt2-small --attention cudnn --remat save_dots --no-scan
+
+Builds the step with `llm_jax.train.make_train` (the one `llm-jax train` runs), on
+random tokens, compiles it (timed), warms up, then times `--steps` steps one by one
+and prints a table: tokens/s, step time (median), model TFLOP/s, MFU, compile time
+and peak device memory. Run it by hand or on a GPU/TPU; it is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llm_jax import config as config_lib
+from llm_jax import flops as flops_lib
+from llm_jax import metrics as metrics_lib
+from llm_jax import sharding as sharding_lib
+from llm_jax import train as train_lib
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line switches."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="llama-150m", choices=sorted(config_lib.MODEL_PRESETS))
+    p.add_argument("--batch", type=int, default=8, help="global batch, in sequences")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
+    p.add_argument("--remat", default="none", choices=["none", "full", "save_dots"])
+    p.add_argument("--no-scan", action="store_true", help="unrolled layers instead of nn.scan")
+    p.add_argument("--microbatches", type=int, default=1)
+    p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes (-1 = the rest)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20)
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace):
+    """The config the benchmark runs."""
+    config = config_lib.apply_preset(config_lib.default_config(), args.preset)
+    config.model.update(dtype=args.dtype, attention_impl=args.attention, remat=args.remat,
+                        scan_layers=not args.no_scan,
+                        max_seq_len=max(config.model.max_seq_len, args.seq_len))
+    config.data.seq_len = args.seq_len
+    config.train.update(batch_size=args.batch, microbatches=args.microbatches, steps=1000)
+    data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
+    config.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
+    return config_lib.validate(config)
+
+
+def main(argv=None) -> None:
+    """Run the benchmark and print its table."""
+    args = parse_args(argv)
+    config = build_config(args)
+    setup = train_lib.make_train(config, sharding_lib.make_mesh(config.mesh))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, config.model.vocab_size, (args.batch, args.seq_len + 1))
+    batch = jax.device_put({"inputs": jnp.asarray(tokens[:, :-1], jnp.int32),
+                            "targets": jnp.asarray(tokens[:, 1:], jnp.int32)},
+                           setup.batch_sharding)
+    with setup.context():
+        start = time.perf_counter()
+        step = setup.train_step.lower(setup.abstract_state, setup.abstract_batch).compile()
+        compile_s = time.perf_counter() - start
+        state = setup.init_state(0)
+        for _ in range(args.warmup):
+            state, out = step(state, batch)
+        jax.block_until_ready(out)
+        times = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            state, out = step(state, batch)
+            jax.block_until_ready(out)
+            times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    tokens_per_s = args.batch * args.seq_len / step_s
+    per_token = flops_lib.flops_per_token(config.model, args.seq_len)["detailed"]
+    tflops = tokens_per_s * per_token / 1e12
+    device = jax.devices()[0]
+    peak = metrics_lib.peak_flops(device.device_kind)
+    mfu = tflops * 1e12 / (peak * jax.device_count()) if peak else None
+    stats = device.memory_stats() or {}
+    peak_mem = stats.get("peak_bytes_in_use")
+    rows = [
+        ("device", f"{jax.device_count()} x {device.device_kind}"),
+        ("model", f"{args.preset} ({flops_lib.param_counts(config.model)['total'] / 1e6:.1f}M "
+                  f"params), {args.dtype}, attention={args.attention}, remat={args.remat}, "
+                  f"scan={not args.no_scan}"),
+        ("batch x seq_len", f"{args.batch} x {args.seq_len}"),
+        ("step time (median)", f"{step_s * 1e3:.2f} ms  (min {min(times) * 1e3:.2f})"),
+        ("tokens/s", f"{tokens_per_s:,.0f}"),
+        ("model TFLOP/s", f"{tflops:.2f}"),
+        ("MFU", f"{mfu:.1%}" if mfu is not None else "n/a (peak unknown for this device)"),
+        ("compile time", f"{compile_s:.1f} s"),
+        ("peak memory / device", f"{peak_mem / 2**30:.2f} GiB" if peak_mem else "n/a"),
+        ("final loss", f"{float(out['train/loss']):.4f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
