@@ -15,6 +15,8 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("llm_jax.train:train_main", "train a model: --config FILE --workdir DIR"),
     "data": ("llm_jax.data_cli:data_main", "prepare and inspect datasets and tokenizers"),
+    "plan": ("llm_jax.plan_cli:plan_main", "fit and speed on a TPU pod, compiled here: "
+             "--config FILE --topology v5p-256"),
     "generate": ("llm_jax.generate_cli:generate_main", "sample text from a run: --workdir DIR"),
     "sweep": ("llm_jax.scaling.runner:main", "run a sweep's trials, resumably; or --collect DIR"),
     "fit": ("llm_jax.scaling.fit:main", "fit a scaling law to a results CSV"),

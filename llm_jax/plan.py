@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import time
 
@@ -132,6 +133,21 @@ def get_topology(name: str, num_slices: int = 1) -> Topology:
     return dataclasses.replace(TOPOLOGIES[key], num_slices=num_slices)
 
 
+def compile_only_process() -> None:
+    """Keep this process off any real accelerator and quiet libtpu's probing.
+
+    Call before JAX's backends start. Planning only compiles for a described topology,
+    so the local backend stays CPU (also on a TPU VM whose chips a training job holds).
+    libtpu still looks for its own TPU when it loads: naming one stops its warnings,
+    and ALLOW_MULTIPLE_LIBTPU_LOAD lets several plans (a sweep) load it side by side
+    and beside a running job instead of failing on /tmp/libtpu_lockfile.
+    """
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    jax.config.update("jax_platforms", "cpu")
+
+
 def require_libtpu() -> None:
     """Raise LibtpuMissing with the install hint unless the libtpu wheel imports."""
     try:
@@ -171,7 +187,11 @@ def topology_mesh(mesh_cfg: ml_collections.ConfigDict, topology: Topology) -> ja
 
 @dataclasses.dataclass
 class Memory:
-    """Per-device bytes from XLA's memory analysis (or, out of memory, its error)."""
+    """Per-device bytes from XLA's memory analysis.
+
+    Out of memory, XLA stops before the analysis: then only `total` (what its error
+    said was needed) is known and the other fields are 0.
+    """
 
     arguments: int
     outputs: int
@@ -192,8 +212,9 @@ class PlanReport:
     chip: str
     devices: int
     mesh: dict[str, int]
-    params_total: int
-    params_per_device: int         # the largest shard of the parameters on one device
+    params_total: int              # llm_jax.flops.param_counts: real vocabulary rows
+    params_allocated: int          # the arrays: total + vocabulary padding rows
+    params_per_device: int         # the parameter shards on one device
     state_bytes_per_device: int    # params + optimizer state on one device
     global_batch: int
     seq_len: int
@@ -241,7 +262,15 @@ def _gib(n: float) -> str:
     return f"{n / GiB:.2f} GiB"
 
 
-def _does_not_fit(needed: int | None, hbm: int, devices: int, mesh: dict[str, int]) -> str:
+def _size(n: float) -> str:
+    return _gib(n) if abs(n) >= GiB / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
+
+
+def _does_not_fit(needed: int, hbm: int, devices: int, mesh: dict[str, int]) -> str:
     need = _gib(needed) if needed else "more than the HBM"
     full_fsdp = devices // mesh["tensor"]
     shard = (f"shard more (--config.mesh.data=1 --config.mesh.fsdp={full_fsdp} spreads "
@@ -258,38 +287,38 @@ def format_report(report: PlanReport) -> str:
     slices = f" x {r.num_slices} slices" if r.num_slices > 1 else ""
     mesh = " x ".join(f"{name} {size}" for name, size in r.mesh.items())
     lines = [
-        f"topology    {r.topology}{slices}: {r.devices} {r.chip} chips "
-        f"({_gib(m.hbm)} HBM, {r.peak_flops / r.devices / 1e12:.0f} TFLOP/s bf16 each)",
-        f"mesh        {mesh}",
-        f"params      {r.params_total / 1e6:,.1f} M total, {r.params_per_device / 1e6:,.1f} M "
-        f"per device; params + optimizer state {_gib(r.state_bytes_per_device)} per device",
-        f"batch       {r.global_batch} x {r.seq_len} = {r.tokens_per_step:,} tokens per step",
+        f"topology  {r.topology}{slices}: {r.devices} {r.chip} chips, {_gib(m.hbm)} HBM and "
+        f"{r.peak_flops / r.devices / 1e12:.0f} TFLOP/s (bf16) each",
+        f"mesh      {mesh}",
+        f"params    {r.params_total / 1e6:,.1f} M ({r.params_allocated / 1e6:,.1f} M with vocab "
+        f"padding); {r.params_per_device / 1e6:,.1f} M per device",
+        f"state     params + optimizer state: {_size(r.state_bytes_per_device)} per device",
+        f"batch     {r.global_batch} x {r.seq_len} = {r.tokens_per_step:,} tokens per step",
     ]
-    if m.arguments or m.temporaries:
+    if m.arguments:  # out of memory, XLA reports only the total it needed
         lines += [
-            "memory per device:",
-            f"  arguments    {_gib(m.arguments):>12}   (state and batch)",
-            f"  outputs      {_gib(m.outputs):>12}",
-            f"  aliased      {_gib(-m.aliased):>12}   (donated state reused for outputs)",
-            f"  temporaries  {_gib(m.temporaries):>12}   (activations, gradients, buffers)",
-            f"  code         {_gib(m.generated_code):>12}",
-            f"  total        {_gib(m.total):>12}   of {_gib(m.hbm)} HBM "
+            "memory per device",
+            f"  arguments    {_size(m.arguments):>11}  state and batch",
+            f"  outputs      {_size(m.outputs):>11}",
+            f"  aliased      {_size(-m.aliased):>11}  outputs written into the donated state",
+            f"  temporaries  {_size(m.temporaries):>11}  activations, gradients, buffers",
+            f"  code         {_size(m.generated_code):>11}",
+            f"  total        {_size(m.total):>11}  of {_gib(m.hbm)} HBM "
             f"({100 * m.total / m.hbm:.0f}%)",
         ]
-    lines.append(f"fits        {'yes' if m.fits else 'NO'}: {r.message}")
-    xla = (f" (XLA counts {r.xla_flops_per_step:.3e}: "
-           f"{r.xla_flops_per_step / r.model_flops_per_step:.2f}x)"
-           if r.xla_flops_per_step else "")
+    lines.append(f"fits      {'yes' if m.fits else 'NO'}: {r.message}")
+    xla = (f" (XLA: {r.xla_flops_per_step:.3e}, {r.xla_flops_per_step / r.model_flops_per_step:.2f}"
+           "x)" if r.xla_flops_per_step else "")
     lines += [
-        f"flops       {r.model_flops_per_step:.3e} model FLOPs per step{xla}",
-        f"speed       at 100% of peak: {r.step_seconds_at_peak * 1e3:,.1f} ms/step, "
+        f"flops     {r.model_flops_per_step:.3e} model FLOPs per step{xla}",
+        f"speed     at 100% of peak: {_duration(r.step_seconds_at_peak)} per step, "
         f"{r.tokens_per_second_at_peak:,.0f} tokens/s",
-        f"            at {100 * r.assumed_mfu:.0f}% MFU:      "
-        f"{r.step_seconds_at_mfu * 1e3:,.1f} ms/step, {r.tokens_per_second_at_mfu:,.0f} tokens/s",
-        f"compiled    in {r.compile_seconds:.1f} s" + (
+        f"          at {100 * r.assumed_mfu:.0f}% MFU: {_duration(r.step_seconds_at_mfu)} per "
+        f"step, {r.tokens_per_second_at_mfu:,.0f} tokens/s",
+        f"compiled  in {r.compile_seconds:.1f} s" + (
             f"; executable saved to {r.executable_path}" if r.executable_path else ""),
     ]
-    lines += [f"note        {note}" for note in r.notes]
+    lines += [f"note      {note}" for note in r.notes]
     return "\n".join(lines)
 
 
@@ -312,24 +341,12 @@ def _xla_flops(compiled) -> float | None:
     return float(cost["flops"]) if cost and cost.get("flops") else None
 
 
-def plan(config: ml_collections.ConfigDict, topology: Topology, mfu: float = DEFAULT_MFU,
-         executable_path: str = "") -> PlanReport:
-    """Compile `llm-jax train`'s step for `topology` on abstract state; report fit and speed.
+def _compile(setup: train_lib.TrainSetup, hbm: int, executable_path: str
+             ) -> tuple[Memory, float | None, bool]:
+    """Compile the train step: (memory per device, XLA FLOPs per device, saved?).
 
-    Out of memory is a result (`report.memory.fits` False, `report.message` says what
-    to change), not an exception. With `executable_path`, the compiled executable is
-    serialized there (`jax.experimental.serialize_executable`, pickled).
+    XLA's RESOURCE_EXHAUSTED at compile time becomes a Memory that does not fit.
     """
-    config = config_lib.validate(ml_collections.ConfigDict(config.to_dict()))
-    mesh = topology_mesh(config.mesh, topology)
-    setup = train_lib.make_train(config, mesh)
-    params = jax.tree.leaves(setup.abstract_state["params"])
-    params_per_device, _ = _per_device(params)
-    _, state_bytes = _per_device(jax.tree.leaves(setup.abstract_state))
-    mesh_sizes = {name: int(size) for name, size in mesh.shape.items()}
-    hbm = topology.chip.hbm_bytes
-
-    start = time.perf_counter()
     with setup.context():
         lowered = setup.train_step.lower(setup.abstract_state, setup.abstract_batch)
     try:
@@ -337,48 +354,83 @@ def plan(config: ml_collections.ConfigDict, topology: Topology, mfu: float = DEF
     except jax.errors.JaxRuntimeError as e:
         if not _OOM.search(str(e)):
             raise
-        compiled, needed = None, _oom_needed_bytes(str(e))
-        memory = Memory(0, 0, 0, 0, 0, total=needed or 0, hbm=hbm, fits=False)
-    compile_seconds = time.perf_counter() - start
-    if compiled is not None:
-        memory = _memory(compiled.memory_analysis(), hbm)
-        if executable_path:
-            _save_executable(compiled, executable_path)
-
-    seq_len, batch = config.data.seq_len, config.train.batch_size
-    tokens = batch * seq_len
-    model_flops = float(flops_lib.flops_per_token(config.model, seq_len)["detailed"] * tokens)
-    peak = topology.chip.peak_flops * topology.num_chips
-    at_peak = model_flops / peak
-    notes = []
-    if config.model.dtype != "bfloat16":
-        notes.append(f"model.dtype={config.model.dtype}: the bf16 peak overstates the speed; "
-                     "TPU runs use --config.model.dtype=bfloat16")
-    return PlanReport(
-        topology=topology.name, num_slices=topology.num_slices, chip=topology.chip.generation,
-        devices=topology.num_chips, mesh=mesh_sizes,
-        params_total=sum(leaf.size for leaf in params), params_per_device=params_per_device,
-        state_bytes_per_device=state_bytes, global_batch=batch, seq_len=seq_len,
-        tokens_per_step=tokens, memory=memory,
-        message=(f"{_gib(memory.total)} of {_gib(hbm)} per device" if memory.fits
-                 else _does_not_fit(memory.total or None, hbm, topology.num_chips, mesh_sizes)),
-        model_flops_per_step=model_flops,
-        xla_flops_per_step=(_xla_flops(compiled) * topology.num_chips
-                            if compiled is not None and _xla_flops(compiled) else None),
-        peak_flops=peak, step_seconds_at_peak=at_peak,
-        tokens_per_second_at_peak=tokens / at_peak, assumed_mfu=mfu,
-        step_seconds_at_mfu=at_peak / mfu, tokens_per_second_at_mfu=tokens * mfu / at_peak,
-        compile_seconds=compile_seconds, executable_path=executable_path if compiled else "",
-        notes=notes,
-    )
+        needed = _oom_needed_bytes(str(e)) or 0
+        return Memory(0, 0, 0, 0, 0, total=needed, hbm=hbm, fits=False), None, False
+    if executable_path:
+        _save_executable(compiled, executable_path)
+    return _memory(compiled.memory_analysis(), hbm), _xla_flops(compiled), bool(executable_path)
 
 
 def _save_executable(compiled, path: str) -> None:
-    """Pickle (serialized executable, in_tree, out_tree): load it on the pod with
-    `jax.experimental.serialize_executable.deserialize_and_load`."""
+    """Pickle (serialized executable, in_tree, out_tree); load it on the pod with
+    `jax.experimental.serialize_executable.deserialize_and_load(*pickle.load(f))`."""
     import pickle
 
     from jax.experimental import serialize_executable
 
     with open(path, "wb") as f:
         pickle.dump(serialize_executable.serialize(compiled), f)
+
+
+def _notes(config: ml_collections.ConfigDict) -> list[str]:
+    notes = []
+    if config.model.dtype != "bfloat16":
+        notes.append(f"model.dtype={config.model.dtype}: the bf16 peak overstates the speed; "
+                     "TPU runs use --config.model.dtype=bfloat16")
+    if config.model.scan_layers or config.train.microbatches > 1:
+        notes.append("XLA counts a loop body once (scan_layers, microbatches), so its FLOPs "
+                     "are low here; the model count is the one to trust")
+    return notes
+
+
+def _validated(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A validated copy. The data source is not checked: plan reads no data, so a pod
+    config whose `data.path` is given only on the pod still plans."""
+    checked = ml_collections.ConfigDict(config.to_dict())
+    checked.data.source = "shakespeare"
+    config_lib.validate(checked)
+    return ml_collections.ConfigDict(config.to_dict())
+
+
+def plan(config: ml_collections.ConfigDict, topology: Topology, mfu: float = DEFAULT_MFU,
+         executable_path: str = "") -> PlanReport:
+    """Compile `llm-jax train`'s step for `topology` on abstract state; report fit and speed.
+
+    Out of memory is a result (`report.memory.fits` False, `report.message` says what
+    to change), not an exception. With `executable_path`, the compiled executable is
+    serialized there.
+    """
+    config = _validated(config)
+    mesh = topology_mesh(config.mesh, topology)
+    setup = train_lib.make_train(config, mesh)
+    params = jax.tree.leaves(setup.abstract_state["params"])
+    params_per_device, _ = _per_device(params)
+    _, state_bytes = _per_device(jax.tree.leaves(setup.abstract_state))
+    mesh_sizes = {name: int(size) for name, size in mesh.shape.items()}
+
+    start = time.perf_counter()
+    memory, xla_flops, saved = _compile(setup, topology.chip.hbm_bytes, executable_path)
+    compile_seconds = time.perf_counter() - start
+
+    seq_len, batch = config.data.seq_len, config.train.batch_size
+    tokens = batch * seq_len
+    model_flops = float(flops_lib.flops_per_token(config.model, seq_len)["detailed"] * tokens)
+    peak = topology.chip.peak_flops * topology.num_chips
+    at_peak = model_flops / peak
+    return PlanReport(
+        topology=topology.name, num_slices=topology.num_slices, chip=topology.chip.generation,
+        devices=topology.num_chips, mesh=mesh_sizes,
+        params_total=flops_lib.param_counts(config.model)["total"],
+        params_allocated=sum(leaf.size for leaf in params),
+        params_per_device=params_per_device, state_bytes_per_device=state_bytes,
+        global_batch=batch, seq_len=seq_len, tokens_per_step=tokens, memory=memory,
+        message=(f"{_size(memory.total)} of {_gib(memory.hbm)} per device" if memory.fits
+                 else _does_not_fit(memory.total, memory.hbm, topology.num_chips, mesh_sizes)),
+        model_flops_per_step=model_flops,
+        xla_flops_per_step=xla_flops * topology.num_chips if xla_flops else None,
+        peak_flops=peak, step_seconds_at_peak=at_peak,
+        tokens_per_second_at_peak=tokens / at_peak, assumed_mfu=mfu,
+        step_seconds_at_mfu=at_peak / mfu, tokens_per_second_at_mfu=tokens * mfu / at_peak,
+        compile_seconds=compile_seconds, executable_path=executable_path if saved else "",
+        notes=_notes(config),
+    )

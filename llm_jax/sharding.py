@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -75,8 +77,24 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict,
     if math.prod(sizes) != len(devices):
         raise ValueError(f"{named} needs {math.prod(sizes)} devices but {len(devices)} are "
                          "available; make the product match or set one axis to -1")
-    return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
-                         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+    return Mesh(_device_grid(sizes, devices), MESH_AXES,
+                axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def _device_grid(sizes: list[int], devices: list[jax.Device]) -> np.ndarray:
+    """The devices arranged as the mesh: in the given order on CPU, along the physical
+    torus on TPU (a mesh axis may span part of a physical axis), and with `data` across
+    slices on a multi-slice pod, so only the gradient all-reduce crosses the slower
+    data-center network (jax.make_mesh rejects multi-slice device sets)."""
+    num_slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if num_slices == 1:
+        return mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+    if sizes[0] % num_slices:
+        raise ValueError(f"{num_slices} slices need mesh.data to be a multiple of "
+                         f"{num_slices} (data spans the slices); got data={sizes[0]}")
+    per_slice = (sizes[0] // num_slices, *sizes[1:])
+    return mesh_utils.create_hybrid_device_mesh(per_slice, (num_slices, 1, 1), devices,
+                                                allow_split_physical_axes=True)
 
 
 def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:

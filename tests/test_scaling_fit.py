@@ -75,6 +75,18 @@ def test_isoflop_recovers_exponents_and_drops_edge_budgets():
     assert len(got["notes"]) == 1 and "largest model" in got["notes"][0]
 
 
+def test_isoflop_drops_a_profile_that_is_not_u_shaped():
+    n, d, loss, budget = isoflop_points([1e18, 1e19, 1e20])
+    # A flat-then-cliff profile (from the Shakespeare demo): interior minimum, but the
+    # parabola's vertex is far outside the sizes.
+    n_odd = np.array([12336, 32864, 52368, 80112, 139584])
+    loss_odd = np.array([3.418, 3.415, 3.856, 3.960, 3.941])
+    got = fit.fit_isoflop(np.r_[n, n_odd], np.r_[d, 1e21 / (6 * n_odd)], np.r_[loss, loss_odd],
+                          np.r_[budget, np.full(5, 1e21)])
+    assert [b["kept"] for b in got["budgets"]] == [True, True, True, False]
+    assert "vertex" in got["notes"][0] and got["a"] == pytest.approx(TRUE_A, abs=0.02)
+
+
 def test_isoflop_needs_two_usable_budgets():
     n, d, loss, budget = isoflop_points([1e19])
     got = fit.fit_isoflop(n, d, loss, budget)

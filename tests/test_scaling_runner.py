@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from llm_jax.scaling import runner
+from llm_jax.scaling import results, runner
 
 SWEEP = '''
 from llm_jax.config import default_config
@@ -58,8 +58,8 @@ def test_sweep_runs_records_a_crash_and_skips_finished_trials(tmp_path, capsys):
     assert "FAILED broken" in out and "3/3" not in out
     for name in ("lr-a", "lr-b"):
         assert (work / name / "done.json").exists()
-        assert runner.trial_status(work / name) == "done"
-    assert runner.trial_status(work / "broken") == "failed"
+        assert results.trial_status(work / name) == "done"
+    assert results.trial_status(work / "broken") == "failed"
     error = json.loads((work / "broken" / "status.json").read_text())["error"]
     assert "nonexistent" in error
     with open(work / "results.csv") as f:
@@ -97,7 +97,7 @@ def test_killed_sweep_resumes_from_the_checkpoint(tmp_path):
     assert 50 <= saved < 1000 and not (work / "long" / "done.json").exists()
 
     assert runner.run_sweep(sweep, str(work), n_boot=0) == 0
-    assert runner.trial_status(work / "long") == "done"
+    assert results.trial_status(work / "long") == "done"
     last_attempt = (work / "long" / "train.log").read_text().split("=== attempt")[-1]
     saved_again = [int(s) for s in re.findall(r"checkpoint saved at step (\d+)", last_attempt)]
     assert saved_again and min(saved_again) > saved  # resumed, not restarted

@@ -10,7 +10,7 @@ The laws, each a function returning a JSON-able dict:
 - `fit_isoflop(n, d, loss, budget)`: Chinchilla approach 2. Per IsoFLOP budget, a parabola
   in log N; its vertex is N_opt(C). Budgets whose lowest loss is at the edge of the size
   grid are dropped with a note (their optimum is outside the grid, so the vertex would be
-  an extrapolation).
+  an extrapolation), as are those whose parabola has no vertex inside the grid.
 - `fit_parametric(n, d, loss)`: Chinchilla approach 3. L(N, D) = E + A/N^alpha + B/D^beta,
   fitted as Hoffmann et al. (2022, appendix D.2) do: log L is modelled as
   LSE(a - alpha log N, b - beta log D, e) with A = e^a, B = e^b, E = e^e; the Huber loss
@@ -95,12 +95,13 @@ def _screen(starts: np.ndarray, log_x, log_loss, delta: float, keep: int) -> np.
     return starts[order[:keep]]
 
 
-def _minimize(starts: np.ndarray, log_x, log_loss, delta: float) -> tuple[np.ndarray, float]:
+def _minimize(starts: np.ndarray, log_x, log_loss, delta: float,
+              maxiter: int = 2000) -> tuple[np.ndarray, float]:
     best_theta, best_value = None, math.inf
     for start in starts:
         res = scipy.optimize.minimize(
             _objective, start, args=(log_x, log_loss, delta), jac=True, method="L-BFGS-B",
-            options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12},
+            options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-12},
         )
         if np.all(np.isfinite(res.x)) and res.fun < best_value:
             best_theta, best_value = res.x, float(res.fun)
@@ -119,8 +120,9 @@ def _fit_lse(log_x, log_loss, *, n_starts, n_boot, seed, delta):
     n = log_loss.shape[0]
     for _ in range(n_boot):
         idx = rng.integers(0, n, n)
-        # A resample's optimum lies near the full-data one: start there.
-        boot.append(_minimize(theta[None], log_x[:, idx], log_loss[idx], delta)[0])
+        # A resample's optimum lies near the full-data one: start there. Few points (a
+        # small sweep) make flat valleys where L-BFGS crawls; the cap bounds the cost.
+        boot.append(_minimize(theta[None], log_x[:, idx], log_loss[idx], delta, 200)[0])
     return theta, value, np.array(boot).reshape(n_boot, len(theta))
 
 
@@ -130,7 +132,8 @@ def _intervals(summaries: list[dict], level: float) -> dict[str, list[float]]:
     out = {}
     for key in summaries[0]:
         values = np.array([s[key] for s in summaries], dtype=float)
-        if np.all(np.isfinite(values)):
+        values = values[np.isfinite(values)]  # a, b, G are NaN where a resample has no optimum
+        if len(values) >= len(summaries) / 2:
             out[key] = np.percentile(values, [50 * (1 - level), 50 * (1 + level)]).tolist()
     return out
 
@@ -294,6 +297,11 @@ def fit_isoflop(n: Sequence[float], d: Sequence[float], loss: Sequence[float],
             notes.append(f"budget C={c:.3g}: dropped, the parabola opens downward")
             continue
         vertex = -coef[1] / (2 * coef[0])
+        if not log_n[0] <= vertex <= log_n[-1]:
+            notes.append(f"budget C={c:.3g}: dropped, the parabola's vertex (N="
+                         f"{math.exp(vertex):.3g}) lies outside the sizes tried: the profile "
+                         "is not U-shaped; add sizes around its lowest point")
+            continue
         line = np.polyfit(log_n, np.log(bd), 1)
         entry.update(kept=True, parabola=coef.tolist(), N_opt=math.exp(vertex),
                      D_opt=math.exp(np.polyval(line, vertex)),

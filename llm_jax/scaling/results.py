@@ -167,3 +167,32 @@ def trial_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
         p for p in sweep_dir.iterdir()
         if p.is_dir() and ((p / "trial.json").exists() or (p / "metrics.jsonl").exists())
     )
+
+
+# --- trial state ----------------------------------------------------------------------------
+
+
+def last_row(trial_dir: Path, key: str) -> dict | None:
+    """The last metrics row of a trial that holds `key`."""
+    rows = [r for r in read_metrics(trial_dir / "metrics.jsonl") if key in r]
+    return rows[-1] if rows else None
+
+
+def is_complete(trial_dir: Path, steps: int) -> bool:
+    """The trial's metrics hold an evaluation at its planned last step."""
+    row = last_row(trial_dir, "val/loss")
+    return row is not None and row["step"] >= steps
+
+
+def trial_status(trial_dir: Path, steps: int | None = None) -> str:
+    """done | failed | stopped | running | incomplete | pending."""
+    if (trial_dir / "done.json").exists():
+        return "done"
+    state = read_json(trial_dir / "status.json") or {}
+    if steps is None:
+        steps = (read_json(trial_dir / "trial.json") or {}).get("plan", {}).get("steps")
+    if steps is not None and is_complete(trial_dir, steps) and state.get("status") != "running":
+        return "done"
+    if state.get("status"):
+        return state["status"]
+    return "incomplete" if (trial_dir / "metrics.jsonl").exists() else "pending"

@@ -36,13 +36,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 
-from llm_jax import flops as flops_lib
 from llm_jax.config import ConfigError
-from llm_jax.scaling import fit as fitting
-from llm_jax.scaling import plot as plotting
+from llm_jax.scaling import collect as collect_lib
 from llm_jax.scaling import results as results_io
 from llm_jax.scaling import sweep as sweep_lib
 
@@ -59,31 +56,6 @@ def train_command(sweep_path: str, workdir: str, trial: sweep_lib.Trial,
     """The `llm-jax train` command line of a trial."""
     return [*launcher, "train", "--config", str(sweep_path), "--workdir",
             str(Path(workdir) / trial.name), *sweep_lib.override_args(trial.overrides)]
-
-
-def _last_row(trial_dir: Path, key: str) -> dict | None:
-    rows = [r for r in results_io.read_metrics(trial_dir / "metrics.jsonl") if key in r]
-    return rows[-1] if rows else None
-
-
-def is_complete(trial_dir: Path, steps: int) -> bool:
-    """The trial's metrics hold an evaluation at its planned last step."""
-    row = _last_row(trial_dir, "val/loss")
-    return row is not None and row["step"] >= steps
-
-
-def trial_status(trial_dir: Path, steps: int | None = None) -> str:
-    """done | failed | stopped | running | incomplete | pending."""
-    if (trial_dir / "done.json").exists():
-        return "done"
-    state = results_io.read_json(trial_dir / "status.json") or {}
-    if steps is None:
-        steps = (results_io.read_json(trial_dir / "trial.json") or {}).get("plan", {}).get("steps")
-    if steps is not None and is_complete(trial_dir, steps) and state.get("status") != "running":
-        return "done"
-    if state.get("status"):
-        return state["status"]
-    return "incomplete" if (trial_dir / "metrics.jsonl").exists() else "pending"
 
 
 def _write_status(trial_dir: Path, status: str, **fields) -> dict:
@@ -110,13 +82,13 @@ class _Running:
         self.start = time.time()
         state = _write_status(trial_dir, "running")
         self.attempt = len(state["attempts"]) + 1
-        self.log = open(trial_dir / "train.log", "a")  # noqa: SIM115 (closed in finish)
+        self.log = open(trial_dir / "train.log", "a")  # closed in finish()
         self.log.write(f"\n=== attempt {self.attempt}: {shlex.join(command)}\n")
         self.log.flush()
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def progress(self) -> float:
-        row = _last_row(self.dir, "step")
+        row = results_io.last_row(self.dir, "step")
         return min(1.0, row["step"] / max(1, self.plan["steps"])) if row else 0.0
 
     def finish(self, rc: int) -> str:
@@ -126,7 +98,7 @@ class _Running:
         state = results_io.read_json(self.dir / "status.json") or {"attempts": []}
         attempts = state["attempts"] + [{"start": self.start, "end": end, "rc": rc}]
         wall = sum(a["end"] - a["start"] for a in attempts)
-        if rc == 0 and is_complete(self.dir, self.plan["steps"]):
+        if rc == 0 and results_io.is_complete(self.dir, self.plan["steps"]):
             _write_status(self.dir, "done", attempts=attempts, wall_s=wall)
             results_io.write_json(self.dir / "done.json", {"wall_s": wall, "finished": end})
             return "done"
@@ -304,124 +276,6 @@ run() {{
     return path
 
 
-# --- collecting ----------------------------------------------------------------------------
-
-
-def _row(trial_dir: Path) -> dict:
-    """One results row from a trial directory."""
-    info = results_io.read_json(trial_dir / "trial.json") or {}
-    config = results_io.read_json(trial_dir / "config.json")
-    plan = info.get("plan", {})
-    row = {"name": trial_dir.name, **info.get("tags", {}), **info.get("overrides", {})}
-    if config:  # what the trainer ran, not what the sweep planned
-        counts = flops_lib.param_counts(ml_collections.ConfigDict(config["model"]))
-        row.update(N=counts["total"], N_non_embedding=counts["non_embedding"])
-    else:
-        row.update(N=plan.get("N"), N_non_embedding=plan.get("N_non_embedding"))
-    status = trial_status(trial_dir, plan.get("steps"))
-    state = results_io.read_json(trial_dir / "status.json") or {}
-    row.update(status=status, steps=plan.get("steps"), wall_s=state.get("wall_s"))
-    metrics = results_io.read_metrics(trial_dir / "metrics.jsonl")
-    last = metrics[-1] if metrics else None
-    evals = [r for r in metrics if r.get("val/loss") is not None]
-    train = [r for r in metrics if r.get("train/loss") is not None]
-    if last:
-        row.update(D=last["tokens"], C=flops_lib.training_flops(row["N"], last["tokens"]),
-                   C_detailed=last.get("flops"), epochs=last.get("epochs"))
-    if evals:
-        row.update(loss=evals[-1]["val/loss"], bpb=evals[-1].get("val/bpb"),
-                   best_loss=min(r["val/loss"] for r in evals))
-    if train:
-        row["train_loss"] = train[-1]["train/loss"]
-    return row
-
-
-def collect_rows(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
-    """Results rows of every trial directory, and the table's columns."""
-    rows = [_row(d) for d in results_io.trial_dirs(sweep_dir)]
-    if not rows:
-        raise results_io.ResultsError(f"{sweep_dir} holds no trial directories")
-    keys = dict.fromkeys(k for r in rows for k in r if k != "name"
-                         and k not in results_io.MEASURED_COLUMNS)
-    swept = [k for k in keys if len({repr(r.get(k)) for r in rows}) > 1]
-    return rows, ["name", *swept, *results_io.MEASURED_COLUMNS]
-
-
-def _constant(values: np.ndarray) -> bool:
-    return bool(values.max() <= values.min() * 1.01)
-
-
-def fit_sweep(sweep_dir: Path, rows: list[dict], n_boot: int = 100) -> dict:
-    """Every law the finished trials support; `notes` says why others were skipped."""
-    done = [r for r in rows if r["status"] == "done" and r.get("loss") is not None]
-    fits: dict = {"notes": []}
-    if not done:
-        fits["notes"].append("no finished trials to fit")
-        return fits
-    n, d, loss = (np.array([r[k] for r in done], float) for k in ("N", "D", "loss"))
-    attempts = {
-        "isoflop": (lambda: fitting.fit_isoflop(n, d, loss, [r["budget"] for r in done]))
-        if all(r.get("budget") for r in done) else None,
-        "chinchilla": (lambda: fitting.fit_parametric(n, d, loss, n_boot=n_boot))
-        if len(done) >= 5 and not _constant(n) and not _constant(d) else None,
-        "envelope": (lambda: fitting.fit_envelope(plotting.load_curves(sweep_dir, done)))
-        if len(set(n)) >= 2 else None,
-    }
-    kaplan = {}
-    if _constant(d) and len(set(n)) >= 3:
-        kaplan["N"] = lambda: fitting.fit_power_law(n, loss, n_boot=n_boot)
-    if _constant(n) and len(set(d)) >= 3:
-        kaplan["D"] = lambda: fitting.fit_power_law(d, loss, n_boot=n_boot)
-    for law, run in attempts.items():
-        if run is None:
-            continue
-        try:
-            fits[law] = run()
-        except fitting.FitError as err:
-            fits["notes"].append(f"{law}: {err}")
-    if "envelope" in fits:  # Kaplan's L(C): a power law on the compute frontier
-        env = fits["envelope"]["envelope"]
-        kaplan["C"] = lambda: fitting.fit_power_law([p["C"] for p in env],
-                                                    [p["loss"] for p in env], n_boot=n_boot)
-    for key, run in kaplan.items():
-        try:
-            fits.setdefault("kaplan", {})[key] = run()
-        except fitting.FitError as err:
-            fits["notes"].append(f"kaplan L({key}): {err}")
-    return fits
-
-
-def collect(sweep_dir: str | Path, n_boot: int = 100) -> dict:
-    """Write DIR/results.csv and DIR/fit.json, draw DIR/plots/, print the fitted laws."""
-    sweep_dir = Path(sweep_dir)
-    rows, columns = collect_rows(sweep_dir)
-    results_io.write_results(sweep_dir / results_io.RESULTS_CSV, rows, columns)
-    fits = fit_sweep(sweep_dir, rows, n_boot)
-    stored = results_io.read_json(sweep_dir / results_io.FIT_JSON) or {}
-    results_io.write_json(sweep_dir / results_io.FIT_JSON, {**stored, **fits})
-    plots = plotting.plot_sweep(sweep_dir)
-    summarize(sweep_dir, rows, fits, plots)
-    return {"rows": rows, "fits": fits, "plots": plots}
-
-
-def summarize(sweep_dir: Path, rows: list[dict], fits: dict, plots: Sequence[Path]) -> None:
-    """Print the trial counts, the fitted laws and where the results and plots are."""
-    counts = {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}}
-    print(f"\n[sweep] {sweep_dir}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    titles = {"isoflop": "Chinchilla approach 2 (IsoFLOP parabolas)",
-              "envelope": "Chinchilla approach 1 (training-curve envelope)",
-              "chinchilla": "Chinchilla approach 3 (parametric fit)", "kaplan": "Kaplan"}
-    for law, title in titles.items():
-        if law in fits:
-            print(f"\n{fitting.format_fit(title if law != 'kaplan' else law, fits[law])}")
-    for note in fits.get("notes", []):
-        print(f"note: {note}")
-    print(f"\nresults: {sweep_dir / results_io.RESULTS_CSV}\nfits:    "
-          f"{sweep_dir / results_io.FIT_JSON}")
-    for path in plots:
-        print(f"plot:    {path}")
-
-
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -446,7 +300,7 @@ def run_sweep(sweep_path: str, workdir: str, *, parallel: int | None = None,
         raise sweep_lib.SweepError(f"--only {only!r} matches no trial of {sweep_path}")
     planned = [(t, sweep_lib.plan(sweep_lib.apply_overrides(base, t.overrides))) for t in trials]
     root = Path(workdir)
-    status = {t.name: trial_status(root / t.name, p["steps"]) for t, p in planned}
+    status = {t.name: results_io.trial_status(root / t.name, p["steps"]) for t, p in planned}
     todo = [(t, p) for t, p in planned if status[t.name] != "done"]
     if dry_run:
         print(f"{'trial':32s}{'N':>10s}{'steps':>8s}{'tokens':>11s}{'C (FLOPs)':>11s}  status")
@@ -481,11 +335,11 @@ def run_sweep(sweep_path: str, workdir: str, *, parallel: int | None = None,
     if not todo and fits is not None and (root / results_io.RESULTS_CSV).exists():
         # Nothing new: show the stored results instead of refitting (`--collect` refits).
         plots = sorted((root / results_io.PLOTS_DIR).glob("*.png"))
-        summarize(root, results_io.read_results(root), fits, plots)
+        collect_lib.summarize(root, results_io.read_results(root), fits, plots)
         return 0
     outcome = run_local(sweep_path, workdir, todo, parallel, len(planned),
                         len(planned) - len(todo)) if todo else {}
-    collect(root, n_boot)
+    collect_lib.collect(root, n_boot)
     failed = [name for name, s in outcome.items() if s != "done"]
     if failed:
         print(f"[sweep] {len(failed)} trial(s) did not finish: {', '.join(failed)} "
@@ -511,7 +365,7 @@ def main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv[1:])
     try:
         if args.collect:
-            collect(args.collect, args.bootstrap)
+            collect_lib.collect(args.collect, args.bootstrap)
             return 0
         if not args.sweep or not args.workdir:
             p.error("give a sweep file and --workdir (or --collect DIR)")

@@ -1,0 +1,137 @@
+"""Collecting a sweep: the results table, every law the results support, the summary.
+
+`collect(DIR)` (also `llm-jax sweep --collect DIR`) reads each trial directory (its
+trial.json, the config.json and metrics.jsonl the trainer wrote), writes DIR/results.csv,
+fits into DIR/fit.json whatever the finished trials support (IsoFLOP parabolas when
+trials carry a budget, the parametric L(N, D) when N and D both vary, the envelope of the
+training curves when there are several sizes, Kaplan's L(N) / L(D) when the other is
+fixed, L(C) on the envelope), draws DIR/plots/ and prints the laws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from llm_jax import flops as flops_lib
+from llm_jax.scaling import fit as fitting
+from llm_jax.scaling import plot as plotting
+from llm_jax.scaling import results as results_io
+
+
+def _row(trial_dir: Path) -> dict:
+    """One results row from a trial directory."""
+    info = results_io.read_json(trial_dir / "trial.json") or {}
+    config = results_io.read_json(trial_dir / "config.json")
+    plan = info.get("plan", {})
+    row = {"name": trial_dir.name, **info.get("tags", {}), **info.get("overrides", {})}
+    if config:  # what the trainer ran, not what the sweep planned
+        counts = flops_lib.param_counts(ml_collections.ConfigDict(config["model"]))
+        row.update(N=counts["total"], N_non_embedding=counts["non_embedding"])
+    else:
+        row.update(N=plan.get("N"), N_non_embedding=plan.get("N_non_embedding"))
+    status = results_io.trial_status(trial_dir, plan.get("steps"))
+    state = results_io.read_json(trial_dir / "status.json") or {}
+    row.update(status=status, steps=plan.get("steps"), wall_s=state.get("wall_s"))
+    metrics = results_io.read_metrics(trial_dir / "metrics.jsonl")
+    last = metrics[-1] if metrics else None
+    evals = [r for r in metrics if r.get("val/loss") is not None]
+    train = [r for r in metrics if r.get("train/loss") is not None]
+    if last:
+        row.update(D=last["tokens"], C=flops_lib.training_flops(row["N"], last["tokens"]),
+                   C_detailed=last.get("flops"), epochs=last.get("epochs"))
+    if evals:
+        row.update(loss=evals[-1]["val/loss"], bpb=evals[-1].get("val/bpb"),
+                   best_loss=min(r["val/loss"] for r in evals))
+    if train:
+        row["train_loss"] = train[-1]["train/loss"]
+    return row
+
+
+def collect_rows(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
+    """Results rows of every trial directory, and the table's columns."""
+    rows = [_row(d) for d in results_io.trial_dirs(sweep_dir)]
+    if not rows:
+        raise results_io.ResultsError(f"{sweep_dir} holds no trial directories")
+    keys = dict.fromkeys(k for r in rows for k in r if k != "name"
+                         and k not in results_io.MEASURED_COLUMNS)
+    swept = [k for k in keys if len({repr(r.get(k)) for r in rows}) > 1]
+    return rows, ["name", *swept, *results_io.MEASURED_COLUMNS]
+
+
+def _constant(values: np.ndarray) -> bool:
+    return bool(values.max() <= values.min() * 1.01)
+
+
+def fit_sweep(sweep_dir: Path, rows: list[dict], n_boot: int = 100) -> dict:
+    """Every law the finished trials support; `notes` says why others were skipped."""
+    done = [r for r in rows if r["status"] == "done" and r.get("loss") is not None]
+    fits: dict = {"notes": []}
+    if not done:
+        fits["notes"].append("no finished trials to fit")
+        return fits
+    n, d, loss = (np.array([r[k] for r in done], float) for k in ("N", "D", "loss"))
+    attempts = {
+        "isoflop": (lambda: fitting.fit_isoflop(n, d, loss, [r["budget"] for r in done]))
+        if all(r.get("budget") for r in done) else None,
+        "chinchilla": (lambda: fitting.fit_parametric(n, d, loss, n_boot=n_boot))
+        if len(done) >= 5 and not _constant(n) and not _constant(d) else None,
+        "envelope": (lambda: fitting.fit_envelope(plotting.load_curves(sweep_dir, done)))
+        if len(set(n)) >= 2 else None,
+    }
+    kaplan = {}
+    if _constant(d) and len(set(n)) >= 3:
+        kaplan["N"] = lambda: fitting.fit_power_law(n, loss, n_boot=n_boot)
+    if _constant(n) and len(set(d)) >= 3:
+        kaplan["D"] = lambda: fitting.fit_power_law(d, loss, n_boot=n_boot)
+    for law, run in attempts.items():
+        if run is None:
+            continue
+        try:
+            fits[law] = run()
+        except fitting.FitError as err:
+            fits["notes"].append(f"{law}: {err}")
+    if "envelope" in fits:  # Kaplan's L(C): a power law on the compute frontier
+        env = fits["envelope"]["envelope"]
+        kaplan["C"] = lambda: fitting.fit_power_law([p["C"] for p in env],
+                                                    [p["loss"] for p in env], n_boot=n_boot)
+    for key, run in kaplan.items():
+        try:
+            fits.setdefault("kaplan", {})[key] = run()
+        except fitting.FitError as err:
+            fits["notes"].append(f"kaplan L({key}): {err}")
+    return fits
+
+
+def collect(sweep_dir: str | Path, n_boot: int = 100) -> dict:
+    """Write DIR/results.csv and DIR/fit.json, draw DIR/plots/, print the fitted laws."""
+    sweep_dir = Path(sweep_dir)
+    rows, columns = collect_rows(sweep_dir)
+    results_io.write_results(sweep_dir / results_io.RESULTS_CSV, rows, columns)
+    fits = fit_sweep(sweep_dir, rows, n_boot)
+    stored = results_io.read_json(sweep_dir / results_io.FIT_JSON) or {}
+    results_io.write_json(sweep_dir / results_io.FIT_JSON, {**stored, **fits})
+    plots = plotting.plot_sweep(sweep_dir)
+    summarize(sweep_dir, rows, fits, plots)
+    return {"rows": rows, "fits": fits, "plots": plots}
+
+
+def summarize(sweep_dir: Path, rows: list[dict], fits: dict, plots: Sequence[Path]) -> None:
+    """Print the trial counts, the fitted laws and where the results and plots are."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}}
+    print(f"\n[sweep] {sweep_dir}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    titles = {"isoflop": "Chinchilla approach 2 (IsoFLOP parabolas)",
+              "envelope": "Chinchilla approach 1 (training-curve envelope)",
+              "chinchilla": "Chinchilla approach 3 (parametric fit)", "kaplan": "Kaplan"}
+    for law, title in titles.items():
+        if law in fits:
+            print(f"\n{fitting.format_fit(title if law != 'kaplan' else law, fits[law])}")
+    for note in fits.get("notes", []):
+        print(f"note: {note}")
+    print(f"\nresults: {sweep_dir / results_io.RESULTS_CSV}\nfits:    "
+          f"{sweep_dir / results_io.FIT_JSON}")
+    for path in plots:
+        print(f"plot:    {path}")
