@@ -2,10 +2,11 @@
 
     llm-jax generate --workdir runs/tiny --prompt "ROMEO:" --num-samples 3
 
-The workdir's config.json gives the model and data settings; the tokenizer is the one the run
-trained with (found through the data cache, as the trainer found it). Each prompt starts after
-an end-of-sequence token, the separator the model saw before every training document, so the
-model continues it as the start of a document; with no prompt the model writes from scratch.
+The workdir's config.json gives the model and data settings and its tokenizer.model the
+tokenizer the run trained with: a workdir copied to another machine samples without its
+data. Each prompt starts after an end-of-sequence token, the separator the model saw before
+every training document, so the model continues it as the start of a document; with no
+prompt the model writes from scratch.
 
 On a terminal each sample is printed as it is produced (one sample at a time, in chunks of a few
 tokens); otherwise all samples run as one batch and are printed at the end. Both give the same
@@ -66,13 +67,12 @@ def _stream_text(tokenizer, chunks: Iterator[list[int]]) -> Iterator[str]:
 
 def _restore(workdir: str, step: int | None):
     """(config, params, tokenizer) of the run in `workdir`, params on one device."""
-    from llm_jax import data, train  # heavy imports, only when a model is restored
+    from llm_jax import train  # heavy import, only when a model is restored
 
     one_device = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
     mesh = sharding.make_mesh(one_device, devices=jax.devices()[:1])
     config, params = train.restore_params(workdir, mesh=mesh, step=step)
-    tokenizer = data.prepare(config).tokenizer
-    return config, params, tokenizer
+    return config, params, train.load_run_tokenizer(workdir, config)
 
 
 def generate_main(argv: Sequence[str], out: TextIO | None = None) -> int:

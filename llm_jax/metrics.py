@@ -25,6 +25,8 @@ import sys
 import time
 from typing import IO, Any
 
+from llm_jax import atomic
+
 # Dense bf16 peak FLOP/s per device, matched as a substring of `device.device_kind`,
 # most specific first.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
@@ -197,10 +199,7 @@ class MetricsWriter:
         if not self.enabled or not os.path.exists(self.path):
             return
         rows = [r for r in read_metrics(self.path) if r["step"] <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def write(self, row: dict[str, Any]) -> None:
         """Append one row (must hold `step`); scalars also go to TensorBoard."""

@@ -270,15 +270,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
 
 
-def _does_not_fit(needed: int, hbm: int, devices: int, mesh: dict[str, int]) -> str:
+def _does_not_fit(needed: int, hbm: int, devices: int, mesh: dict[str, int],
+                  remat: str) -> str:
+    """The one-line verdict with the changes that cut memory, those already made left out."""
     need = _gib(needed) if needed else "more than the HBM"
     full_fsdp = devices // mesh["tensor"]
-    shard = (f"shard more (--config.mesh.data=1 --config.mesh.fsdp={full_fsdp} spreads "
-             "parameters and optimizer state over every device), "
-             if mesh["fsdp"] < full_fsdp else "")
-    return (f"does not fit: needs {need} of {_gib(hbm)} per device. To fit, {shard}"
-            "enable remat (--config.model.remat=full), or raise --config.train.microbatches "
-            "(or lower --config.train.batch_size) to cut activations.")
+    fixes = []
+    if mesh["fsdp"] < full_fsdp:
+        fixes.append(f"shard more (--config.mesh.data=1 --config.mesh.fsdp={full_fsdp} spreads "
+                     "parameters and optimizer state over every device)")
+    if remat != "full":
+        fixes.append("enable remat (--config.model.remat=full)")
+    fixes.append("raise --config.train.microbatches (or lower --config.train.batch_size) to "
+                 "cut activations")
+    return f"does not fit: needs {need} of {_gib(hbm)} per device. To fit, {', or '.join(fixes)}."
 
 
 def format_report(report: PlanReport) -> str:
@@ -372,12 +377,12 @@ def _save_executable(compiled, path: str) -> None:
         pickle.dump(serialize_executable.serialize(compiled), f)
 
 
-def _notes(config: ml_collections.ConfigDict) -> list[str]:
+def _notes(config: ml_collections.ConfigDict, have_xla_flops: bool) -> list[str]:
     notes = []
     if config.model.dtype != "bfloat16":
         notes.append(f"model.dtype={config.model.dtype}: the bf16 peak overstates the speed; "
                      "TPU runs use --config.model.dtype=bfloat16")
-    if config.model.scan_layers or config.train.microbatches > 1:
+    if have_xla_flops and (config.model.scan_layers or config.train.microbatches > 1):
         notes.append("XLA counts a loop body once (scan_layers, microbatches), so its FLOPs "
                      "are low here; the model count is the one to trust")
     return notes
@@ -425,12 +430,13 @@ def plan(config: ml_collections.ConfigDict, topology: Topology, mfu: float = DEF
         params_per_device=params_per_device, state_bytes_per_device=state_bytes,
         global_batch=batch, seq_len=seq_len, tokens_per_step=tokens, memory=memory,
         message=(f"{_size(memory.total)} of {_gib(memory.hbm)} per device" if memory.fits
-                 else _does_not_fit(memory.total, memory.hbm, topology.num_chips, mesh_sizes)),
+                 else _does_not_fit(memory.total, memory.hbm, topology.num_chips, mesh_sizes,
+                                    config.model.remat)),
         model_flops_per_step=model_flops,
         xla_flops_per_step=xla_flops * topology.num_chips if xla_flops else None,
         peak_flops=peak, step_seconds_at_peak=at_peak,
         tokens_per_second_at_peak=tokens / at_peak, assumed_mfu=mfu,
         step_seconds_at_mfu=at_peak / mfu, tokens_per_second_at_mfu=tokens * mfu / at_peak,
         compile_seconds=compile_seconds, executable_path=executable_path if saved else "",
-        notes=_notes(config),
+        notes=_notes(config, xla_flops is not None),
     )

@@ -26,11 +26,12 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
+
+from llm_jax import atomic
 
 META = "\u2581"  # SentencePiece's stand-in for a space inside pieces
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
@@ -100,16 +101,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model atomically: a reader never sees a partial file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.model_proto)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic.write_bytes(path, self.model_proto)
         self.path = str(path)
 
 

@@ -51,14 +51,15 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from llm_jax import atomic, optim
 from llm_jax import checkpoint as ckpt_lib
 from llm_jax import config as config_lib
 from llm_jax import metrics as metrics_lib
-from llm_jax import optim
 from llm_jax import sharding as sharding_lib
 from llm_jax.config import ConfigError
 from llm_jax.model import Transformer
 
+TOKENIZER_FILE = "tokenizer.model"  # the run's SentencePiece model, copied into its workdir
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint saved, rerun the same command to resume
 
 
@@ -297,13 +298,6 @@ def _make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
         raise ConfigError(f"config.mesh: {e}") from e
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
 
 # --- evaluation ---------------------------------------------------------------------------
 
@@ -400,7 +394,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         else:
             state = setup.init_state(t.seed)
         if primary:
-            _write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+            atomic.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+            prepared.tokenizer.save(os.path.join(workdir, TOKENIZER_FILE))
         val = [data_lib.to_global(b, setup.batch_sharding) for b in data_lib.val_batches(
             prepared, batch_size=config.data.val_batch_size or t.batch_size, seq_len=seq_len,
             num_batches=config.data.num_val_batches, process_index=jax.process_index(),
@@ -503,12 +498,27 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
+def load_run_tokenizer(workdir: str, config: ml_collections.ConfigDict | None = None):
+    """The tokenizer a run trained with: `workdir/tokenizer.model`, written at its start.
+
+    Workdirs from before that file existed fall back to the data cache (rebuilt from the
+    corpus if it is gone), as the trainer found it.
+    """
+    from llm_jax import data as data_lib  # heavy: only when there is no tokenizer file
+    from llm_jax import tokenizer as tokenizer_lib
+
+    path = os.path.join(workdir, TOKENIZER_FILE)
+    if os.path.exists(path):
+        return tokenizer_lib.load_tokenizer(path)
+    return data_lib.prepare(config or load_config(workdir)).tokenizer
+
+
 def restore_params(workdir: str, mesh: jax.sharding.Mesh | None = None,
                    step: int | None = None) -> tuple[ml_collections.ConfigDict, Any]:
     """(config, params) of the latest (or given) checkpoint in `workdir`.
 
     Only the params are read (no optimizer state). They are placed on `mesh`, by
-    default all devices with the run's model-parallel axes kept (data takes the rest).
+    default replicated over all devices (a data-only mesh).
     """
     config = load_config(workdir)
     if mesh is None:

@@ -70,6 +70,18 @@ def test_without_libtpu_the_command_prints_the_install_hint(monkeypatch, capsys)
     assert "pip install -e .[tpu]" in capsys.readouterr().err
 
 
+def test_the_advice_leaves_out_what_the_config_already_does():
+    mesh = {"data": 1, "fsdp": 128, "tensor": 1}
+    message = plan._does_not_fit(130 * plan.GiB, 95 * plan.GiB, 128, mesh, remat="full")
+    assert message.startswith("does not fit: needs 130.00 GiB of 95.00 GiB per device.")
+    assert "mesh.fsdp" not in message and "remat" not in message
+    assert "--config.train.microbatches" in message
+    message = plan._does_not_fit(0, 95 * plan.GiB, 128, {**mesh, "data": 128, "fsdp": 1},
+                                 remat="none")
+    assert "needs more than the HBM" in message
+    assert "--config.mesh.fsdp=128" in message and "--config.model.remat=full" in message
+
+
 # --- compiled -------------------------------------------------------------------------------
 
 
@@ -138,7 +150,7 @@ def test_llama2_7b_unsharded_on_v5e_8_does_not_fit(capsys):
     code = plan_cli.plan_main([
         "llm-jax plan", f"--config={LLAMA_7B_CONFIG}", "--topology=v5e-8", "--json",
         "--config.mesh.data=-1", "--config.mesh.fsdp=1", "--config.data.seq_len=256",
-        "--config.train.batch_size=8"])
+        "--config.train.batch_size=8", "--config.model.remat=none"])
     report = json.loads(capsys.readouterr().out)
     assert code == 1 and report["memory"]["fits"] is False
     assert report["memory"]["total"] > 100 * plan.GiB  # 7B params + Adam, replicated

@@ -1,6 +1,7 @@
 """Sampling: the filters' distributions, KV-cache decoding against full forwards, stopping."""
 
 import functools
+import json
 from pathlib import Path
 
 import flax.linen as nn
@@ -253,6 +254,11 @@ def test_llm_jax_generate_prints_samples_of_a_trained_workdir(tmp_path, capsys):
                     "--config.train.steps=2", "--config.train.batch_size=8",
                     "--config.checkpoint.every=2", "--config.train.eval_every=2",
                     "--config.data.num_val_batches=1"]) == 0
+    # The workdir carries its tokenizer: sampling neither reads nor rebuilds the data cache.
+    config_path = Path(workdir) / "config.json"
+    config = json.loads(config_path.read_text())
+    config["data"]["cache_dir"] = str(tmp_path / "no_cache")
+    config_path.write_text(json.dumps(config))
     args = ["generate", "--workdir", workdir, "--prompt", "ROMEO:", "--prompt", "JULIET:\nO",
             "--max-new-tokens", "12", "--num-samples", "2", "--seed", "1"]
     capsys.readouterr()
@@ -270,3 +276,4 @@ def test_llm_jax_generate_prints_samples_of_a_trained_workdir(tmp_path, capsys):
     continuations = [t[len(p) :].strip() for t, p in zip(texts, prompts, strict=True)]
     assert sum(bool(c) for c in continuations) >= 3  # the model wrote text
     assert continuations[0] != continuations[1]  # two samples, not one printed twice
+    assert not (tmp_path / "no_cache").exists()

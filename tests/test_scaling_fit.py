@@ -105,6 +105,22 @@ def test_envelope_of_training_curves_recovers_exponents():
     assert losses == sorted(losses, reverse=True)  # more compute, lower best loss
 
 
+def test_envelope_leaves_points_won_at_the_grid_edge_out_of_the_exponents():
+    # Sizes far below the optimum at high compute: there the largest model always wins,
+    # and at low compute the smallest does. Regressing on those saturated points would
+    # flatten a; they must be flagged, noted, and left out.
+    curves = []
+    for n in np.logspace(7, 9, 9):
+        d = np.logspace(8, 13, 200)
+        curves.append({"N": n, "tokens": d, "flops": 6 * n * d, "loss": law(n, d)})
+    got = fit.fit_envelope(curves, smooth=1)
+    edge = [p for p in got["envelope"] if not p["interior"]]
+    assert edge and all(p["N"] in (1e7, 1e9) for p in edge)
+    assert all(1e7 < p["N"] < 1e9 for p in got["envelope"] if p["interior"])
+    assert f"{len(edge)} of {len(got['envelope'])} envelope points left out" in got["notes"][0]
+    assert got["a"] == pytest.approx(TRUE_A, abs=0.06)
+
+
 def test_group_budgets_merges_near_equal_compute():
     labels = fit.group_budgets([1e18, 1.02e18, 0.99e18, 1e19, 1.01e19])
     assert len(set(labels)) == 2 and labels[0] == labels[1] == labels[2]

@@ -6,7 +6,9 @@ The laws, each a function returning a JSON-able dict:
   with the irreducible term E).
 - `fit_envelope(curves)`: Chinchilla approach 1. The envelope of the training curves (the
   lowest loss reached at each FLOP value over all runs) gives N_opt(C) ∝ C^a and
-  D_opt(C) ∝ C^b.
+  D_opt(C) ∝ C^b. As in approach 2, envelope points won by the smallest or the largest
+  model that reaches that compute are left out of the a, b regressions (the optimum there
+  is outside the grid), with a note; they stay in the envelope for L(C).
 - `fit_isoflop(n, d, loss, budget)`: Chinchilla approach 2. Per IsoFLOP budget, a parabola
   in log N; its vertex is N_opt(C). Budgets whose lowest loss is at the edge of the size
   grid are dropped with a note (their optimum is outside the grid, so the vertex would be
@@ -334,8 +336,11 @@ def fit_envelope(curves: Sequence[dict], *, n_grid: int = 60, min_runs: int = 2,
     `curves`: one dict per run with `N` and arrays `flops`, `tokens`, `loss` along training.
     The loss is smoothed with a trailing mean over `smooth` logged points. At `n_grid`
     log-spaced FLOP values covered by at least `min_runs` runs, the run with the lowest
-    (interpolated) loss gives N_opt and its tokens D_opt; log-log regressions give a and b.
-    The envelope (C, loss) is returned too, for L(C) fits and plots.
+    (interpolated) loss gives N_opt and its tokens D_opt. A point whose winner is the
+    smallest or the largest of the covering models is marked `interior: False`: the
+    optimum lies outside the sizes there (at low compute the smallest model always wins),
+    so log-log regressions over the interior points only give a and b. Every point stays
+    in the returned envelope (C, loss), for L(C) fits and plots.
     """
     runs = []
     for cv in curves:
@@ -353,16 +358,25 @@ def fit_envelope(curves: Sequence[dict], *, n_grid: int = 60, min_runs: int = 2,
             continue
         losses = [np.interp(log_c, r[1], r[3]) for r in covering]
         win = covering[int(np.argmin(losses))]
+        sizes = [r[0] for r in covering]
         envelope.append({"C": math.exp(log_c), "N": win[0], "D": float(np.interp(log_c, win[1],
-                         win[2])), "loss": float(min(losses))})
-    if len(envelope) < 3:
-        raise FitError("the training curves overlap in FLOPs at fewer than 3 points; "
-                       "the envelope needs runs whose FLOP ranges overlap")
-    c = np.array([p["C"] for p in envelope])
+                         win[2])), "loss": float(min(losses)),
+                         "interior": min(sizes) < win[0] < max(sizes)})
+    inner = [p for p in envelope if p["interior"]]
+    if len(inner) < 3:
+        raise FitError(f"only {len(inner)} of {len(envelope)} envelope points have their best "
+                       "run strictly inside the model sizes reaching that compute (3 needed); "
+                       "add sizes on both sides of the optimum, or runs whose FLOPs overlap")
+    c = np.array([p["C"] for p in inner])
     out = {"law": "N_opt ∝ C^a, D_opt ∝ C^b (envelope of training curves)",
-           "envelope": envelope, "level": level}
-    out["a"], out["log_G_n"], a_ci = _loglog(c, np.array([p["N"] for p in envelope]), level)
-    out["b"], out["log_G_d"], b_ci = _loglog(c, np.array([p["D"] for p in envelope]), level)
+           "envelope": envelope, "level": level, "notes": []}
+    if len(inner) < len(envelope):
+        out["notes"].append(
+            f"{len(envelope) - len(inner)} of {len(envelope)} envelope points left out of a "
+            "and b: their best run was the smallest or largest model reaching that compute, "
+            "so the optimum lies outside the grid there")
+    out["a"], out["log_G_n"], a_ci = _loglog(c, np.array([p["N"] for p in inner]), level)
+    out["b"], out["log_G_d"], b_ci = _loglog(c, np.array([p["D"] for p in inner]), level)
     out["ci"] = {k: v for k, v in (("a", a_ci), ("b", b_ci)) if v is not None}
     return out
 

@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llm_jax import atomic
+
 RESULTS_CSV = "results.csv"
 FIT_JSON = "fit.json"
 PLOTS_DIR = "plots"
@@ -46,17 +48,9 @@ class ResultsError(ValueError):
     """A results table or sweep directory a user pointed at is unusable; the message says why."""
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary file, so a good file is never half-replaced."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write `obj` as indented JSON (NaN/inf become null)."""
-    write_atomic(path, json.dumps(jsonable(obj), indent=1) + "\n")
+    atomic.write_json(path, jsonable(obj), indent=1)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -120,7 +114,7 @@ def write_results(path: str | os.PathLike, rows: list[dict], columns: list[str])
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
-    write_atomic(path, buf.getvalue())
+    atomic.write_text(path, buf.getvalue())
 
 
 def _csv_cell(value: Any) -> str:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_jax import atomic
 from llm_jax.config import ConfigError
 from llm_jax.scaling import collect as collect_lib
 from llm_jax.scaling import results as results_io
@@ -246,7 +247,7 @@ case "$SLURM_ARRAY_TASK_ID" in
 esac
 """
     path = Path(workdir) / "sweep.sbatch"
-    results_io.write_atomic(path, script)
+    atomic.write_text(path, script)
     return path
 
 
@@ -271,7 +272,7 @@ run() {{
 {lines}
 """
     path = Path(workdir) / "launch_tpu.sh"
-    results_io.write_atomic(path, script)
+    atomic.write_text(path, script)
     path.chmod(0o755)
     return path
 
