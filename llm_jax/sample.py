@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from llm_jax.model import ModelSpec, Transformer, init_cache
+from llm_jax.model import ModelSpec, Transformer, init_cache, unstack_layers
 
 NEG_INF = -jnp.inf  # filtered-out logits; `categorical` and `argmax` never pick them
 
@@ -221,7 +221,10 @@ class Sampler:
         self, model_cfg: ml_collections.ConfigDict | ModelSpec, sampling: SamplingConfig,
         eos_id: int | None,
     ):
-        self.spec = ModelSpec.from_config(model_cfg)
+        spec = ModelSpec.from_config(model_cfg)
+        # Decoding runs unscanned (see model.unstack_layers); params are converted per call.
+        self.spec = dataclasses.replace(spec, scan_layers=False)
+        self._unstack = jax.jit(functools.partial(unstack_layers, n_layers=spec.n_layers))
         self.sampling = sampling
         self.eos_id = -1 if eos_id is None or eos_id < 0 else int(eos_id)
         self.model = Transformer(config=self.spec)
@@ -283,6 +286,7 @@ class Sampler:
         """
         prompts = [fit_prompt(p, self.spec.max_seq_len, max_new_tokens, truncate) for p in prompts]
         tokens_BxL, lengths_B = left_pad(prompts)
+        params = self._unstack(params)  # a copy of scanned params, for this call's duration
         state = self._prefill(params, tokens_BxL, lengths_B, keys_B, max_new_tokens=max_new_tokens)
         chunk_size = chunk_size if chunk_size > 0 else max_new_tokens
         stop_step = chunk_size  # the prefill wrote the first token of the first chunk

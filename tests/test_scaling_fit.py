@@ -93,11 +93,14 @@ def test_isoflop_needs_two_usable_budgets():
     assert got["a"] is None and "need at least 2" in got["notes"][-1]
 
 
+def training_curves(sizes, tokens):
+    """One noiseless training curve of the known law per model size."""
+    return [{"N": n, "tokens": tokens, "flops": 6 * n * tokens, "loss": law(n, tokens)}
+            for n in sizes]
+
+
 def test_envelope_of_training_curves_recovers_exponents():
-    curves = []
-    for n in np.logspace(7, 10, 16):
-        d = np.logspace(8, 12.5, 200)
-        curves.append({"N": n, "tokens": d, "flops": 6 * n * d, "loss": law(n, d)})
+    curves = training_curves(np.logspace(7, 10, 16), np.logspace(8, 12.5, 200))
     got = fit.fit_envelope(curves, smooth=1)
     assert got["a"] == pytest.approx(TRUE_A, abs=0.06)
     assert got["b"] == pytest.approx(TRUE_B, abs=0.06)
@@ -109,10 +112,7 @@ def test_envelope_leaves_points_won_at_the_grid_edge_out_of_the_exponents():
     # Sizes far below the optimum at high compute: there the largest model always wins,
     # and at low compute the smallest does. Regressing on those saturated points would
     # flatten a; they must be flagged, noted, and left out.
-    curves = []
-    for n in np.logspace(7, 9, 9):
-        d = np.logspace(8, 13, 200)
-        curves.append({"N": n, "tokens": d, "flops": 6 * n * d, "loss": law(n, d)})
+    curves = training_curves(np.logspace(7, 9, 9), np.logspace(8, 13, 200))
     got = fit.fit_envelope(curves, smooth=1)
     edge = [p for p in got["envelope"] if not p["interior"]]
     assert edge and all(p["N"] in (1e7, 1e9) for p in edge)

@@ -26,6 +26,7 @@ def get_config():
     """The base: a Llama-style block on Shakespeare, 16 x 64-token batches."""
     config = default_config()
     config.model.update(vocab_size=512, max_seq_len=64, tie_embeddings=True)
+    config.model.scan_layers = False  # 1-2 layers: unrolled trials finish ~15% sooner on a CPU
     config.data.seq_len = 64
     config.data.num_val_batches = 4
     config.train.update(batch_size=16, log_every=10, warmup_steps=10)
