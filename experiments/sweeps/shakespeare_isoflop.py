@@ -1,7 +1,7 @@
 """A small IsoFLOP study (Chinchilla approach 2) on the embedded Shakespeare corpus.
 
 Three compute budgets x five model sizes, each model trained on the tokens its budget
-buys (D = C / FLOPs per token, the cosine schedule matched to D); about ten minutes on
+buys (D = C / FLOPs per token, the cosine schedule matched to D); about eight minutes on
 2 CPU cores:
 
     llm-jax sweep experiments/sweeps/shakespeare_isoflop.py --workdir runs/shakespeare_isoflop
