@@ -167,12 +167,22 @@ class TensorBoardWriter:
 
 # --- metrics.jsonl ------------------------------------------------------------------------
 
-def read_metrics(path: str) -> list[dict[str, Any]]:
-    """All rows of a metrics.jsonl file (an empty list when it does not exist)."""
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All rows of a metrics.jsonl file (an empty list when it does not exist).
+
+    A line that is not JSON (the torn last line of a run killed mid-write) is skipped,
+    so resuming such a run, or collecting its sweep, still works.
+    """
     if not os.path.exists(path):
         return []
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
 
 
 def _clean(value: Any) -> Any:

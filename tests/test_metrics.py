@@ -72,7 +72,10 @@ def test_jsonl_rows_nan_and_truncate(tmp_path):
     assert [r["step"] for r in rows] == [10, 20, 30, 30]
     assert rows[3]["val/loss"] is None  # JSON has no inf
     json.loads(open(writer.path).readline())  # plain JSON lines
-    writer.truncate_after(20)
+    with open(writer.path, "a") as f:
+        f.write('{"step": 40, "train/lo')  # the torn last line of a killed run
+    assert [r["step"] for r in metrics.read_metrics(writer.path)] == [10, 20, 30, 30]
+    writer.truncate_after(20)  # what a resume does: the torn line goes too
     assert [r["step"] for r in metrics.read_metrics(writer.path)] == [10, 20]
     writer.close()
     assert metrics.MetricsWriter(str(tmp_path / "off"), enabled=False).path.endswith(".jsonl")

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from llm_jax import flops as flops_lib
+from llm_jax import metrics as metrics_lib
 from llm_jax.scaling import fit as fitting
 from llm_jax.scaling import plot as plotting
 from llm_jax.scaling import results as results_io
@@ -36,7 +37,7 @@ def _row(trial_dir: Path) -> dict:
     status = results_io.trial_status(trial_dir, plan.get("steps"))
     state = results_io.read_json(trial_dir / "status.json") or {}
     row.update(status=status, steps=plan.get("steps"), wall_s=state.get("wall_s"))
-    metrics = results_io.read_metrics(trial_dir / "metrics.jsonl")
+    metrics = metrics_lib.read_metrics(trial_dir / "metrics.jsonl")
     last = metrics[-1] if metrics else None
     evals = [r for r in metrics if r.get("val/loss") is not None]
     train = [r for r in metrics if r.get("train/loss") is not None]

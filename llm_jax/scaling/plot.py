@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from llm_jax import metrics as metrics_lib  # noqa: E402
 from llm_jax.scaling import fit as fitting  # noqa: E402
 from llm_jax.scaling import results as results_io  # noqa: E402
 
@@ -191,7 +192,7 @@ def load_curves(sweep_dir: str | Path, rows: Sequence[dict]) -> list[dict]:
     for r in rows:
         if r.get("status") != "done" or not r.get("N"):
             continue
-        cv = results_io.curve(results_io.read_metrics(Path(sweep_dir) / r["name"] /
+        cv = results_io.curve(metrics_lib.read_metrics(Path(sweep_dir) / r["name"] /
                                                       "metrics.jsonl"))
         if len(cv["step"]) >= 2:
             curves.append({"name": r["name"], "N": float(r["N"]), **cv})

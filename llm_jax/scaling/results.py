@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_jax import atomic
+from llm_jax.metrics import read_metrics
 
 RESULTS_CSV = "results.csv"
 FIT_JSON = "fit.json"
@@ -71,20 +72,6 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Rows of a metrics.jsonl; a torn last line (a run killed mid-write) is skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def curve(rows: list[dict], key: str = "train/loss") -> dict[str, list[float]]:
