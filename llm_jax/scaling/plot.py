@@ -110,7 +110,7 @@ def plot_optimal(fits: dict, path: str | Path) -> Path:
         if not f or f.get("a") is None:
             continue
         pts = ([b for b in f["budgets"] if b["kept"]] if name == "isoflop"
-               else [p for p in f["envelope"] if p["interior"]])
+               else [p for p in f["envelope"] if p.get("interior", True)])
         c = np.array([p["C"] for p in pts])
         spans.append(c)
         c_line = np.logspace(math.log10(c.min()), math.log10(c.max() * EXTRAPOLATE), 50)
