@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from llm_jax import tpu_env
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("llm_jax.train:train_main", "train a model: --config FILE --workdir DIR"),
     "data": ("llm_jax.data_cli:data_main", "prepare and inspect datasets and tokenizers"),
@@ -62,6 +64,7 @@ def run(argv: Sequence[str]) -> int:
         print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
+    tpu_env.quiet_libtpu_without_tpu()  # before any subcommand starts JAX
     try:
         func = getattr(importlib.import_module(module_name), func_name)
         return int(func([f"llm-jax {name}", *rest]) or 0)

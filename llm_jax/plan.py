@@ -33,6 +33,7 @@ import ml_collections
 from llm_jax import config as config_lib
 from llm_jax import flops as flops_lib
 from llm_jax import sharding as sharding_lib
+from llm_jax import tpu_env
 from llm_jax import train as train_lib
 from llm_jax.config import ConfigError
 
@@ -138,12 +139,12 @@ def compile_only_process() -> None:
 
     Call before JAX's backends start. Planning only compiles for a described topology,
     so the local backend stays CPU (also on a TPU VM whose chips a training job holds).
-    libtpu still looks for its own TPU when it loads: naming one stops its warnings,
-    and ALLOW_MULTIPLE_LIBTPU_LOAD lets several plans (a sweep) load it side by side
-    and beside a running job instead of failing on /tmp/libtpu_lockfile.
+    libtpu still looks for its own TPU when it loads: naming one stops its warnings
+    (`tpu_env.quiet_libtpu`), and ALLOW_MULTIPLE_LIBTPU_LOAD lets several plans (a sweep)
+    load it side by side and beside a running job instead of failing on
+    /tmp/libtpu_lockfile.
     """
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    tpu_env.quiet_libtpu()
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     jax.config.update("jax_platforms", "cpu")
 

@@ -1,5 +1,6 @@
 """The `llm-jax` dispatcher: help, unknown commands, user errors as one line with exit 2."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -51,3 +52,26 @@ def test_console_script_runs():
     script = os.path.join(os.path.dirname(sys.executable), "llm-jax")
     result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "train" in result.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs the tpu extra")
+def test_libtpu_stays_quiet_on_a_machine_without_tpu_chips():
+    """With the tpu extra on a CPU machine, JAX's start makes libtpu complain about the
+    accelerator type; the commands name one first, so nothing is printed."""
+    from llm_jax import tpu_env
+
+    if tpu_env.has_tpu_chips():
+        pytest.skip("this machine has TPU chips")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_PLATFORMS", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES")}
+
+    def stderr_of(setup: str) -> str:
+        code = f"{setup}import jax; print(jax.devices()[0].platform)"
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=120, check=True)
+        assert done.stdout.strip() == "cpu"
+        return done.stderr
+
+    assert "TPU_ACCELERATOR_TYPE" in stderr_of("")  # the noise this guards against
+    quiet = stderr_of("from llm_jax import tpu_env; tpu_env.quiet_libtpu_without_tpu(); ")
+    assert "TPU" not in quiet and "Source Location Trace" not in quiet, quiet
