@@ -145,6 +145,17 @@ class Norm(nn.Module):
         return y.astype(s.dtype)
 
 
+def _lookup(table_NxD: jax.Array, ids_BxL: jax.Array, row_axis: str | None) -> jax.Array:
+    """Rows `ids` of an embedding table, [B, L, D].
+
+    The table's d_model split (FSDP) is gathered first, as for every weight, so the rows
+    come out split by batch like the activations; gathering from the d_model-split table
+    made XLA replicate the result and re-split it ("involuntary full rematerialization").
+    """
+    table_NxD = nn.with_logical_constraint(table_NxD, (row_axis, None))
+    return jnp.take(table_NxD, ids_BxL, axis=0)
+
+
 def sinusoidal_embedding(positions_BxL: jax.Array, d_model: int) -> jax.Array:
     """Vaswani et al. 2017: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(same)."""
     exponent = jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model
@@ -384,7 +395,7 @@ class Transformer(nn.Module):
 
         embed_VxD = _param(self, "token_embed", (s.padded_vocab, s.d_model), ("vocab", "embed"),
                            nn.initializers.normal(s.init_std))
-        x_BxLxD = jnp.take(embed_VxD, tokens_BxL, axis=0)
+        x_BxLxD = _lookup(embed_VxD, tokens_BxL, "vocab")
         if s.embed_scale:
             x_BxLxD *= math.sqrt(s.d_model)
         if s.positions == "sinusoidal":
@@ -392,7 +403,7 @@ class Transformer(nn.Module):
         elif s.positions == "learned":
             pos_PxD = _param(self, "pos_embed", (s.max_seq_len, s.d_model), (None, "embed"),
                              nn.initializers.normal(s.init_std))
-            x_BxLxD += jnp.take(pos_PxD, positions_BxL, axis=0)
+            x_BxLxD += _lookup(pos_PxD, positions_BxL, None)
         x_BxLxD = nn.Dropout(s.dropout, deterministic=deterministic)(x_BxLxD)
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
 

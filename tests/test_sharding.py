@@ -57,7 +57,7 @@ def test_param_and_batch_shardings_follow_the_rules():
     assert spec["x"].spec == P(("data", "fsdp"), None, "tensor")
 
 
-def test_sharded_forward_equals_single_device():
+def test_sharded_forward_equals_single_device(capfd):
     m = tiny(positions="learned")
     mesh = sharding.make_mesh(mesh_cfg(2, 2, 2))
     params = sharding.init_params(m, mesh, jax.random.key(0))
@@ -71,6 +71,9 @@ def test_sharded_forward_equals_single_device():
         sharded = jax.jit(model.apply)({"params": params}, batch[0], segment_ids_BxL=batch[1])
     # The activation constraints took effect: logits split by batch and vocab.
     assert sharded.sharding.spec == P(("data", "fsdp"), None, "tensor")
+    # ... and the partitioner found no layout it could reach only by replicating a tensor
+    # (it did for embedding lookups from d_model-split tables).
+    assert "Involuntary full rematerialization" not in capfd.readouterr().err
 
     single = jax.device_put(jax.device_get(params), jax.devices()[0])
     expected = jax.jit(model.apply)({"params": single}, tokens, segment_ids_BxL=segments)
