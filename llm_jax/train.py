@@ -298,7 +298,6 @@ def _make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
         raise ConfigError(f"config.mesh: {e}") from e
 
 
-
 # --- evaluation ---------------------------------------------------------------------------
 
 def evaluate(setup: TrainSetup, params, val_batches: Sequence[dict],
@@ -504,12 +503,13 @@ def load_run_tokenizer(workdir: str, config: ml_collections.ConfigDict | None = 
     Workdirs from before that file existed fall back to the data cache (rebuilt from the
     corpus if it is gone), as the trainer found it.
     """
-    from llm_jax import data as data_lib  # heavy: only when there is no tokenizer file
     from llm_jax import tokenizer as tokenizer_lib
 
     path = os.path.join(workdir, TOKENIZER_FILE)
     if os.path.exists(path):
         return tokenizer_lib.load_tokenizer(path)
+    from llm_jax import data as data_lib  # heavy (datasets): only without a tokenizer file
+
     return data_lib.prepare(config or load_config(workdir)).tokenizer
 
 
