@@ -30,8 +30,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from llm_jax.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be used for this run; the message names the fix."""
 
 
@@ -73,7 +75,7 @@ class Checkpointer:
         """The newest fully written checkpoint's step, or None."""
         return self._manager.latest_step()
 
-    def all_steps(self) -> list[int]:
+    def steps(self) -> list[int]:
         """Steps of all fully written checkpoints, oldest first."""
         return sorted(self._manager.all_steps())
 

@@ -13,9 +13,17 @@ the model and the FLOP counter both use, so the two can never disagree.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import math
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import ml_collections
+
+from llm_jax.errors import UserError
 
 # Model shapes users know. Each entry overrides `config.model` fields.
 _GPT2 = dict(
@@ -170,8 +178,88 @@ def apply_preset(config: ml_collections.ConfigDict, name: str) -> ml_collections
     return config
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value a user set is wrong; the message names the fix."""
+
+
+# --- config files and overrides ------------------------------------------------------------
+
+
+def load_python_file(path: str | Path, functions: tuple[str, ...], what: str
+                     ) -> types.ModuleType:
+    """Import a config or sweep file that must define `functions`; ConfigError otherwise."""
+    path = Path(path)
+    if path.is_dir() or not path.exists():
+        raise ConfigError(f"{what} {path} not found (give the path of a .py file)")
+    spec = importlib.util.spec_from_file_location(f"_llm_jax_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"{what} {path} line {e.lineno}: syntax error: {e.msg}") from e
+    except Exception as e:  # noqa: BLE001 (any failure of user code is the file's fault)
+        raise ConfigError(f"{what} {path} failed to load: {type(e).__name__}: {e}") from e
+    for fn in functions:
+        if not callable(getattr(module, fn, None)):
+            raise ConfigError(f"{what} {path} has no {fn}() function")
+    return module
+
+
+def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
+    """The ConfigDict that a config file's `get_config()` returns."""
+    config = load_python_file(path, ("get_config",), "config file").get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() of {path} returned {type(config).__name__}, "
+                          "not an ml_collections.ConfigDict")
+    return config
+
+
+def _coerce(key: str, current: Any, value: Any) -> Any:
+    """`value` (maybe command-line text) as the type of the key's current value."""
+    if isinstance(value, str) and not isinstance(current, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            if isinstance(current, bool) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if current is None:
+                return value
+            raise ConfigError(f"config.{key}: cannot read {value!r} as a "
+                              f"{type(current).__name__}") from None
+    if current is None or isinstance(value, type(current)) and not (
+            isinstance(value, bool) and not isinstance(current, bool)):
+        return value
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, tuple | list) and isinstance(value, tuple | list):
+        return type(current)(value)
+    if isinstance(current, str):
+        return str(value)
+    raise ConfigError(f"config.{key} takes a {type(current).__name__}, got {value!r}")
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+                    ) -> ml_collections.ConfigDict:
+    """A copy of `config` with dotted-key overrides (`{'train.lr': 1e-3}`) applied.
+
+    Values may be Python values or command-line text (parsed as a Python literal, else
+    kept as a string for string keys). Unknown sections or keys raise ConfigError.
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        node = config
+        for i, part in enumerate(path):
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+            if not isinstance(node, ml_collections.ConfigDict):
+                sections = ", ".join(config.keys())
+                raise ConfigError(f"config.{'.'.join(path[:i + 1])} is not a config section "
+                                  f"(sections: {sections})")
+        if not path or leaf not in node:
+            raise ConfigError(f"config.{key} is not a config key (every key and its default "
+                              "is listed in llm_jax/config.py)")
+        node[leaf] = _coerce(key, node[leaf], value)
+    return config
 
 
 # --- derived sizes: the only place they are computed -------------------------------------

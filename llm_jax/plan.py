@@ -130,7 +130,7 @@ def get_topology(name: str, num_slices: int = 1) -> Topology:
             f"unknown TPU topology {name!r}; known: {', '.join(TOPOLOGIES)}"
         )
     if num_slices < 1:
-        raise ConfigError(f"--num_slices must be >= 1 (got {num_slices})")
+        raise ConfigError(f"--num-slices must be >= 1 (got {num_slices})")
     return dataclasses.replace(TOPOLOGIES[key], num_slices=num_slices)
 
 

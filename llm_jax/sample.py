@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from llm_jax.errors import UserError
 from llm_jax.model import ModelSpec, Transformer, init_cache, unstack_layers
 
 NEG_INF = -jnp.inf  # filtered-out logits; `categorical` and `argmax` never pick them
@@ -137,7 +138,7 @@ def row_keys(seed: int, prompt_ids: Sequence[int], sample_ids: Sequence[int]) ->
 # --- prompts ----------------------------------------------------------------------------------
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(UserError, ValueError):
     """A prompt plus the tokens to generate does not fit in the model's context."""
 
 

@@ -5,28 +5,24 @@ The model names every parameter and activation axis logically (`embed`, `heads`,
 `('data', 'fsdp', 'tensor')`. Changing the parallelism changes the mesh shape in
 `config.mesh` (or this table), never the model.
 
-Typical use by the trainer:
-    mesh = make_mesh(config.mesh)
-    abstract, shardings = abstract_params(config.model, mesh)
-    params = init_params(config.model, mesh, rng)          # created already sharded
-    batch = jax.device_put(batch, batch_sharding(mesh))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-        ...  # jit the step; activation constraints in the model now apply
+Also here: `initialize_distributed`, which must run before the mesh is built.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from llm_jax.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -140,32 +136,35 @@ def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES
     return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", "length"), rules))
 
 
-def _init_fn(model_cfg: ml_collections.ConfigDict, seq_len: int):
-    # Local import: model imports config only, sharding stays importable without it.
-    from llm_jax.model import Transformer
+# --- processes ------------------------------------------------------------------------------
 
-    model = Transformer(config=model_cfg)
-    # Batch 1 and a short length suffice: parameter shapes do not depend on them.
-    tokens_BxL = jnp.zeros((1, seq_len), jnp.int32)
-    return lambda rng: model.init(rng, tokens_BxL)["params"]
+def _cluster_detected() -> bool:
+    """True in a multi-host TPU slice or a multi-task SLURM job."""
+    tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if "," in tpu_hosts or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return True
+    return "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
-def abstract_params(model_cfg: ml_collections.ConfigDict, mesh: Mesh, seq_len: int = 8
-                    ) -> tuple[Any, Any]:
-    """(ShapeDtypeStruct tree of the unboxed params, matching NamedSharding tree).
+def initialize_distributed(mesh_cfg: ml_collections.ConfigDict) -> None:
+    """`jax.distributed.initialize()` when configured (`on`) or detected (`auto`).
 
-    No memory is used (jax.eval_shape): training, TPU planning and checkpoint restore
-    all take their param shapes and shardings from here.
+    Must run before anything touches a JAX device. Explicit `mesh.coordinator_address`,
+    `num_processes`, `process_id` serve clusters JAX does not detect by itself.
     """
-    boxed = jax.eval_shape(_init_fn(model_cfg, seq_len), jax.random.key(0))
-    shardings = logical_to_sharding(mesh, boxed)
-    return nn.meta.unbox(boxed), shardings
-
-
-def init_params(model_cfg: ml_collections.ConfigDict, mesh: Mesh, rng: jax.Array,
-                seq_len: int = 8) -> Any:
-    """Freshly initialised (unboxed) params, created directly in their sharded layout."""
-    _, shardings = abstract_params(model_cfg, mesh, seq_len)
-    init = _init_fn(model_cfg, seq_len)
-    with jax.set_mesh(mesh):
-        return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
+    mode = mesh_cfg.distributed
+    if jax.distributed.is_initialized() or mode == "off":
+        return
+    if mode == "auto" and not _cluster_detected():
+        return
+    kwargs = {}
+    if mesh_cfg.coordinator_address:
+        if not 0 <= mesh_cfg.process_id < mesh_cfg.num_processes:
+            raise ConfigError(
+                "config.mesh.coordinator_address needs mesh.num_processes > 0 and "
+                f"0 <= mesh.process_id < num_processes (got {mesh_cfg.num_processes}, "
+                f"{mesh_cfg.process_id})")
+        kwargs = dict(coordinator_address=mesh_cfg.coordinator_address,
+                      num_processes=mesh_cfg.num_processes, process_id=mesh_cfg.process_id)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only clusters
+    jax.distributed.initialize(**kwargs)

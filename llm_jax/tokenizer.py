@@ -32,13 +32,14 @@ from pathlib import Path
 import sentencepiece as spm
 
 from llm_jax import atomic
+from llm_jax.errors import UserError
 
 META = "\u2581"  # SentencePiece's stand-in for a space inside pieces
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 _CHUNK_CHARS = 4096  # long lines are cut before training: SentencePiece skips long sentences
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad data input (path, text, tokenizer, split size); the message names the fix."""
 
 

@@ -12,6 +12,7 @@ from llm_jax import checkpoint as ckpt_lib
 from llm_jax import config as config_lib
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
+from llm_jax import workdir as workdir_lib
 
 
 def _config(d_model=32):
@@ -79,11 +80,11 @@ def test_other_model_shape_is_refused_clearly(saved):
 
 def test_restore_params_only(saved):
     workdir, expected = saved
-    config, params = train_lib.restore_params(str(workdir))
+    config, params = workdir_lib.restore_params(str(workdir))
     assert config.model.d_model == 32
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), expected["params"])
     with pytest.raises(ckpt_lib.CheckpointError, match="not found"):
-        train_lib.restore_params(str(workdir / "nowhere"))
+        workdir_lib.restore_params(str(workdir / "nowhere"))
 
 
 def test_preemption_guard_turns_signals_into_a_flag():

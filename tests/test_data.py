@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from llm_jax import cli, data
 from llm_jax import config as config_lib
 from llm_jax import corpus as corpus_lib
-from llm_jax import data
-from llm_jax.data_cli import data_main
+from llm_jax.cli.data import main as data_main
 
 SEQ = 128
 
@@ -366,11 +366,11 @@ def test_data_prepare_prints_statistics(shakespeare, cache_dir, capsys):
 
 
 def test_data_prepare_bad_input_is_one_line(tmp_path, capsys):
-    code = data_main(["llm-jax data", "prepare", "--config.data.source=files",
-                      f"--config.data.path={tmp_path}/none/*.txt"])
+    code = cli.run(["data", "prepare", "--config.data.source=files",
+                    f"--config.data.path={tmp_path}/none/*.txt"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: no file matches") and "Traceback" not in err
-    assert data_main(["llm-jax data", "shuffle"]) == 2
+    assert cli.run(["data", "shuffle"]) == 2
 
 
 def test_data_prepare_reads_a_config_file_with_overrides(shakespeare, cache_dir, tmp_path,

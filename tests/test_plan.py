@@ -16,7 +16,8 @@ import sys
 import pytest
 
 from llm_jax import config as config_lib
-from llm_jax import flops, plan, plan_cli
+from llm_jax import flops, plan
+from llm_jax.cli import plan as plan_cli
 from llm_jax.config import ConfigError
 
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -58,13 +59,13 @@ def test_chip_hbm_and_unknown_names():
     assert hbm == {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
     with pytest.raises(ConfigError, match="unknown TPU topology 'v5p-7'.*v5p-256"):
         plan.get_topology("v5p-7")
-    with pytest.raises(ConfigError, match="num_slices"):
+    with pytest.raises(ConfigError, match="num-slices"):
         plan.get_topology("v5p-8", num_slices=0)
 
 
 def test_without_libtpu_the_command_prints_the_install_hint(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "libtpu", None)  # `import libtpu` now raises ImportError
-    code = plan_cli.plan_main(["llm-jax plan", "--config=experiments/configs/base.py",
+    code = plan_cli.main(["llm-jax plan", "--config=experiments/configs/base.py",
                                "--topology=v5p-8"])
     assert code == 1
     assert "pip install -e .[tpu]" in capsys.readouterr().err
@@ -147,7 +148,7 @@ def test_llama2_7b_fits_with_fsdp_on_v5p_256():
 
 @needs_libtpu
 def test_llama2_7b_unsharded_on_v5e_8_does_not_fit(capsys):
-    code = plan_cli.plan_main([
+    code = plan_cli.main([
         "llm-jax plan", f"--config={LLAMA_7B_CONFIG}", "--topology=v5e-8", "--json",
         "--config.mesh.data=-1", "--config.mesh.fsdp=1", "--config.data.seq_len=256",
         "--config.train.batch_size=8", "--config.model.remat=none"])

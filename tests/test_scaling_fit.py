@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from llm_jax import cli
 from llm_jax.scaling import fit
 
 # Hoffmann et al. (2022)'s fitted law: the ground truth of the synthetic data.
@@ -136,8 +137,7 @@ def _write_csv(path, n, d, loss):
 def test_fit_command_json_has_the_chinchilla_keys(tmp_path, capsys):
     n, d, loss = grid_points()
     _write_csv(tmp_path / "points.csv", n, d, loss)
-    assert fit.main(["llm-jax fit", str(tmp_path / "points.csv"), "--json",
-                     "--bootstrap", "3"]) == 0
+    assert cli.run(["fit", str(tmp_path / "points.csv"), "--json", "--bootstrap", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {"E", "A", "B", "alpha", "beta", "a", "b"} <= set(out)
     assert out["alpha"] == pytest.approx(TRUE["alpha"], rel=0.05)
@@ -152,10 +152,10 @@ def test_fit_command_isoflop_table_and_kaplan(tmp_path, capsys):
         w.writerow(["name", "budget", "N", "D", "loss", "status"])
         w.writerows((f"t{i}", *row, "done") for i, row in enumerate(zip(budget, n, d, loss,
                                                                           strict=True)))
-    assert fit.main(["llm-jax fit", str(tmp_path), "--law", "isoflop"]) == 0
+    assert cli.run(["fit", str(tmp_path), "--law", "isoflop"]) == 0
     text = capsys.readouterr().out
     assert "a " in text and "budget C=1e+19" in text
-    assert fit.main(["llm-jax fit", str(tmp_path), "--law", "kaplan", "--json",
+    assert cli.run(["fit", str(tmp_path), "--law", "kaplan", "--json",
                      "--bootstrap", "2"]) == 0
     kaplan = json.loads(capsys.readouterr().out)
     assert set(kaplan) == {"N", "D"} and "alpha" in kaplan["N"]
@@ -164,5 +164,5 @@ def test_fit_command_isoflop_table_and_kaplan(tmp_path, capsys):
 
 def test_fit_command_names_missing_columns(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("N,tokens,loss\n1,2,3\n")
-    assert fit.main(["llm-jax fit", str(tmp_path / "bad.csv")]) == 2
+    assert cli.run(["fit", str(tmp_path / "bad.csv")]) == 2
     assert "no column(s) D" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import json
 import numpy as np
 from matplotlib import image
 
+from llm_jax import cli
 from llm_jax.scaling import fit, plot
 from llm_jax.scaling import results as results_io
 
@@ -50,7 +51,7 @@ def test_plot_sweep_draws_every_supported_plot(tmp_path, capsys):
                            "frontier": [{"C": 1e20}]},
             "envelope": fit.fit_envelope(plot.load_curves(tmp_path, rows), smooth=1)}
     results_io.write_json(tmp_path / "fit.json", fits)
-    assert plot.main(["llm-jax plot", str(tmp_path)]) == 0
+    assert cli.run(["plot", str(tmp_path)]) == 0
     names = {p.name for p in (tmp_path / "plots").iterdir()}
     assert names == {"training_curves.png", "isoflop.png", "compute_optimal.png",
                      "parametric_fit.png"}
@@ -74,5 +75,5 @@ def test_ablation_plot_for_lr_sweeps(tmp_path):
 
 
 def test_plot_command_without_results_names_the_fix(tmp_path, capsys):
-    assert plot.main(["llm-jax plot", str(tmp_path)]) == 2
+    assert cli.run(["plot", str(tmp_path)]) == 2
     assert "llm-jax sweep" in capsys.readouterr().err

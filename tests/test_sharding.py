@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from llm_jax import config as config_lib
 from llm_jax import model as model_lib
-from llm_jax import sharding
+from llm_jax import sharding, train
 
 
 def mesh_cfg(data=-1, fsdp=1, tensor=1):
@@ -42,7 +42,8 @@ def tiny(**overrides):
 
 def test_param_and_batch_shardings_follow_the_rules():
     mesh = sharding.make_mesh(mesh_cfg(2, 2, 2))
-    shapes, shardings = sharding.abstract_params(tiny(), mesh)
+    shapes = train.abstract_params(tiny(), mesh)
+    shardings = jax.tree.map(lambda s: s.sharding, shapes)
     assert shapes["token_embed"].shape == (128, 32)
     assert shardings["token_embed"].spec == P("tensor", "fsdp")
     assert shardings["lm_head"].spec == P("fsdp", "tensor")
@@ -50,8 +51,8 @@ def test_param_and_batch_shardings_follow_the_rules():
     assert shardings["layers"]["mlp"]["down"].spec == P(None, "tensor", "fsdp")
     assert sharding.batch_sharding(mesh).spec == P(("data", "fsdp"), None)
     # A dimension the mesh does not divide (one MQA kv head over tensor=2) is replicated.
-    _, mqa = sharding.abstract_params(tiny(n_kv_heads=1), mesh)
-    assert mqa["layers"]["attn"]["key"].spec == P(None, "fsdp", None, None)
+    mqa = train.abstract_params(tiny(n_kv_heads=1), mesh)
+    assert mqa["layers"]["attn"]["key"].sharding.spec == P(None, "fsdp", None, None)
     # Logical specs (not boxed params) work too.
     spec = sharding.logical_to_sharding(mesh, {"x": P("batch", "length", "mlp")})
     assert spec["x"].spec == P(("data", "fsdp"), None, "tensor")
@@ -60,9 +61,12 @@ def test_param_and_batch_shardings_follow_the_rules():
 def test_sharded_forward_equals_single_device(capfd):
     m = tiny(positions="learned")
     mesh = sharding.make_mesh(mesh_cfg(2, 2, 2))
-    params = sharding.init_params(m, mesh, jax.random.key(0))
-    assert params["layers"]["mlp"]["up"].sharding.spec == P(None, "fsdp", "tensor")
     model = model_lib.Transformer(config=m)
+    shardings = jax.tree.map(lambda s: s.sharding, train.abstract_params(m, mesh))
+    init = jax.jit(lambda k: nn.meta.unbox(model.init(k, jnp.zeros((1, 8), jnp.int32)))["params"],
+                   out_shardings=shardings)
+    params = init(jax.random.key(0))
+    assert params["layers"]["mlp"]["up"].sharding.spec == P(None, "fsdp", "tensor")
     tokens = jax.random.randint(jax.random.key(1), (4, 16), 0, 100)
     segments = jnp.array([[1] * 8 + [2] * 8] * 4)
 

@@ -16,6 +16,9 @@ from llm_jax import checkpoint as ckpt_lib
 from llm_jax import metrics as metrics_lib
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
+from llm_jax import trainer
+from llm_jax import workdir as workdir_lib
+from llm_jax.cli.train import PREEMPTED_EXIT_CODE
 
 VOCAB = 64
 
@@ -59,6 +62,24 @@ def _run_steps(config, mesh, batches):
                                                                          setup.batch_sharding))
             history.append(jax.device_get(step_metrics))
         return jax.device_get(state), history
+
+
+def test_optimizer_state_takes_its_parameters_shardings():
+    """Adam's moments are read off the params' logical axes, not guessed: on a
+    (data, fsdp, tensor) mesh each moment has its parameter's sharding, grad-clip or not."""
+    for clip in (0.0, 1.0):
+        setup = train_lib.make_train(_config(grad_clip=clip), _mesh(data=2, fsdp=2, tensor=2))
+        params = jax.tree_util.tree_leaves_with_path(setup.state_shardings["params"])
+        moments = [m for m in jax.tree.leaves(setup.state_shardings["opt_state"],
+                                              is_leaf=lambda x: isinstance(x, dict))
+                   if isinstance(m, dict) and set(m) == set(setup.abstract_state["params"])]
+        assert len(moments) == 2  # mu and nu
+        for moment in moments:
+            for (path, sharding), (_, same) in zip(
+                    params, jax.tree_util.tree_leaves_with_path(moment), strict=True):
+                assert same.spec == sharding.spec, path
+        sharded = [s for _, s in params if any(a is not None for a in s.spec)]
+        assert len(sharded) >= 8  # the test means something: most params are split
 
 
 def test_sharded_steps_match_one_device():
@@ -105,16 +126,16 @@ def test_divergence_stops_and_keeps_the_last_checkpoint(corpus, tmp_path):
     corpus_glob, cache = corpus
     workdir = str(tmp_path / "run")
     good = tiny_config(corpus_glob, cache, train__steps=4, checkpoint__every=2)
-    train_lib.train_and_evaluate(good, workdir)
+    trainer.train_and_evaluate(good, workdir)
     # Continue to 8 steps with an absurd learning rate: the weights overflow at once.
     bad = tiny_config(corpus_glob, cache, train__steps=8, checkpoint__every=2,
                       train__log_every=4, train__lr=1e30, train__schedule="constant")
-    with pytest.raises(train_lib.TrainError, match="diverged"):
-        train_lib.train_and_evaluate(bad, workdir)
+    with pytest.raises(trainer.TrainError, match="diverged"):
+        trainer.train_and_evaluate(bad, workdir)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     assert checkpointer.latest_step() == 4  # nothing saved after the divergence
     checkpointer.close()
-    config, params = train_lib.restore_params(workdir)
+    config, params = workdir_lib.restore_params(workdir)
     assert config.train.lr == 1e30  # config.json is the latest run's
     assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
 
@@ -144,7 +165,7 @@ def test_resume_after_sigterm_is_exact(corpus, tmp_path):
         time.sleep(0.01)
     interrupted.send_signal(signal.SIGTERM)
     _, err = interrupted.communicate(timeout=240)
-    assert interrupted.returncode == train_lib.PREEMPTED_EXIT_CODE, err.decode()[-2000:]
+    assert interrupted.returncode == PREEMPTED_EXIT_CODE, err.decode()[-2000:]
     assert "Rerun the same command to resume" in err.decode()
     stopped_at = max(int(s) for s in os.listdir(resumed_dir / "checkpoints") if s.isdigit())
     assert k <= stopped_at < 2 * k

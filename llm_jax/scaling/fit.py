@@ -27,11 +27,8 @@ The laws, each a function returning a JSON-able dict:
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +37,7 @@ import scipy.optimize
 import scipy.special
 import scipy.stats
 
+from llm_jax.errors import UserError
 from llm_jax.scaling import results as results_io
 
 HUBER_DELTA = 1e-3
@@ -49,7 +47,7 @@ A_GRID = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
 EXPONENT_GRID = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 
-class FitError(ValueError):
+class FitError(UserError, ValueError):
     """The data cannot support the requested fit; the message says what is missing."""
 
 
@@ -458,36 +456,3 @@ def update_fit_json(path: str | Path, law: str, fit: dict) -> None:
     stored = results_io.read_json(path) or {}
     stored[law] = fit
     results_io.write_json(path, stored)
-
-
-def main(argv: Sequence[str]) -> int:
-    """`llm-jax fit FILE [--law chinchilla|kaplan|isoflop] [--json]`."""
-    p = argparse.ArgumentParser(prog=argv[0], description=(
-        "Fit a scaling law to a results table (a sweep's results.csv, its directory, or any "
-        "CSV with columns N, D, loss and optionally C); writes fit.json beside it."))
-    p.add_argument("file")
-    p.add_argument("--law", choices=("chinchilla", "kaplan", "isoflop"), default="chinchilla",
-                   help="chinchilla: approach 3, L(N,D); kaplan: L(N), L(D), L(C) power "
-                        "laws; isoflop: approach 2 parabolas (needs IsoFLOP budgets)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--n-column", default="N",
-                   help="the parameter count to fit (e.g. N_non_embedding, Kaplan's choice)")
-    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap refits for intervals")
-    p.add_argument("--level", type=float, default=0.95, help="interval coverage")
-    args = p.parse_args(argv[1:])
-    try:
-        points = load_points(args.file, args.n_column)
-        fit = run_law(points, args.law, n_boot=args.bootstrap, level=args.level)
-    except (FitError, results_io.ResultsError) as err:
-        print(f"llm-jax fit: {err}", file=sys.stderr)
-        return 2
-    path = Path(args.file)
-    out_path = (path if path.is_dir() else path.parent) / results_io.FIT_JSON
-    update_fit_json(out_path, args.law, fit)
-    if args.json:
-        print(json.dumps(results_io.jsonable(fit)))
-    else:
-        print(format_fit(args.law, fit))
-        print(f"wrote {out_path}")
-    return 0
-

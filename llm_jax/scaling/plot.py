@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -228,21 +226,3 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
     if lr_key and lrs_per_variant and min(map(len, lrs_per_variant.values())) >= 2:
         paths.append(plot_ablation(done, lr_key, variants, out / "lr_sensitivity.png"))
     return paths
-
-
-def main(argv: Sequence[str]) -> int:
-    """`llm-jax plot DIR`: redraw a sweep's plots from its results.csv and fit.json."""
-    p = argparse.ArgumentParser(prog=argv[0], description=main.__doc__)
-    p.add_argument("dir", help="a sweep directory (holding results.csv)")
-    args = p.parse_args(argv[1:])
-    try:
-        paths = plot_sweep(args.dir)
-    except results_io.ResultsError as err:
-        print(f"llm-jax plot: {err}", file=sys.stderr)
-        return 2
-    for path in paths:
-        print(f"wrote {path}")
-    if not paths:
-        print("nothing to plot yet: no finished trials")
-    return 0
-

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_jax import atomic
+from llm_jax.errors import UserError
 from llm_jax.metrics import read_metrics
 
 RESULTS_CSV = "results.csv"
@@ -45,7 +46,7 @@ def swept_columns(rows: list[dict]) -> list[str]:
     return [k for k in rows[0] if k != "name" and k not in MEASURED_COLUMNS]
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError, ValueError):
     """A results table or sweep directory a user pointed at is unusable; the message says why."""
 
 

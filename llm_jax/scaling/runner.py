@@ -25,7 +25,6 @@ results support are fitted into DIR/fit.json, and the plots are drawn into DIR/p
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import os
 import shlex
@@ -39,7 +38,6 @@ from pathlib import Path
 import numpy as np
 
 from llm_jax import atomic
-from llm_jax.config import ConfigError
 from llm_jax.scaling import collect as collect_lib
 from llm_jax.scaling import results as results_io
 from llm_jax.scaling import sweep as sweep_lib
@@ -346,37 +344,3 @@ def run_sweep(sweep_path: str, workdir: str, *, parallel: int | None = None,
         print(f"[sweep] {len(failed)} trial(s) did not finish: {', '.join(failed)} "
               "(see their train.log and status.json; rerun the command to retry them)")
     return 1 if failed else 0
-
-
-def main(argv: Sequence[str]) -> int:
-    """`llm-jax sweep SWEEP.py --workdir DIR [...]` or `llm-jax sweep --collect DIR`."""
-    p = argparse.ArgumentParser(prog=argv[0], description=(
-        "Run a sweep file's trials (one `llm-jax train` each), resuming unfinished ones and "
-        "skipping finished ones; then write DIR/results.csv, fit.json and plots/."))
-    p.add_argument("sweep", nargs="?", help="a sweep file: get_config() and get_sweep()")
-    p.add_argument("--workdir", help="the sweep directory: one subdirectory per trial")
-    p.add_argument("--parallel", type=int, help="trials at once (local; slurm: the array's "
-                   "limit); default: the sweep file's PARALLEL, else 1")
-    p.add_argument("--only", help="run only trials matching these glob patterns (comma-separated)")
-    p.add_argument("--dry-run", action="store_true", help="list the trials and commands")
-    p.add_argument("--launcher", choices=("local", "slurm", "tpu"), default="local",
-                   help="local: run here; slurm/tpu: write launch scripts into the workdir")
-    p.add_argument("--collect", metavar="DIR", help="only (re)write results, fits and plots")
-    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap refits for intervals")
-    args = p.parse_args(argv[1:])
-    try:
-        if args.collect:
-            collect_lib.collect(args.collect, args.bootstrap)
-            return 0
-        if not args.sweep or not args.workdir:
-            p.error("give a sweep file and --workdir (or --collect DIR)")
-        if args.parallel is not None and args.parallel < 1:
-            p.error("--parallel must be >= 1")
-        return run_sweep(args.sweep, args.workdir, parallel=args.parallel, only=args.only,
-                         dry_run=args.dry_run, launcher=args.launcher, n_boot=args.bootstrap)
-    except (sweep_lib.SweepError, results_io.ResultsError, ConfigError) as err:
-        print(f"llm-jax sweep: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-

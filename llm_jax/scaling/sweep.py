@@ -41,6 +41,7 @@ import ml_collections
 
 from llm_jax import config as config_lib
 from llm_jax import flops as flops_lib
+from llm_jax.errors import UserError
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 
@@ -54,7 +55,7 @@ class Trial:
     tags: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A sweep file is malformed; the message names the trial or function to fix."""
 
 

@@ -16,6 +16,7 @@ text for the same seed: a sample's randomness depends only on (seed, prompt, sam
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import TextIO
@@ -24,13 +25,15 @@ import jax
 import ml_collections
 
 from llm_jax import sample, sharding
+from llm_jax.cli import args as args_lib
+from llm_jax.errors import UsageError
 from llm_jax.sample import SamplingConfig
 
 STREAM_CHUNK = 8  # decode steps between prints when streaming
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p = args_lib.parser(prog, __doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="a training run's directory")
     p.add_argument("--prompt", action="append", default=[],
                    help="text to continue (repeat for several prompts)")
@@ -67,45 +70,50 @@ def _stream_text(tokenizer, chunks: Iterator[list[int]]) -> Iterator[str]:
 
 def _restore(workdir: str, step: int | None):
     """(config, params, tokenizer) of the run in `workdir`, params on one device."""
-    from llm_jax import train  # heavy import, only when a model is restored
+    from llm_jax import workdir as workdir_lib  # heavy import, only when a model is restored
 
     one_device = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
     mesh = sharding.make_mesh(one_device, devices=jax.devices()[:1])
-    config, params = train.restore_params(workdir, mesh=mesh, step=step)
-    return config, params, train.load_run_tokenizer(workdir, config)
+    config, params = workdir_lib.restore_params(workdir, mesh=mesh, step=step)
+    return config, params, workdir_lib.load_run_tokenizer(workdir, config)
 
 
-def generate_main(argv: Sequence[str], out: TextIO | None = None) -> int:
+def main(argv: Sequence[str], out: TextIO | None = None) -> int:
     """Entry point of `llm-jax generate` (argv[0] is the program name); prints to `out`."""
     parser = _parser(argv[0])
     args = parser.parse_args(list(argv[1:]))
     out = out or sys.stdout
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     try:
         sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
-        if args.num_samples < 1:
-            raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-        texts = list(args.prompt)
-        for path in args.prompt_file:
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    texts = list(args.prompt)
+    for path in args.prompt_file:
+        try:
             with open(path, encoding="utf-8") as f:
                 texts.append(f.read())
-    except (ValueError, OSError) as e:
-        parser.error(str(e))
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--prompt-file {path}: cannot read it as UTF-8 text "
+                             f"({type(e).__name__}: {e})") from e
+    if not os.path.isdir(args.workdir):
+        raise UsageError(f"--workdir {args.workdir} is not a directory")
     texts = texts or [""]
     config, params, tokenizer = _restore(args.workdir, args.step)
     prompts = [[tokenizer.eos_id, *tokenizer.encode(text)] for text in texts]
     max_new_tokens = args.max_new_tokens or max(
         1, min(200, config.model.max_seq_len - max(map(len, prompts))))
-    try:
-        if out.isatty() if args.stream is None else args.stream:
-            _print_streamed(out, texts, prompts, config, params, tokenizer, sampling, args,
-                            max_new_tokens)
-            return 0
-        samples = sample.generate(
-            params, config.model, prompts, max_new_tokens=max_new_tokens, sampling=sampling,
-            eos_id=tokenizer.eos_id, seed=args.seed, num_samples=args.num_samples,
-            truncate=args.truncate)
-    except sample.PromptTooLongError as e:
-        parser.error(str(e))
+    if out.isatty() if args.stream is None else args.stream:
+        _print_streamed(out, texts, prompts, config, params, tokenizer, sampling, args,
+                        max_new_tokens)
+        return 0
+    samples = sample.generate(
+        params, config.model, prompts, max_new_tokens=max_new_tokens, sampling=sampling,
+        eos_id=tokenizer.eos_id, seed=args.seed, num_samples=args.num_samples,
+        truncate=args.truncate)
     for p, text in enumerate(texts):
         for s, tokens in enumerate(samples[p]):
             out.write(_header(p, s) + text + tokenizer.decode(tokens) + "\n")

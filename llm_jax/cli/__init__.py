@@ -1,0 +1,74 @@
+"""The `llm-jax` command: a table of subcommands, each a lazily imported `main(argv)`.
+
+To add a subcommand, add a module `llm_jax/cli/<name>.py` with `main(argv) -> int` and
+one line to `COMMANDS`. `argv` is `[prog, *args]` (prog e.g. "llm-jax train"). A
+`UserError` from anywhere below prints one line, `error: ...`, and exits with code 2;
+any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from llm_jax import tpu_env
+from llm_jax.errors import UserError
+
+COMMANDS: dict[str, str] = {
+    "train": "train a model: --config FILE --workdir DIR",
+    "data": "prepare a dataset and its tokenizer (prepare), or look at one (inspect)",
+    "plan": "fit and speed on a TPU pod, compiled here: --config FILE --topology v5p-256",
+    "generate": "sample text from a run: --workdir DIR",
+    "sweep": "run a sweep's trials, resumably; or --collect DIR",
+    "fit": "fit a scaling law to a results CSV",
+    "plot": "redraw a sweep's plots, or draw one run's curves: DIR",
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: llm-jax <command> [options]   (llm-jax <command> --help for its options)",
+             "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, help_ in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def configure_logging() -> None:
+    """Status lines from llm_jax loggers go to stderr as plain lines; libraries stay quiet."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package = logging.getLogger("llm_jax")
+    if not package.handlers:
+        package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    package.propagate = False
+    # Orbax logs routine warnings (e.g. on read-only restores) through absl.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def run(argv: Sequence[str]) -> int:
+    """Dispatch `argv` (without the program name) to a subcommand; returns the exit code."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], list(argv[1:])
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    tpu_env.quiet_libtpu_without_tpu()  # before any subcommand starts JAX
+    configure_logging()
+    try:
+        module = importlib.import_module(f"llm_jax.cli.{name}")
+        return int(module.main([f"llm-jax {name}", *rest]) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # argparse's --help
+        return e.code if isinstance(e.code, int) else 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,62 @@
+"""What every subcommand's parsing shares: an argparse parser whose errors are
+`UsageError`s (one line, exit 2), and the config flags (`--config FILE` plus
+`--config.section.key=value` overrides) of the commands that take a config."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import ml_collections
+
+from llm_jax import config as config_lib
+from llm_jax.errors import UsageError
+
+CONFIG_EPILOG = ("Any config key can be overridden: --config.SECTION.KEY=VALUE (e.g. "
+                 "--config.train.lr=1e-3); every key and its default is in llm_jax/config.py.")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with errors raised as UsageError instead of printed and exited."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def parser(prog: str, description: str, config: str | None = None) -> Parser:
+    """A parser for `prog`; `config` = 'required' or 'optional' adds the config flags."""
+    p = Parser(prog=prog, description=description,
+               epilog=CONFIG_EPILOG if config else None,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    if config:
+        p.add_argument("--config", metavar="FILE", required=config == "required",
+                       help="experiment config: a Python file with get_config()"
+                       + ("" if config == "required" else " (default: the built-in defaults)"))
+    return p
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """(`{'a.b': 'v'}` from `--config.a.b=v` or `--config.a.b v`, the other arguments)."""
+    overrides, rest, args = {}, [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--config."):
+            rest.append(arg)
+            continue
+        key, sep, value = arg[len("--config."):].partition("=")
+        if not sep:
+            if not args:
+                raise UsageError(f"--config.{key} needs a value (--config.{key}=VALUE)")
+            value = args.pop(0)
+        overrides[key] = value
+    return overrides, rest
+
+
+def parse_with_config(p: Parser, argv: Sequence[str]
+                      ) -> tuple[argparse.Namespace, ml_collections.ConfigDict]:
+    """Parse `argv` (without the program name); returns (args, config with overrides)."""
+    overrides, rest = split_overrides(argv)
+    args = p.parse_args(rest)
+    base = (config_lib.load_config_file(args.config) if args.config
+            else config_lib.default_config())
+    return args, config_lib.apply_overrides(base, overrides)

@@ -1,0 +1,271 @@
+"""The training loop and its owner: `train_and_evaluate(config, workdir)`.
+
+A `Trainer` holds one run's collaborators (the `TrainSetup`, the data iterator, the
+checkpointer, the metrics writer and the progress bar) and the train state; its
+methods are the loop's steps: `step`, `log`, `evaluate`, `save`, driven by `run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from llm_jax import atomic
+from llm_jax import checkpoint as ckpt_lib
+from llm_jax import config as config_lib
+from llm_jax import metrics as metrics_lib
+from llm_jax import sharding as sharding_lib
+from llm_jax import train as train_lib
+from llm_jax import workdir as workdir_lib
+from llm_jax.config import ConfigError
+from llm_jax.errors import UserError
+
+
+class TrainError(UserError, RuntimeError):
+    """Training cannot go on (e.g. the loss diverged); the message names the fix."""
+
+
+def enable_compilation_cache(config: ml_collections.ConfigDict) -> str:
+    """Turn on JAX's persistent compilation cache; returns its directory."""
+    from llm_jax.data import cache_root
+
+    path = config.train.compilation_cache_dir or str(
+        cache_root(config.data) / "jax_compilation_cache")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
+
+
+def _make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    try:
+        return sharding_lib.make_mesh(config.mesh)
+    except ValueError as e:
+        raise ConfigError(f"config.mesh: {e}") from e
+
+
+@dataclasses.dataclass
+class _Window:
+    """Host-side copies of the per-step metrics since the last logged row."""
+
+    rows: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    pending: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
+    start_step: int = 0
+    start_time: float = 0.0
+
+    def fetch(self, first_step: int) -> None:
+        """Copy pending device metrics to the host; raise TrainError on NaN/Inf."""
+        fetched = jax.device_get(self.pending)
+        self.pending = []
+        for i, row in enumerate(fetched):
+            bad = [k for k in ("train/loss", "grad_norm", "param_norm")
+                   if not math.isfinite(float(row[k]))]
+            if bad:
+                step = first_step - len(fetched) + i + 1
+                raise TrainError(
+                    f"{bad[0]} became {float(row[bad[0]])} at step {step}: training diverged "
+                    f"(lr there {float(row['lr']):.3g}). Lower config.train.lr, lengthen "
+                    "warmup_steps or set grad_clip. Checkpoints written so far predate the "
+                    "divergence and are intact")
+            self.rows.append({k: float(v) for k, v in row.items()})
+
+    def restart_clock(self, step: int) -> None:
+        """Measure throughput from here (after compilation, evaluation, checkpointing)."""
+        self.start_step, self.start_time = step, time.perf_counter()
+
+
+class Trainer:
+    """One run in one workdir: restores or initialises its state, then trains it.
+
+    Use as a context manager (it closes the checkpointer, writer and progress bar).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        from llm_jax import data as data_lib  # heavy (tokenizer training)
+        from llm_jax import flops as flops_lib
+
+        self.config, self.workdir = config, workdir
+        self.primary = jax.process_index() == 0
+        self.setup = train_lib.make_train(config, _make_mesh(config))
+        workdir_lib.check_workdir(workdir)
+        os.makedirs(workdir, exist_ok=True)
+        self.prepared = data_lib.prepare(config)
+        if self.prepared.tokenizer.vocab_size > config.model.vocab_size:
+            raise ConfigError(
+                f"the tokenizer has {self.prepared.tokenizer.vocab_size} tokens but "
+                f"config.model.vocab_size={config.model.vocab_size}; raise model.vocab_size")
+        t, seq_len = config.train, config.data.seq_len
+        self.tokens_per_step = t.batch_size * seq_len
+        self.flops_per_token = flops_lib.flops_per_token(config.model, seq_len)["detailed"]
+        peak = metrics_lib.peak_flops(jax.devices()[0].device_kind)
+        self.peak_total = peak * jax.device_count() if peak else None
+        self.checkpointer = ckpt_lib.Checkpointer(
+            os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR), config.checkpoint.every,
+            config.checkpoint.keep, config.checkpoint.async_save)
+        self.iterator = data_lib.BatchIterator(
+            self.prepared, batch_size=t.batch_size, seq_len=seq_len, seed=t.seed,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            segment_ids=config.data.segment_ids)
+        self._to_global = data_lib.to_global
+        with self.setup.context():
+            self.state = self._restore_or_init()
+            self.val_batches = [data_lib.to_global(b, self.setup.batch_sharding)
+                                for b in data_lib.val_batches(
+                self.prepared, batch_size=config.data.val_batch_size or t.batch_size,
+                seq_len=seq_len, num_batches=config.data.num_val_batches,
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                segment_ids=config.data.segment_ids)]
+        if self.primary:
+            atomic.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
+            self.prepared.tokenizer.save(os.path.join(workdir, workdir_lib.TOKENIZER_FILE))
+        self.step_count = int(jax.device_get(self.state["step"]))
+        self.writer = metrics_lib.MetricsWriter(workdir, enabled=self.primary)
+        self.writer.truncate_after(self.step_count)
+        self.bar = metrics_lib.ProgressBar(self.setup.total_steps, enabled=self.primary)
+        self.window = _Window()
+        self.result: dict[str, Any] = {"preempted": False}
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+        self.checkpointer.close()
+
+    def _restore_or_init(self) -> dict:
+        latest = self.checkpointer.latest_step()
+        if latest is None:
+            return self.setup.init_state(self.config.train.seed)
+        state, meta = self.checkpointer.restore(latest, self.setup.abstract_state,
+                                                self.config.model.to_dict())
+        hosts = meta["data"]
+        if len(hosts) != jax.process_count():
+            raise ckpt_lib.CheckpointError(
+                f"the checkpoint at step {latest} was written by {len(hosts)} hosts, this "
+                f"run has {jax.process_count()}; resume with the same number of hosts")
+        self.iterator.set_state(hosts[jax.process_index()])
+        return state
+
+    def say(self, text: str) -> None:
+        """A status line from the primary host (above the progress bar)."""
+        if self.primary:
+            self.bar.message(text)
+
+    def position(self) -> dict[str, Any]:
+        """Where the run stands: step, tokens, FLOPs and epochs seen."""
+        s = self.step_count
+        return {"step": s, "tokens": s * self.tokens_per_step,
+                "flops": s * self.tokens_per_step * self.flops_per_token,
+                "epochs": self.iterator.epoch}
+
+    def step(self) -> None:
+        """One optimizer step; its metrics stay on the device until `log`."""
+        batch = self._to_global(next(self.iterator), self.setup.batch_sharding)
+        self.state, metrics = self.setup.train_step(self.state, batch)
+        self.step_count += 1
+        self.window.pending.append(metrics)
+
+    def log(self) -> None:
+        """Write the mean of the metrics since the last row to metrics.jsonl and the bar."""
+        w = self.window
+        if not w.rows:
+            return
+        elapsed = time.perf_counter() - w.start_time
+        tokens_per_s = ((self.step_count - w.start_step) * self.tokens_per_step / elapsed
+                        if self.step_count > w.start_step else None)
+        row = {k: float(np.mean([r[k] for r in w.rows])) for k in w.rows[0]}
+        row.update(lr=w.rows[-1]["lr"], param_norm=w.rows[-1]["param_norm"],
+                   tokens_per_s=tokens_per_s,
+                   mfu=(tokens_per_s * self.flops_per_token / self.peak_total
+                        if self.peak_total and tokens_per_s else None))
+        self.writer.write({**self.position(), **row})
+        self.bar.update(self.step_count, row["train/loss"], tokens_per_s)
+        self.result.update(row)
+        w.rows = []
+        w.restart_clock(self.step_count)
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean token loss over the fixed val batches, and bits per byte; logged."""
+        sums = [self.setup.eval_step(self.state["params"], b) for b in self.val_batches]
+        loss_sum, weight = (float(sum(float(s[i]) for s in sums)) for i in (0, 1))
+        loss = loss_sum / max(weight, 1.0)
+        scores = {"val/loss": loss,
+                  "val/bpb": loss / math.log(2) / self.prepared.val_bytes_per_token}
+        self.writer.write({**self.position(), **scores})
+        self.say(f"step {self.step_count}: val/loss {scores['val/loss']:.4f}  "
+                 f"val/bpb {scores['val/bpb']:.4f}")
+        self.result.update(scores)
+        self.window.restart_clock(self.step_count)
+        return scores
+
+    def save(self, force: bool) -> None:
+        """Checkpoint the state and every host's data position (on the interval, or now)."""
+        s = self.step_count
+        meta = {"step": s, "model": self.config.model.to_dict(),
+                "data": ckpt_lib.gather_host_states(self.iterator.get_state())}
+        if self.checkpointer.save(s, self.state, meta, force=force):
+            self.say(f"checkpoint saved at step {s}")
+        self.window.restart_clock(s)
+
+    def run(self) -> dict[str, Any]:
+        """Train to the last step (or a stop signal); returns the final metrics."""
+        with self.setup.context(), ckpt_lib.PreemptionGuard() as guard:
+            self._loop(guard)
+        self.result["step"] = self.step_count
+        return self.result
+
+    def _loop(self, guard: ckpt_lib.PreemptionGuard) -> None:
+        t, total = self.config.train, self.setup.total_steps
+        if self.step_count >= total:
+            self.say(f"already trained for {self.step_count} steps (train steps = {total}); "
+                     "nothing to do")
+        self.window.restart_clock(self.step_count)
+        first = True
+        while self.step_count < total:
+            self.step()
+            step = self.step_count
+            if first:  # don't count compilation in tokens/s
+                jax.block_until_ready(self.window.pending[-1])
+                self.window.restart_clock(step)
+                first = False
+            is_log = step % t.log_every == 0 or step == total
+            is_ckpt = step % self.config.checkpoint.every == 0 or step == total
+            sync = is_log or is_ckpt or jax.process_count() == 1
+            stop = sync and ckpt_lib.any_host(guard.requested is not None)
+            if is_log or is_ckpt or stop:
+                self.window.fetch(step)  # NaN check before anything is saved
+            if is_log:
+                self.log()
+            if step % t.eval_every == 0 or step == total:
+                self.evaluate()
+            if is_ckpt or stop:
+                self.save(force=stop or step == total)
+            if stop:
+                self.checkpointer.wait()
+                self.say(f"stopped by {guard.requested or 'a signal on another host'} at "
+                         f"step {step}; checkpoint saved. Rerun the same command to resume")
+                self.result["preempted"] = True
+                return
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train `config` in `workdir` (resuming from its latest checkpoint); returns final metrics.
+
+    The returned dict holds the last logged train metrics, the last evaluation, `step`
+    and `preempted` (True when stopped by a signal after saving a checkpoint).
+    """
+    config = config_lib.validate(ml_collections.ConfigDict(config.to_dict()))
+    sharding_lib.initialize_distributed(config.mesh)
+    enable_compilation_cache(config)
+    with Trainer(config, workdir) as trainer:
+        return trainer.run()

@@ -1,0 +1,86 @@
+"""A training workdir as other tools read it: its config, tokenizer and trained params."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from llm_jax import checkpoint as ckpt_lib
+from llm_jax import sharding as sharding_lib
+
+CONFIG_FILE = "config.json"  # the resolved config, written at the start of every run
+TOKENIZER_FILE = "tokenizer.model"  # the run's SentencePiece model, copied into its workdir
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def check_workdir(workdir: str) -> None:
+    """Refuse a workdir path that exists but is not a directory."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ckpt_lib.CheckpointError(f"workdir {workdir} is a file, not a directory; "
+                                       "pass a directory (it is created if missing)")
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a run wrote to `workdir/config.json`."""
+    check_workdir(workdir)
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise ckpt_lib.CheckpointError(f"{path} not found: is {workdir!r} a training workdir?")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ckpt_lib.CheckpointError(
+            f"{path} is not valid JSON ({e}); rerun `llm-jax train` with the run's config to "
+            "rewrite it") from e
+
+
+def load_run_tokenizer(workdir: str, config: ml_collections.ConfigDict | None = None):
+    """The tokenizer a run trained with: `workdir/tokenizer.model`, written at its start.
+
+    Workdirs from before that file existed fall back to the data cache (rebuilt from the
+    corpus if it is gone), as the trainer found it.
+    """
+    from llm_jax import tokenizer as tokenizer_lib
+
+    path = os.path.join(workdir, TOKENIZER_FILE)
+    if os.path.exists(path):
+        return tokenizer_lib.load_tokenizer(path)
+    from llm_jax import data as data_lib  # heavy (datasets): only without a tokenizer file
+
+    return data_lib.prepare(config or load_config(workdir)).tokenizer
+
+
+def restore_params(workdir: str, mesh: jax.sharding.Mesh | None = None,
+                   step: int | None = None) -> tuple[ml_collections.ConfigDict, Any]:
+    """(config, params) of the latest (or given) checkpoint in `workdir`.
+
+    Only the params are read (no optimizer state). They are placed on `mesh`, by
+    default replicated over all devices (a data-only mesh).
+    """
+    config = load_config(workdir)
+    if mesh is None:
+        mesh_cfg = ml_collections.ConfigDict(dict(config.mesh.to_dict(), data=-1))
+        mesh_cfg.fsdp = mesh_cfg.tensor = 1
+        mesh = sharding_lib.make_mesh(mesh_cfg)
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, CHECKPOINTS_DIR), read_only=True)
+    try:
+        steps = checkpointer.steps()
+        if not steps:
+            raise ckpt_lib.CheckpointError(f"no checkpoint in {workdir}/{CHECKPOINTS_DIR} yet")
+        if step is not None and step not in steps:
+            raise ckpt_lib.CheckpointError(
+                f"no checkpoint at step {step} in {workdir}; saved steps: "
+                f"{', '.join(map(str, steps))}")
+        step = steps[-1] if step is None else step
+        from llm_jax.train import abstract_params
+
+        target = {"params": abstract_params(config.model, mesh)}
+        params = checkpointer.restore_subtree(step, target, config.model.to_dict())["params"]
+    finally:
+        checkpointer.close()
+    return config, params
