@@ -38,8 +38,7 @@ class CheckpointError(UserError, RuntimeError):
 
 
 def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                    for k in path)
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -49,27 +48,38 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 
 def _differences(saved: dict, current: dict) -> list[str]:
     keys = sorted(set(saved) | set(current))
-    return [f"{k}: checkpoint {saved.get(k)!r}, config {current.get(k)!r}"
-            for k in keys if saved.get(k) != current.get(k)]
+    return [
+        f"{k}: checkpoint {saved.get(k)!r}, config {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
 
 
 class Checkpointer:
     """An Orbax `CheckpointManager` for train states plus their JSON metadata."""
 
-    def __init__(self, directory: str, every: int = 1, keep: int = 2, async_save: bool = True,
-                 read_only: bool = False):
+    def __init__(
+        self,
+        directory: str,
+        every: int = 1,
+        keep: int = 2,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=every, max_to_keep=keep, create=not read_only,
-            enable_async_checkpointing=async_save, read_only=read_only,
+            save_interval_steps=every,
+            max_to_keep=keep,
+            create=not read_only,
+            enable_async_checkpointing=async_save,
+            read_only=read_only,
         )
         self._options = options
         self._manager = self._make_manager(ocp.StandardCheckpointHandler())
 
     def _make_manager(self, state_handler) -> ocp.CheckpointManager:
         handlers = {"state": state_handler, "meta": ocp.JsonCheckpointHandler()}
-        return ocp.CheckpointManager(self.directory, options=self._options,
-                                     item_handlers=handlers)
+        return ocp.CheckpointManager(self.directory, options=self._options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         """The newest fully written checkpoint's step, or None."""
@@ -126,12 +136,14 @@ class Checkpointer:
             "use a new --workdir, or rerun with the config the checkpoint was written with"
         )
 
-    def restore(self, step: int, abstract_state: Any,
-                model: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    def restore(
+        self, step: int, abstract_state: Any, model: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
         """Restore (state, meta) at `step` onto the shardings carried by `abstract_state`."""
         self.check_shapes(step, abstract_state, model)
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                  meta=ocp.args.JsonRestore())
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        )
         try:
             restored = self._manager.restore(step, args=args)
         except ValueError as e:  # e.g. an optimizer state of another structure
@@ -141,13 +153,15 @@ class Checkpointer:
             ) from e
         return restored["state"], restored["meta"]
 
-    def restore_subtree(self, step: int, abstract: dict[str, Any],
-                        model: dict[str, Any] | None = None) -> dict[str, Any]:
+    def restore_subtree(
+        self, step: int, abstract: dict[str, Any], model: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Restore only the top-level entries of the state named in `abstract` (e.g. params)."""
         self.check_shapes(step, abstract, model)
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-        args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            abstract, restore_args=restore_args, partial_restore=True))
+        args = ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=True)
+        )
         # Same files, read through the PyTree handler, which can skip entries.
         manager = self._make_manager(ocp.PyTreeCheckpointHandler())
         try:
@@ -167,6 +181,7 @@ class Checkpointer:
 
 # --- per-host data-iterator state -----------------------------------------------------------
 
+
 def gather_host_states(state: dict[str, Any]) -> list[dict[str, Any]]:
     """Every host's JSON-able `state`, in process order (a collective: all hosts call it)."""
     if jax.process_count() == 1:
@@ -176,8 +191,10 @@ def gather_host_states(state: dict[str, Any]) -> list[dict[str, Any]]:
     padded = np.zeros(int(lengths.max()), np.uint8)
     padded[: encoded.size] = encoded
     gathered = multihost_utils.process_allgather(padded)
-    return [json.loads(bytes(row[: int(n)]).decode())
-            for row, n in zip(gathered, lengths.reshape(-1), strict=True)]
+    return [
+        json.loads(bytes(row[: int(n)]).decode())
+        for row, n in zip(gathered, lengths.reshape(-1), strict=True)
+    ]
 
 
 def any_host(flag: bool) -> bool:

@@ -27,13 +27,29 @@ from llm_jax.errors import UserError
 
 # Model shapes users know. Each entry overrides `config.model` fields.
 _GPT2 = dict(
-    positions="learned", norm="layernorm", norm_bias=True, norm_position="pre", mlp="gelu",
-    attn_bias=True, mlp_bias=True, tie_embeddings=True, vocab_size=50257, max_seq_len=1024,
-    norm_eps=1e-5, scaled_residual_init=True,
+    positions="learned",
+    norm="layernorm",
+    norm_bias=True,
+    norm_position="pre",
+    mlp="gelu",
+    attn_bias=True,
+    mlp_bias=True,
+    tie_embeddings=True,
+    vocab_size=50257,
+    max_seq_len=1024,
+    norm_eps=1e-5,
+    scaled_residual_init=True,
 )
 _LLAMA = dict(
-    positions="rope", norm="rmsnorm", norm_bias=False, norm_position="pre", mlp="swiglu",
-    attn_bias=False, mlp_bias=False, tie_embeddings=False, norm_eps=1e-5,
+    positions="rope",
+    norm="rmsnorm",
+    norm_bias=False,
+    norm_position="pre",
+    mlp="swiglu",
+    attn_bias=False,
+    mlp_bias=False,
+    tie_embeddings=False,
+    norm_eps=1e-5,
     scaled_residual_init=True,
 )
 MODEL_PRESETS: dict[str, dict] = {
@@ -43,29 +59,88 @@ MODEL_PRESETS: dict[str, dict] = {
     "gpt2-large": dict(_GPT2, d_model=1280, n_layers=36, n_heads=20, d_ff=5120),
     "gpt2-xl": dict(_GPT2, d_model=1600, n_layers=48, n_heads=25, d_ff=6400),
     # Llama family: RoPE, pre-RMSNorm, SwiGLU, GQA, untied.
-    "llama-tiny": dict(_LLAMA, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192,
-                       vocab_size=512, max_seq_len=256, rope_theta=10000.0),
-    "llama-150m": dict(_LLAMA, d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=2048,
-                       vocab_size=32000, max_seq_len=2048, rope_theta=10000.0),
-    "llama-1b": dict(_LLAMA, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, d_ff=8192,
-                     vocab_size=128256, max_seq_len=8192, rope_theta=500000.0,
-                     tie_embeddings=True),
-    "llama2-7b": dict(_LLAMA, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, d_ff=11008,
-                      vocab_size=32000, max_seq_len=4096, rope_theta=10000.0),
-    "llama3-8b": dict(_LLAMA, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
-                      vocab_size=128256, max_seq_len=8192, rope_theta=500000.0),
+    "llama-tiny": dict(
+        _LLAMA,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=192,
+        vocab_size=512,
+        max_seq_len=256,
+        rope_theta=10000.0,
+    ),
+    "llama-150m": dict(
+        _LLAMA,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        n_kv_heads=4,
+        d_ff=2048,
+        vocab_size=32000,
+        max_seq_len=2048,
+        rope_theta=10000.0,
+    ),
+    "llama-1b": dict(
+        _LLAMA,
+        d_model=2048,
+        n_layers=16,
+        n_heads=32,
+        n_kv_heads=8,
+        d_ff=8192,
+        vocab_size=128256,
+        max_seq_len=8192,
+        rope_theta=500000.0,
+        tie_embeddings=True,
+    ),
+    "llama2-7b": dict(
+        _LLAMA,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=32,
+        d_ff=11008,
+        vocab_size=32000,
+        max_seq_len=4096,
+        rope_theta=10000.0,
+    ),
+    "llama3-8b": dict(
+        _LLAMA,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        d_ff=14336,
+        vocab_size=128256,
+        max_seq_len=8192,
+        rope_theta=500000.0,
+    ),
     # The original block (Vaswani et al. 2017, base size) as a decoder-only model:
     # sinusoidal positions, post-LayerNorm ("Add & Norm"), ReLU, tied, embeddings x sqrt(d).
     "transformer-2017": dict(
-        positions="sinusoidal", norm="layernorm", norm_bias=True, norm_position="post",
-        mlp="relu", attn_bias=True, mlp_bias=True, tie_embeddings=True, embed_scale=True,
-        d_model=512, n_layers=6, n_heads=8, d_ff=2048, vocab_size=37000, max_seq_len=512,
-        norm_eps=1e-6, scaled_residual_init=False,
+        positions="sinusoidal",
+        norm="layernorm",
+        norm_bias=True,
+        norm_position="post",
+        mlp="relu",
+        attn_bias=True,
+        mlp_bias=True,
+        tie_embeddings=True,
+        embed_scale=True,
+        d_model=512,
+        n_layers=6,
+        n_heads=8,
+        d_ff=2048,
+        vocab_size=37000,
+        max_seq_len=512,
+        norm_eps=1e-6,
+        scaled_residual_init=False,
     ),
     # Tiny shapes for CPU runs and tests.
     "tiny": dict(d_model=64, n_layers=2, n_heads=4, d_ff=256, vocab_size=512, max_seq_len=256),
-    "gpt2-tiny": dict(_GPT2, d_model=64, n_layers=2, n_heads=4, d_ff=256, vocab_size=512,
-                      max_seq_len=256),
+    "gpt2-tiny": dict(
+        _GPT2, d_model=64, n_layers=2, n_heads=4, d_ff=256, vocab_size=512, max_seq_len=256
+    ),
 }
 
 
@@ -74,78 +149,78 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     c.model = m = ml_collections.ConfigDict()
-    m.preset = ""               # informative: the MODEL_PRESETS entry this shape came from
-    m.vocab_size = 512          # real tokens; the tokenizer is trained to this size
-    m.vocab_multiple = 128      # embedding rows padded to a multiple of this, for speed
+    m.preset = ""  # informative: the MODEL_PRESETS entry this shape came from
+    m.vocab_size = 512  # real tokens; the tokenizer is trained to this size
+    m.vocab_multiple = 128  # embedding rows padded to a multiple of this, for speed
     m.d_model = 64
     m.n_layers = 2
     m.n_heads = 4
-    m.n_kv_heads = 0            # 0: same as n_heads (MHA); 1: MQA; else GQA
-    m.head_dim = 0              # 0: d_model // n_heads
-    m.d_ff = 0                  # 0: 4*d_model (relu/gelu) or 8/3*d_model rounded to 64 (swiglu)
-    m.max_seq_len = 256         # context length: size of learned positions and of the KV cache
-    m.positions = "rope"        # sinusoidal | learned | rope | none
+    m.n_kv_heads = 0  # 0: same as n_heads (MHA); 1: MQA; else GQA
+    m.head_dim = 0  # 0: d_model // n_heads
+    m.d_ff = 0  # 0: 4*d_model (relu/gelu) or 8/3*d_model rounded to 64 (swiglu)
+    m.max_seq_len = 256  # context length: size of learned positions and of the KV cache
+    m.positions = "rope"  # sinusoidal | learned | rope | none
     m.rope_theta = 10000.0
-    m.norm = "rmsnorm"          # layernorm | rmsnorm
+    m.norm = "rmsnorm"  # layernorm | rmsnorm
     m.norm_eps = 1e-6
-    m.norm_bias = False         # LayerNorm bias (ignored by rmsnorm)
-    m.norm_position = "pre"     # pre | post ("Add & Norm")
-    m.mlp = "swiglu"            # relu | gelu | swiglu
+    m.norm_bias = False  # LayerNorm bias (ignored by rmsnorm)
+    m.norm_position = "pre"  # pre | post ("Add & Norm")
+    m.mlp = "swiglu"  # relu | gelu | swiglu
     m.mlp_bias = False
     m.attn_bias = False
     m.qk_norm = False
-    m.causal = True             # False: bidirectional (encoder objectives)
+    m.causal = True  # False: bidirectional (encoder objectives)
     m.tie_embeddings = False
-    m.embed_scale = False       # multiply token embeddings by sqrt(d_model) (2017 paper)
+    m.embed_scale = False  # multiply token embeddings by sqrt(d_model) (2017 paper)
     m.init_std = 0.02
-    m.scaled_residual_init = True   # output projections init std / sqrt(2 * n_layers)
+    m.scaled_residual_init = True  # output projections init std / sqrt(2 * n_layers)
     m.dropout = 0.0
-    m.dtype = "float32"         # compute dtype; bfloat16 on accelerators
+    m.dtype = "float32"  # compute dtype; bfloat16 on accelerators
     m.param_dtype = "float32"
-    m.scan_layers = True        # nn.scan over layers: compile time independent of depth
-    m.remat = "none"            # none | full | save_dots
-    m.attention_impl = "auto"   # auto (cudnn on GPU, xla elsewhere) | xla | cudnn
+    m.scan_layers = True  # nn.scan over layers: compile time independent of depth
+    m.remat = "none"  # none | full | save_dots
+    m.attention_impl = "auto"  # auto (cudnn on GPU, xla elsewhere) | xla | cudnn
 
     c.data = d = ml_collections.ConfigDict()
-    d.source = "shakespeare"    # shakespeare | files | hf
-    d.path = ""                 # files: a path or glob (comma-separated for several)
-    d.format = ""               # files: txt | jsonl | parquet | csv ('' = from the extension)
-    d.text_field = "text"       # jsonl/parquet/csv/hf: the column holding the text
-    d.txt_document = "file"     # txt: file (one document per file) | line (one per line)
-    d.hf_name = ""              # hf: dataset name, e.g. roneneldan/TinyStories
+    d.source = "shakespeare"  # shakespeare | files | hf
+    d.path = ""  # files: a path or glob (comma-separated for several)
+    d.format = ""  # files: txt | jsonl | parquet | csv ('' = from the extension)
+    d.text_field = "text"  # jsonl/parquet/csv/hf: the column holding the text
+    d.txt_document = "file"  # txt: file (one document per file) | line (one per line)
+    d.hf_name = ""  # hf: dataset name, e.g. roneneldan/TinyStories
     d.hf_config = ""
     d.hf_train_split = "train"
     d.hf_val_split = "validation"
     d.hf_streaming = False
-    d.hf_max_documents = 0      # 0: all
-    d.val_fraction = 0.01       # files/hf without a val split: share of documents held out
+    d.hf_max_documents = 0  # 0: all
+    d.val_fraction = 0.01  # files/hf without a val split: share of documents held out
     d.on_decode_error = "error"  # error | replace (undecodable bytes -> U+FFFD, counted)
-    d.tokenizer_path = ""       # '' trains one on the training split; else a .model file
-    d.tokenizer_type = "bpe"    # bpe | unigram
+    d.tokenizer_path = ""  # '' trains one on the training split; else a .model file
+    d.tokenizer_type = "bpe"  # bpe | unigram
     d.tokenizer_max_chars = 20_000_000  # characters of training text fed to SentencePiece
-    d.cache_dir = ""            # '' : $LLM_JAX_CACHE or ~/.cache/llm_jax (shared by a sweep)
+    d.cache_dir = ""  # '' : $LLM_JAX_CACHE or ~/.cache/llm_jax (shared by a sweep)
     d.seq_len = 128
-    d.segment_ids = False       # pass document ids so packed documents don't attend across
+    d.segment_ids = False  # pass document ids so packed documents don't attend across
     d.num_val_batches = 8
-    d.val_batch_size = 0        # 0: train.batch_size
+    d.val_batch_size = 0  # 0: train.batch_size
 
     c.train = t = ml_collections.ConfigDict()
     t.steps = 200
-    t.tokens = 0                # >0: a token budget D; steps = tokens // (batch * seq_len)
-    t.batch_size = 16           # global, in sequences
-    t.microbatches = 1          # gradient accumulation inside the step
+    t.tokens = 0  # >0: a token budget D; steps = tokens // (batch * seq_len)
+    t.batch_size = 16  # global, in sequences
+    t.microbatches = 1  # gradient accumulation inside the step
     t.lr = 3e-3
-    t.schedule = "cosine"       # cosine | linear | wsd | constant | rsqrt
+    t.schedule = "cosine"  # cosine | linear | wsd | constant | rsqrt
     t.warmup_steps = 20
     t.min_lr_ratio = 0.1
-    t.decay_fraction = 0.2      # wsd: share of steps spent decaying
+    t.decay_fraction = 0.2  # wsd: share of steps spent decaying
     t.b1 = 0.9
     t.b2 = 0.95
     t.eps = 1e-8
     t.weight_decay = 0.1
     t.decay_embeddings = False
-    t.grad_clip = 1.0           # global-norm clipping; 0 disables
-    t.z_loss = 0.0              # coefficient of log(Z)^2
+    t.grad_clip = 1.0  # global-norm clipping; 0 disables
+    t.z_loss = 0.0  # coefficient of log(Z)^2
     t.log_every = 10
     t.eval_every = 100
     t.seed = 0
@@ -157,13 +232,13 @@ def default_config() -> ml_collections.ConfigDict:
     k.async_save = True
 
     c.mesh = h = ml_collections.ConfigDict()
-    h.data = -1                 # -1: all devices left after the others
+    h.data = -1  # -1: all devices left after the others
     h.fsdp = 1
     h.tensor = 1
-    h.distributed = "auto"      # auto (TPU pod / SLURM) | on | off
+    h.distributed = "auto"  # auto (TPU pod / SLURM) | on | off
     h.coordinator_address = ""  # on: 'host:port' of process 0; '' = let JAX detect the cluster
-    h.num_processes = 0         # on, with coordinator_address: number of processes
-    h.process_id = 0            # on, with coordinator_address: this process's index
+    h.num_processes = 0  # on, with coordinator_address: number of processes
+    h.process_id = 0  # on, with coordinator_address: this process's index
     return c
 
 
@@ -185,8 +260,7 @@ class ConfigError(UserError, ValueError):
 # --- config files and overrides ------------------------------------------------------------
 
 
-def load_python_file(path: str | Path, functions: tuple[str, ...], what: str
-                     ) -> types.ModuleType:
+def load_python_file(path: str | Path, functions: tuple[str, ...], what: str) -> types.ModuleType:
     """Import a config or sweep file that must define `functions`; ConfigError otherwise."""
     path = Path(path)
     if path.is_dir() or not path.exists():
@@ -197,7 +271,7 @@ def load_python_file(path: str | Path, functions: tuple[str, ...], what: str
         spec.loader.exec_module(module)
     except SyntaxError as e:
         raise ConfigError(f"{what} {path} line {e.lineno}: syntax error: {e.msg}") from e
-    except Exception as e:  # noqa: BLE001 (any failure of user code is the file's fault)
+    except Exception as e:
         raise ConfigError(f"{what} {path} failed to load: {type(e).__name__}: {e}") from e
     for fn in functions:
         if not callable(getattr(module, fn, None)):
@@ -209,8 +283,10 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
     """The ConfigDict that a config file's `get_config()` returns."""
     config = load_python_file(path, ("get_config",), "config file").get_config()
     if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(f"get_config() of {path} returned {type(config).__name__}, "
-                          "not an ml_collections.ConfigDict")
+        raise ConfigError(
+            f"get_config() of {path} returned {type(config).__name__}, "
+            "not an ml_collections.ConfigDict"
+        )
     return config
 
 
@@ -224,10 +300,14 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
                 return value.lower() == "true"
             if current is None:
                 return value
-            raise ConfigError(f"config.{key}: cannot read {value!r} as a "
-                              f"{type(current).__name__}") from None
-    if current is None or isinstance(value, type(current)) and not (
-            isinstance(value, bool) and not isinstance(current, bool)):
+            raise ConfigError(
+                f"config.{key}: cannot read {value!r} as a {type(current).__name__}"
+            ) from None
+    if (
+        current is None
+        or isinstance(value, type(current))
+        and not (isinstance(value, bool) and not isinstance(current, bool))
+    ):
         return value
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -238,8 +318,9 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
     raise ConfigError(f"config.{key} takes a {type(current).__name__}, got {value!r}")
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
-                    ) -> ml_collections.ConfigDict:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
     """A copy of `config` with dotted-key overrides (`{'train.lr': 1e-3}`) applied.
 
     Values may be Python values or command-line text (parsed as a Python literal, else
@@ -253,11 +334,15 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
             node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
             if not isinstance(node, ml_collections.ConfigDict):
                 sections = ", ".join(config.keys())
-                raise ConfigError(f"config.{'.'.join(path[:i + 1])} is not a config section "
-                                  f"(sections: {sections})")
+                raise ConfigError(
+                    f"config.{'.'.join(path[: i + 1])} is not a config section "
+                    f"(sections: {sections})"
+                )
         if not path or leaf not in node:
-            raise ConfigError(f"config.{key} is not a config key (every key and its default "
-                              "is listed in llm_jax/config.py)")
+            raise ConfigError(
+                f"config.{key} is not a config key (every key and its default "
+                "is listed in llm_jax/config.py)"
+            )
         node[leaf] = _coerce(key, node[leaf], value)
     return config
 
@@ -311,9 +396,19 @@ _CHOICES = {
 }
 
 _POSITIVE = (
-    "model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads", "model.max_seq_len",
-    "data.seq_len", "data.num_val_batches", "train.batch_size", "train.microbatches",
-    "train.log_every", "train.eval_every", "checkpoint.every", "checkpoint.keep",
+    "model.vocab_size",
+    "model.d_model",
+    "model.n_layers",
+    "model.n_heads",
+    "model.max_seq_len",
+    "data.seq_len",
+    "data.num_val_batches",
+    "train.batch_size",
+    "train.microbatches",
+    "train.log_every",
+    "train.eval_every",
+    "checkpoint.every",
+    "checkpoint.keep",
 )
 
 

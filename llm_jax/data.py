@@ -59,8 +59,15 @@ import numpy as np
 from llm_jax.corpus import Corpus
 from llm_jax.tokenizer import EOS_ID, DataError, Tokenizer, load_tokenizer, train_tokenizer
 
-__all__ = ["DataError", "Prepared", "BatchIterator", "prepare", "val_batches", "to_global",
-           "cache_root"]
+__all__ = [
+    "DataError",
+    "Prepared",
+    "BatchIterator",
+    "prepare",
+    "val_batches",
+    "to_global",
+    "cache_root",
+]
 
 CACHE_FORMAT = 1  # bump when the cache layout or the tokenizer settings change
 _ENCODE_CHUNK = 64  # documents per encode call: threads busy, memory bounded
@@ -105,23 +112,34 @@ class Prepared:
 
     def tokens(self, split: str = "train") -> np.memmap:
         """The split's token stream, memory-mapped read-only."""
-        return np.memmap(self.train_path if split == "train" else self.val_path,
-                         dtype=self.manifest["dtype"], mode="r")
+        return np.memmap(
+            self.train_path if split == "train" else self.val_path,
+            dtype=self.manifest["dtype"],
+            mode="r",
+        )
 
 
 def _get_tokenizer(config: ml_collections.ConfigDict, corpus: Corpus, root: Path) -> Tokenizer:
     d, vocab_size = config.data, config.model.vocab_size
     if d.tokenizer_path:
         return load_tokenizer(d.tokenizer_path, vocab_size)
-    key = _digest({"corpus": corpus.identity, "vocab_size": vocab_size, "max_chars":
-                   d.tokenizer_max_chars, "type": d.tokenizer_type, "format": CACHE_FORMAT})
+    key = _digest(
+        {
+            "corpus": corpus.identity,
+            "vocab_size": vocab_size,
+            "max_chars": d.tokenizer_max_chars,
+            "type": d.tokenizer_type,
+            "format": CACHE_FORMAT,
+        }
+    )
     path = root / "tokenizers" / f"{key}.model"
     with _file_lock(path):
         if path.is_file():
             return load_tokenizer(path, vocab_size)
         log.info("training a %s tokenizer (vocab %d) for %s", d.tokenizer_type, vocab_size, path)
-        tokenizer = train_tokenizer(corpus.documents("train"), vocab_size, d.tokenizer_type,
-                                    d.tokenizer_max_chars)
+        tokenizer = train_tokenizer(
+            corpus.documents("train"), vocab_size, d.tokenizer_type, d.tokenizer_max_chars
+        )
         tokenizer.save(path)
     return tokenizer
 
@@ -147,14 +165,20 @@ def _write_split(path: Path, tokenizer: Tokenizer, docs: Iterable[str], dtype) -
     with open(path, "wb") as f:
         while chunk := [doc for _, doc in zip(range(_ENCODE_CHUNK), docs, strict=False)]:
             ids = tokenizer.encode_batch(chunk)
-            flat = np.fromiter(itertools.chain.from_iterable(d + [tokenizer.eos_id] for d in ids),
-                               dtype=dtype)
+            flat = np.fromiter(
+                itertools.chain.from_iterable(d + [tokenizer.eos_id] for d in ids), dtype=dtype
+            )
             f.write(flat.tobytes())
             tokens += flat.size
             n_bytes += sum(len(doc.encode("utf-8")) for doc in chunk)
             n_docs += len(chunk)
-    return {"file": path.name, "documents": n_docs, "bytes": n_bytes, "tokens": tokens,
-            "bytes_per_token": n_bytes / max(tokens, 1)}
+    return {
+        "file": path.name,
+        "documents": n_docs,
+        "bytes": n_bytes,
+        "tokens": tokens,
+        "bytes_per_token": n_bytes / max(tokens, 1),
+    }
 
 
 def _build_cache(folder: Path, tokenizer: Tokenizer, corpus: Corpus) -> dict:
@@ -165,16 +189,27 @@ def _build_cache(folder: Path, tokenizer: Tokenizer, corpus: Corpus) -> dict:
         dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
         splits = {}
         for split in ("train", "val"):
-            splits[split] = _write_split(tmp / f"{split}.bin", tokenizer,
-                                         corpus.documents(split), dtype)
+            splits[split] = _write_split(
+                tmp / f"{split}.bin", tokenizer, corpus.documents(split), dtype
+            )
             if not splits[split]["documents"]:
-                raise DataError(f"the {split} split of the corpus is empty; add documents or "
-                                "raise config.data.val_fraction")
-        manifest = {"format": CACHE_FORMAT, "source": corpus.identity, "dtype": dtype,
-                    "tokenizer": {"sha256": tokenizer.sha256, "path": tokenizer.path,
-                                  "vocab_size": tokenizer.vocab_size},
-                    "eos_id": tokenizer.eos_id, "splits": splits,
-                    "decode_replacements": corpus.decode_replacements}
+                raise DataError(
+                    f"the {split} split of the corpus is empty; add documents or "
+                    "raise config.data.val_fraction"
+                )
+        manifest = {
+            "format": CACHE_FORMAT,
+            "source": corpus.identity,
+            "dtype": dtype,
+            "tokenizer": {
+                "sha256": tokenizer.sha256,
+                "path": tokenizer.path,
+                "vocab_size": tokenizer.vocab_size,
+            },
+            "eos_id": tokenizer.eos_id,
+            "splits": splits,
+            "decode_replacements": corpus.decode_replacements,
+        }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if folder.exists():  # an incomplete folder (e.g. deleted files): replace it
             shutil.rmtree(folder)
@@ -189,21 +224,35 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     root = cache_root(config.data)
     corpus = Corpus(config.data, root / "hf")
     tokenizer = _get_tokenizer(config, corpus, root)
-    folder = root / "tokens" / _digest(
-        {"corpus": corpus.identity, "tokenizer": tokenizer.sha256, "format": CACHE_FORMAT})
+    folder = (
+        root
+        / "tokens"
+        / _digest(
+            {"corpus": corpus.identity, "tokenizer": tokenizer.sha256, "format": CACHE_FORMAT}
+        )
+    )
     manifest = _read_manifest(folder)
     if manifest is None:
         with _file_lock(folder):
             manifest = _read_manifest(folder) or _build_cache(folder, tokenizer, corpus)
     if manifest["decode_replacements"]:
-        log.warning("replaced %d undecodable byte sequences with U+FFFD",
-                    manifest["decode_replacements"])
+        log.warning(
+            "replaced %d undecodable byte sequences with U+FFFD", manifest["decode_replacements"]
+        )
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     for split, info in (("train", train), ("val", val)):
         _count_windows(info["tokens"], config.data.seq_len, split)
-    return Prepared(tokenizer, folder, folder / train["file"], folder / val["file"], manifest,
-                    train["tokens"], val["tokens"], train["bytes_per_token"],
-                    val["bytes_per_token"])
+    return Prepared(
+        tokenizer,
+        folder,
+        folder / train["file"],
+        folder / val["file"],
+        manifest,
+        train["tokens"],
+        val["tokens"],
+        train["bytes_per_token"],
+        val["bytes_per_token"],
+    )
 
 
 def _count_windows(n_tokens: int, seq_len: int, split: str) -> int:
@@ -220,13 +269,16 @@ def _process(index: int | None, count: int | None, batch_size: int) -> tuple[int
     index = jax.process_index() if index is None else index
     count = jax.process_count() if count is None else count
     if batch_size % count or not 0 <= index < count:
-        raise DataError(f"batch size {batch_size} cannot be split over {count} processes "
-                        f"(process {index}); use a batch size divisible by {count}")
+        raise DataError(
+            f"batch size {batch_size} cannot be split over {count} processes "
+            f"(process {index}); use a batch size divisible by {count}"
+        )
     return index, batch_size // count
 
 
-def _make_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int, eos_id: int,
-                segment_ids: bool) -> dict[str, np.ndarray]:
+def _make_batch(
+    tokens: np.ndarray, starts: np.ndarray, seq_len: int, eos_id: int, segment_ids: bool
+) -> dict[str, np.ndarray]:
     """Windows of seq_len+1 tokens at `starts` -> inputs, targets (and segment ids)."""
     rows = np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
     batch = {"inputs": rows[:, :-1], "targets": rows[:, 1:]}
@@ -240,18 +292,24 @@ def _make_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int, eos_id: in
 class BatchIterator:
     """Packed training batches: deterministic in (seed, epoch), per host, resumable."""
 
-    def __init__(self, prepared_or_tokens: Prepared | np.ndarray, batch_size: int,
-                 seq_len: int, seed: int = 0, process_index: int | None = None,
-                 process_count: int | None = None, segment_ids: bool = False,
-                 eos_id: int | None = None):
+    def __init__(
+        self,
+        prepared_or_tokens: Prepared | np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        segment_ids: bool = False,
+        eos_id: int | None = None,
+    ):
         if isinstance(prepared_or_tokens, Prepared):
             self.tokens = prepared_or_tokens.tokens("train")
             self.eos_id = prepared_or_tokens.tokenizer.eos_id
         else:  # a raw token stream; eos_id only matters for segment ids
             self.tokens = np.asarray(prepared_or_tokens)
             self.eos_id = EOS_ID if eos_id is None else eos_id
-        self.process_index, self.local_batch = _process(process_index, process_count,
-                                                        batch_size)
+        self.process_index, self.local_batch = _process(process_index, process_count, batch_size)
         self.batch_size, self.seq_len, self.segment_ids = batch_size, seq_len, segment_ids
         self.windows = _count_windows(len(self.tokens), seq_len, "train")
         self.slack = len(self.tokens) - self.windows * (seq_len + 1)
@@ -280,8 +338,9 @@ class BatchIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        stream = (self._position + self.process_index * self.local_batch
-                  + np.arange(self.local_batch))
+        stream = (
+            self._position + self.process_index * self.local_batch + np.arange(self.local_batch)
+        )
         epochs, index = self._epoch + stream // self.windows, stream % self.windows
         starts = np.empty(self.local_batch, dtype=np.int64)
         for epoch in np.unique(epochs):
@@ -295,9 +354,13 @@ class BatchIterator:
 
     def get_state(self) -> dict:
         """A JSON-able position: restoring it yields exactly the batches that come next."""
-        return {"seed": int(self.seed), "epoch": int(self._epoch),
-                "position": int(self._position), "seq_len": self.seq_len,
-                "windows": self.windows}
+        return {
+            "seed": int(self.seed),
+            "epoch": int(self._epoch),
+            "position": int(self._position),
+            "seq_len": self.seq_len,
+            "windows": self.windows,
+        }
 
     def set_state(self, state: dict) -> None:
         """Continue from a `get_state()` dict saved by an iterator over the same data."""
@@ -310,9 +373,15 @@ class BatchIterator:
         self.seed, self._epoch, self._position = state["seed"], state["epoch"], state["position"]
 
 
-def val_batches(prepared: Prepared, batch_size: int, seq_len: int, num_batches: int,
-                process_index: int | None = None, process_count: int | None = None,
-                segment_ids: bool = False) -> list[dict[str, np.ndarray]]:
+def val_batches(
+    prepared: Prepared,
+    batch_size: int,
+    seq_len: int,
+    num_batches: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    segment_ids: bool = False,
+) -> list[dict[str, np.ndarray]]:
     """The fixed validation batches: windows spread evenly over the whole val split.
 
     Uses `num_batches` batches when the split holds that many windows, else as many
@@ -331,14 +400,20 @@ def val_batches(prepared: Prepared, batch_size: int, seq_len: int, num_batches: 
     total = num_batches * batch_size
     starts = (np.arange(total) * windows // total) * (seq_len + 1)
     return [
-        _make_batch(tokens, starts[b * batch_size + process_index * local:][:local], seq_len,
-                    prepared.tokenizer.eos_id, segment_ids)
+        _make_batch(
+            tokens,
+            starts[b * batch_size + process_index * local :][:local],
+            seq_len,
+            prepared.tokenizer.eos_id,
+            segment_ids,
+        )
         for b in range(num_batches)
     ]
 
 
-def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding
-              ) -> dict[str, jax.Array]:
+def to_global(
+    batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding
+) -> dict[str, jax.Array]:
     """Assemble each process's rows into global arrays laid out by `sharding`.
 
     The sharding must split the batch axis over processes in process order (as a mesh

@@ -50,8 +50,9 @@ def _matrix_params_per_layer(model_cfg: ml_collections.ConfigDict) -> dict[str, 
     D, H = model_cfg.d_model, model_cfg.n_heads
     G, K = config_lib.n_kv_heads(model_cfg), config_lib.head_dim(model_cfg)
     F = config_lib.d_ff(model_cfg)
-    return dict(attention=2 * D * H * K + 2 * D * G * K,
-                mlp=(3 if model_cfg.mlp == "swiglu" else 2) * D * F)
+    return dict(
+        attention=2 * D * H * K + 2 * D * G * K, mlp=(3 if model_cfg.mlp == "swiglu" else 2) * D * F
+    )
 
 
 def layer_params(model_cfg: ml_collections.ConfigDict) -> dict[str, int]:
@@ -83,8 +84,12 @@ def param_counts(model_cfg: ml_collections.ConfigDict) -> dict[str, int]:
     if model_cfg.positions == "learned":
         embedding += model_cfg.max_seq_len * D
     padding = vocab_matrices * (config_lib.padded_vocab(model_cfg) - V) * D
-    return dict(total=non_embedding + embedding, non_embedding=non_embedding,
-                embedding=embedding, vocab_padding=padding)
+    return dict(
+        total=non_embedding + embedding,
+        non_embedding=non_embedding,
+        embedding=embedding,
+        vocab_padding=padding,
+    )
 
 
 def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> dict[str, int]:
@@ -97,8 +102,13 @@ def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> dict[
     matmuls = 6 * L * sum(_matrix_params_per_layer(model_cfg).values())
     attention = 12 * L * seq_len * H * K
     lm_head = 6 * model_cfg.d_model * config_lib.padded_vocab(model_cfg)
-    return dict(six_n=6 * param_counts(model_cfg)["non_embedding"], matmuls=matmuls,
-                attention=attention, lm_head=lm_head, detailed=matmuls + attention + lm_head)
+    return dict(
+        six_n=6 * param_counts(model_cfg)["non_embedding"],
+        matmuls=matmuls,
+        attention=attention,
+        lm_head=lm_head,
+        detailed=matmuls + attention + lm_head,
+    )
 
 
 def training_flops(n_params: float, tokens: float) -> float:

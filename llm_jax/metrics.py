@@ -34,10 +34,10 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("h100 pcie", 756e12),
     ("h100", 989e12),
     ("a100", 312e12),
-    ("tpu v6", 918e12),   # v6e ("TPU v6 lite")
+    ("tpu v6", 918e12),  # v6e ("TPU v6 lite")
     ("tpu v5 lite", 197e12),
     ("tpu v5e", 197e12),
-    ("tpu v5", 459e12),   # v5p
+    ("tpu v5", 459e12),  # v5p
     ("tpu v4", 275e12),
 )
 
@@ -52,6 +52,7 @@ def peak_flops(device_kind: str) -> float | None:
 
 
 # --- TensorBoard event files ---------------------------------------------------------------
+
 
 def _crc32c_table() -> list[int]:
     table = []
@@ -99,8 +100,9 @@ def _field(number: int, wire_type: int, payload: bytes) -> bytes:
     return key + payload
 
 
-def encode_event(wall_time: float, step: int = 0, file_version: str = "",
-                 scalars: dict[str, float] | None = None) -> bytes:
+def encode_event(
+    wall_time: float, step: int = 0, file_version: str = "", scalars: dict[str, float] | None = None
+) -> bytes:
     """An `Event` proto: wall_time=1 (double), step=2, file_version=3, summary=5.
 
     Summary.value=1 is repeated Value{tag=1 (string), simple_value=2 (float)}.
@@ -122,8 +124,12 @@ def encode_event(wall_time: float, step: int = 0, file_version: str = "",
 def encode_record(data: bytes) -> bytes:
     """One TFRecord: length, its masked crc, the data, its masked crc."""
     header = struct.pack("<Q", len(data))
-    return (header + struct.pack("<I", masked_crc32c(header)) + data
-            + struct.pack("<I", masked_crc32c(data)))
+    return (
+        header
+        + struct.pack("<I", masked_crc32c(header))
+        + data
+        + struct.pack("<I", masked_crc32c(data))
+    )
 
 
 def read_records(path: str) -> list[bytes]:
@@ -148,14 +154,17 @@ class TensorBoardWriter:
         os.makedirs(logdir, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
         self.path = os.path.join(logdir, name)
-        self._file: IO[bytes] = open(self.path, "ab")  # noqa: SIM115 (closed in close())
+        self._file: IO[bytes] = open(self.path, "ab")
         self._file.write(encode_record(encode_event(time.time(), file_version="brain.Event:2")))
         self._file.flush()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """Write the finite numeric entries of `values` at `step`."""
-        finite = {k: float(v) for k, v in values.items()
-                  if isinstance(v, int | float) and math.isfinite(v)}
+        finite = {
+            k: float(v)
+            for k, v in values.items()
+            if isinstance(v, int | float) and math.isfinite(v)
+        }
         if finite:
             self._file.write(encode_record(encode_event(time.time(), step, scalars=finite)))
             self._file.flush()
@@ -166,6 +175,7 @@ class TensorBoardWriter:
 
 
 # --- metrics.jsonl ------------------------------------------------------------------------
+
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All rows of a metrics.jsonl file (an empty list when it does not exist).
@@ -218,8 +228,9 @@ class MetricsWriter:
         row = {k: _clean(v) for k, v in row.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        self._tb.scalars(row["step"], {k: v for k, v in row.items() if k != "step"
-                                       and v is not None})
+        self._tb.scalars(
+            row["step"], {k: v for k, v in row.items() if k != "step" and v is not None}
+        )
 
     def close(self) -> None:
         """Close the TensorBoard file."""
@@ -228,6 +239,7 @@ class MetricsWriter:
 
 
 # --- console ------------------------------------------------------------------------------
+
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)

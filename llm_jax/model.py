@@ -108,8 +108,9 @@ class ModelSpec:
 def _param(module: nn.Module, name: str, shape: tuple, axes: tuple, init) -> jax.Array:
     """A parameter carrying logical axis names, cast to the compute dtype."""
     spec = module.spec
-    value = module.param(name, nn.with_logical_partitioning(init, axes), shape,
-                         jnp.dtype(spec.param_dtype))
+    value = module.param(
+        name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(spec.param_dtype)
+    )
     return value.astype(spec.dtype)
 
 
@@ -135,12 +136,20 @@ class Norm(nn.Module):
         if s.norm == "layernorm":
             x32 = x32 - x32.mean(-1, keepdims=True)
         y = x32 * jax.lax.rsqrt((x32 * x32).mean(-1, keepdims=True) + s.norm_eps)
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
-                           (self.axis_name,)), (dim,), jnp.dtype(s.param_dtype))
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+            (dim,),
+            jnp.dtype(s.param_dtype),
+        )
         y = y * scale.astype(jnp.float32)
         if s.norm == "layernorm" and s.norm_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
-                              (self.axis_name,)), (dim,), jnp.dtype(s.param_dtype))
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)),
+                (dim,),
+                jnp.dtype(s.param_dtype),
+            )
             y = y + bias.astype(jnp.float32)
         return y.astype(s.dtype)
 
@@ -159,7 +168,7 @@ def _lookup(table_NxD: jax.Array, ids_BxL: jax.Array, row_axis: str | None) -> j
 def sinusoidal_embedding(positions_BxL: jax.Array, d_model: int) -> jax.Array:
     """Vaswani et al. 2017: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(same)."""
     exponent = jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model
-    angle_BxLxC = positions_BxL[..., None].astype(jnp.float32) / (10000.0 ** exponent)
+    angle_BxLxC = positions_BxL[..., None].astype(jnp.float32) / (10000.0**exponent)
     pe_BxLxCx2 = jnp.stack([jnp.sin(angle_BxLxC), jnp.cos(angle_BxLxC)], axis=-1)
     return pe_BxLxCx2.reshape(*positions_BxL.shape, -1)[..., :d_model]
 
@@ -183,14 +192,23 @@ def positions_from_segments(segment_ids_BxL: jax.Array) -> jax.Array:
     """Index of each token within its run of equal segment ids (restarts at 0 per run)."""
     idx_L = jnp.arange(segment_ids_BxL.shape[1])
     starts_BxL = jnp.concatenate(
-        [jnp.ones_like(segment_ids_BxL[:, :1], bool),
-         segment_ids_BxL[:, 1:] != segment_ids_BxL[:, :-1]], axis=1)
+        [
+            jnp.ones_like(segment_ids_BxL[:, :1], bool),
+            segment_ids_BxL[:, 1:] != segment_ids_BxL[:, :-1],
+        ],
+        axis=1,
+    )
     start_BxL = jax.lax.cummax(jnp.where(starts_BxL, idx_L, 0), axis=1)
     return idx_L - start_BxL
 
 
-def attention_mask(q_slot_L: jax.Array, k_slot_S: jax.Array, seg_q_BxL: jax.Array,
-                   seg_k_BxS: jax.Array, causal: bool) -> jax.Array:
+def attention_mask(
+    q_slot_L: jax.Array,
+    k_slot_S: jax.Array,
+    seg_q_BxL: jax.Array,
+    seg_k_BxS: jax.Array,
+    causal: bool,
+) -> jax.Array:
     """Boolean [B, 1, L, S]: same segment and, if causal, key slot <= query slot."""
     mask_BxLxS = seg_q_BxL[:, :, None] == seg_k_BxS[:, None, :]
     if causal:
@@ -202,15 +220,24 @@ def choose_attention_impl(spec: ModelSpec, decode: bool = False) -> str:
     """'cudnn' or 'xla' for jax.nn.dot_product_attention; raises if forced cudnn can't run."""
     on_gpu = jax.default_backend() == "gpu"
     half = jnp.dtype(spec.dtype) in (jnp.bfloat16, jnp.float16)
-    reasons = [why for bad, why in [
-        (not on_gpu, f"the backend is {jax.default_backend()}, not gpu"),
-        (not half, f"model.dtype={spec.dtype}; cuDNN attention needs bfloat16 or float16"),
-        (spec.head_dim % 8 or spec.head_dim > 128,
-         f"head_dim={spec.head_dim}; cuDNN needs a multiple of 8 and <= 128"),
-    ] if bad]
+    reasons = [
+        why
+        for bad, why in [
+            (not on_gpu, f"the backend is {jax.default_backend()}, not gpu"),
+            (not half, f"model.dtype={spec.dtype}; cuDNN attention needs bfloat16 or float16"),
+            (
+                spec.head_dim % 8 or spec.head_dim > 128,
+                f"head_dim={spec.head_dim}; cuDNN needs a multiple of 8 and <= 128",
+            ),
+        ]
+        if bad
+    ]
     if spec.attention_impl == "cudnn" and reasons:
-        raise ValueError("config.model.attention_impl='cudnn' cannot run: "
-                         + "; ".join(reasons) + ". Set config.model.attention_impl='auto'.")
+        raise ValueError(
+            "config.model.attention_impl='cudnn' cannot run: "
+            + "; ".join(reasons)
+            + ". Set config.model.attention_impl='auto'."
+        )
     # Decoding attends one query at a time: memory-bound, nothing for a fused kernel to win.
     if decode or spec.attention_impl == "xla":
         return "xla"
@@ -227,8 +254,13 @@ class Attention(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
-                 mask_Bx1xLxS: jax.Array | None, cache_slot: jax.Array | None) -> jax.Array:
+    def __call__(
+        self,
+        x_BxLxD: jax.Array,
+        positions_BxL: jax.Array,
+        mask_Bx1xLxS: jax.Array | None,
+        cache_slot: jax.Array | None,
+    ) -> jax.Array:
         s = self.spec
         D, H, G, K = s.d_model, s.n_heads, s.n_kv_heads, s.head_dim
         normal = nn.initializers.normal(_init_std(s, residual_output=False))
@@ -258,24 +290,35 @@ class Attention(nn.Module):
         # Scaled dot-product, softmax in float32 inside both implementations; without a
         # mask the kernel applies the causal mask itself (cuDNN's fast path).
         out_BxLxHxK = jax.nn.dot_product_attention(
-            q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask=mask_Bx1xLxS,
+            q_BxLxHxK,
+            k_BxSxGxK,
+            v_BxSxGxK,
+            mask=mask_Bx1xLxS,
             is_causal=mask_Bx1xLxS is None and s.causal,
-            implementation=choose_attention_impl(s, self.decode))
+            implementation=choose_attention_impl(s, self.decode),
+        )
         out_BxLxHxK = nn.with_logical_constraint(out_BxLxHxK, ("batch", "length", "heads", "kv"))
 
-        w_HxKxD = _param(self, "out", (H, K, D), ("heads", "kv", "embed"),
-                         nn.initializers.normal(_init_std(s, residual_output=True)))
+        w_HxKxD = _param(
+            self,
+            "out",
+            (H, K, D),
+            ("heads", "kv", "embed"),
+            nn.initializers.normal(_init_std(s, residual_output=True)),
+        )
         y_BxLxD = jnp.einsum("BLHK,HKD->BLD", out_BxLxHxK, w_HxKxD)
         if s.attn_bias:
             y_BxLxD += _param(self, "out_bias", (D,), ("embed",), zeros)
         return y_BxLxD
 
-    def _append_to_cache(self, name: str, new_BxLxGxK: jax.Array,
-                         cache_slot: jax.Array) -> jax.Array:
+    def _append_to_cache(
+        self, name: str, new_BxLxGxK: jax.Array, cache_slot: jax.Array
+    ) -> jax.Array:
         # Created with the input's shape when init_cache traces a max_len-long input.
         cached = self.variable("cache", name, jnp.zeros, new_BxLxGxK.shape, new_BxLxGxK.dtype)
         cached.value = jax.lax.dynamic_update_slice(
-            cached.value, new_BxLxGxK.astype(cached.value.dtype), (0, cache_slot, 0, 0))
+            cached.value, new_BxLxGxK.astype(cached.value.dtype), (0, cache_slot, 0, 0)
+        )
         return cached.value
 
 
@@ -292,8 +335,9 @@ class MLP(nn.Module):
         zeros = nn.initializers.zeros
 
         def up(name: str) -> jax.Array:
-            h_BxLxF = jnp.einsum("BLD,DF->BLF", x_BxLxD,
-                                 _param(self, name, (D, F), ("embed", "mlp"), normal))
+            h_BxLxF = jnp.einsum(
+                "BLD,DF->BLF", x_BxLxD, _param(self, name, (D, F), ("embed", "mlp"), normal)
+            )
             if s.mlp_bias:
                 h_BxLxF += _param(self, name + "_bias", (F,), ("mlp",), zeros)
             return h_BxLxF
@@ -303,9 +347,17 @@ class MLP(nn.Module):
         else:
             h_BxLxF = (jax.nn.relu if s.mlp == "relu" else jax.nn.gelu)(up("up"))
         h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "mlp"))
-        y_BxLxD = jnp.einsum("BLF,FD->BLD", h_BxLxF, _param(
-            self, "down", (F, D), ("mlp", "embed"),
-            nn.initializers.normal(_init_std(s, residual_output=True))))
+        y_BxLxD = jnp.einsum(
+            "BLF,FD->BLD",
+            h_BxLxF,
+            _param(
+                self,
+                "down",
+                (F, D),
+                ("mlp", "embed"),
+                nn.initializers.normal(_init_std(s, residual_output=True)),
+            ),
+        )
         if s.mlp_bias:
             y_BxLxD += _param(self, "down_bias", (D,), ("embed",), zeros)
         return y_BxLxD
@@ -319,13 +371,22 @@ class Block(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
-                 mask_Bx1xLxS: jax.Array | None, cache_slot: jax.Array | None):
+    def __call__(
+        self,
+        x_BxLxD: jax.Array,
+        positions_BxL: jax.Array,
+        mask_Bx1xLxS: jax.Array | None,
+        cache_slot: jax.Array | None,
+    ):
         s = self.spec
         drop = nn.Dropout(s.dropout, deterministic=self.deterministic)
         sublayers = [
-            ("attn", lambda h: Attention(s, self.decode, name="attn")(
-                h, positions_BxL, mask_Bx1xLxS, cache_slot)),
+            (
+                "attn",
+                lambda h: Attention(s, self.decode, name="attn")(
+                    h, positions_BxL, mask_Bx1xLxS, cache_slot
+                ),
+            ),
             ("mlp", lambda h: MLP(s, name="mlp")(h)),
         ]
         for name, fn in sublayers:
@@ -365,9 +426,14 @@ class Transformer(nn.Module):
         return self.config
 
     @nn.compact
-    def __call__(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None,
-                 segment_ids_BxL: jax.Array | None = None, deterministic: bool = True,
-                 decode: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        tokens_BxL: jax.Array,
+        positions_BxL: jax.Array | None = None,
+        segment_ids_BxL: jax.Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> jax.Array:
         """Float32 logits [B, L, V]; columns >= vocab_size hold PAD_LOGIT.
 
         positions_BxL default to arange(L), or with segment_ids to the index within each
@@ -380,46 +446,66 @@ class Transformer(nn.Module):
         B, L = tokens_BxL.shape
         if decode:
             positions_BxL, mask_Bx1xLxS, cache_slot = self._decode_inputs(
-                B, L, positions_BxL, segment_ids_BxL)
+                B, L, positions_BxL, segment_ids_BxL
+            )
         else:
             cache_slot = None
             mask_Bx1xLxS = None
             if segment_ids_BxL is not None:
                 slot_L = jnp.arange(L)
-                mask_Bx1xLxS = attention_mask(slot_L, slot_L, segment_ids_BxL,
-                                              segment_ids_BxL, s.causal)
+                mask_Bx1xLxS = attention_mask(
+                    slot_L, slot_L, segment_ids_BxL, segment_ids_BxL, s.causal
+                )
                 if positions_BxL is None:
                     positions_BxL = positions_from_segments(segment_ids_BxL)
             if positions_BxL is None:
                 positions_BxL = jnp.broadcast_to(jnp.arange(L), (B, L))
 
-        embed_VxD = _param(self, "token_embed", (s.padded_vocab, s.d_model), ("vocab", "embed"),
-                           nn.initializers.normal(s.init_std))
+        embed_VxD = _param(
+            self,
+            "token_embed",
+            (s.padded_vocab, s.d_model),
+            ("vocab", "embed"),
+            nn.initializers.normal(s.init_std),
+        )
         x_BxLxD = _lookup(embed_VxD, tokens_BxL, "vocab")
         if s.embed_scale:
             x_BxLxD *= math.sqrt(s.d_model)
         if s.positions == "sinusoidal":
             x_BxLxD += sinusoidal_embedding(positions_BxL, s.d_model).astype(s.dtype)
         elif s.positions == "learned":
-            pos_PxD = _param(self, "pos_embed", (s.max_seq_len, s.d_model), (None, "embed"),
-                             nn.initializers.normal(s.init_std))
+            pos_PxD = _param(
+                self,
+                "pos_embed",
+                (s.max_seq_len, s.d_model),
+                (None, "embed"),
+                nn.initializers.normal(s.init_std),
+            )
             x_BxLxD += _lookup(pos_PxD, positions_BxL, None)
         x_BxLxD = nn.Dropout(s.dropout, deterministic=deterministic)(x_BxLxD)
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
 
-        x_BxLxD = self._layers(x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot,
-                               deterministic, decode)
+        x_BxLxD = self._layers(
+            x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot, deterministic, decode
+        )
         if s.norm_position == "pre":  # post-norm blocks already end in a norm
             x_BxLxD = Norm(s, name="final_norm")(x_BxLxD)
 
         if s.tie_embeddings:
-            logits_BxLxV = jnp.einsum("BLD,VD->BLV", x_BxLxD, embed_VxD,
-                                      preferred_element_type=jnp.float32)
+            logits_BxLxV = jnp.einsum(
+                "BLD,VD->BLV", x_BxLxD, embed_VxD, preferred_element_type=jnp.float32
+            )
         else:
-            head_DxV = _param(self, "lm_head", (s.d_model, s.padded_vocab), ("embed", "vocab"),
-                              nn.initializers.normal(s.init_std))
-            logits_BxLxV = jnp.einsum("BLD,DV->BLV", x_BxLxD, head_DxV,
-                                      preferred_element_type=jnp.float32)
+            head_DxV = _param(
+                self,
+                "lm_head",
+                (s.d_model, s.padded_vocab),
+                ("embed", "vocab"),
+                nn.initializers.normal(s.init_std),
+            )
+            logits_BxLxV = jnp.einsum(
+                "BLD,DV->BLV", x_BxLxD, head_DxV, preferred_element_type=jnp.float32
+            )
         logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ("batch", "length", "vocab"))
         real_V = jnp.arange(s.padded_vocab) < s.vocab_size
         return jnp.where(real_V, logits_BxLxV, PAD_LOGIT)
@@ -434,10 +520,16 @@ class Transformer(nn.Module):
         cached_seg = self.variable("cache", "segment_ids", jnp.zeros, (B, L), jnp.int32)
         start = index.value
         cached_seg.value = jax.lax.dynamic_update_slice(
-            cached_seg.value, segment_ids_BxL.astype(jnp.int32), (0, start))
+            cached_seg.value, segment_ids_BxL.astype(jnp.int32), (0, start)
+        )
         q_slot_L = start + jnp.arange(L)
-        mask_Bx1xLxS = attention_mask(q_slot_L, jnp.arange(cached_seg.value.shape[1]),
-                                      segment_ids_BxL, cached_seg.value, causal=True)
+        mask_Bx1xLxS = attention_mask(
+            q_slot_L,
+            jnp.arange(cached_seg.value.shape[1]),
+            segment_ids_BxL,
+            cached_seg.value,
+            causal=True,
+        )
         index.value = start + L
         if positions_BxL is None:
             positions_BxL = jnp.broadcast_to(q_slot_L, (B, L))
@@ -447,20 +539,24 @@ class Transformer(nn.Module):
         s = self.spec
         block = Block
         if s.remat != "none" and not decode:  # nothing to save memory for without a backward
-            block = nn.remat(Block, policy=_REMAT_POLICIES[s.remat],
-                             prevent_cse=not s.scan_layers)
+            block = nn.remat(Block, policy=_REMAT_POLICIES[s.remat], prevent_cse=not s.scan_layers)
         if s.scan_layers:
             stack = nn.scan(
-                block, variable_axes={"params": 0, "cache": 0},
+                block,
+                variable_axes={"params": 0, "cache": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=s.n_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"})
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                length=s.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
             x_BxLxD, _ = stack(s, deterministic, decode, name="layers")(
-                x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot)
+                x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot
+            )
         else:
             for i in range(s.n_layers):
                 x_BxLxD, _ = block(s, deterministic, decode, name=f"layer_{i}")(
-                    x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot)
+                    x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot
+                )
         return x_BxLxD
 
 
@@ -485,8 +581,9 @@ def unstack_layers(params: dict, n_layers: int) -> dict:
     return out
 
 
-def init_cache(model_cfg: ml_collections.ConfigDict | ModelSpec, batch: int,
-               max_len: int | None = None) -> dict:
+def init_cache(
+    model_cfg: ml_collections.ConfigDict | ModelSpec, batch: int, max_len: int | None = None
+) -> dict:
     """An empty 'cache' collection for `batch` rows of `max_len` slots (default max_seq_len).
 
     Shapes come from tracing the decode path abstractly (no parameter memory); all
@@ -495,8 +592,10 @@ def init_cache(model_cfg: ml_collections.ConfigDict | ModelSpec, batch: int,
     spec = ModelSpec.from_config(model_cfg)
     max_len = max_len or spec.max_seq_len
     if spec.positions == "learned" and max_len > spec.max_seq_len:
-        raise ValueError(f"max_len={max_len} exceeds the learned position table "
-                         f"(model.max_seq_len={spec.max_seq_len})")
+        raise ValueError(
+            f"max_len={max_len} exceeds the learned position table "
+            f"(model.max_seq_len={spec.max_seq_len})"
+        )
     model = Transformer(config=spec)
     tokens_BxS = jnp.zeros((batch, max_len), jnp.int32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens_BxS, decode=True))

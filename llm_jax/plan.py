@@ -57,12 +57,12 @@ class LibtpuMissing(RuntimeError):
 class Chip:
     """One TPU generation, as libtpu and the price list see it."""
 
-    generation: str       # the name users write: v4, v5e, v5p, v6e
+    generation: str  # the name users write: v4, v5e, v5p, v6e
     topology_prefix: str  # libtpu's: 'v5:4x4x8' is a v5p slice
-    chip_config: str      # megacore: the chip's two TensorCores form one JAX device
-    cores_per_chip: int   # v4/v5p names count TensorCores (v5p-8 = 4 chips), v5e/v6e chips
+    chip_config: str  # megacore: the chip's two TensorCores form one JAX device
+    cores_per_chip: int  # v4/v5p names count TensorCores (v5p-8 = 4 chips), v5e/v6e chips
     hbm_bytes: int
-    peak_flops: float     # dense bf16 FLOP/s per chip
+    peak_flops: float  # dense bf16 FLOP/s per chip
 
 
 CHIPS: dict[str, Chip] = {
@@ -74,11 +74,27 @@ CHIPS: dict[str, Chip] = {
 
 # Physical chip layouts of the common slice sizes, by chip count.
 _TORUS_3D = {  # v4, v5p
-    4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
-    256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16",
+    4: "2x2x1",
+    8: "2x2x2",
+    16: "2x2x4",
+    32: "2x4x4",
+    64: "4x4x4",
+    128: "4x4x8",
+    256: "4x8x8",
+    512: "8x8x8",
+    1024: "8x8x16",
+    2048: "8x16x16",
+    4096: "16x16x16",
 }
 _GRID_2D = {  # v5e, v6e
-    1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16",
+    1: "1x1",
+    4: "2x2",
+    8: "2x4",
+    16: "4x4",
+    32: "4x8",
+    64: "8x8",
+    128: "8x16",
+    256: "16x16",
 }
 _MAX_CHIPS = {"v4": 2048, "v5p": 4096, "v5e": 256, "v6e": 256}
 # Chips per host VM: single-host v5e/v6e slices hold 1 or 8 chips; every other host 2x2.
@@ -91,7 +107,7 @@ class Topology:
 
     name: str
     chip: Chip
-    topology_name: str              # libtpu's, e.g. 'v5:4x4x8'
+    topology_name: str  # libtpu's, e.g. 'v5:4x4x8'
     chips_per_host: tuple[int, int, int]
     chips_per_slice: int
     num_slices: int = 1
@@ -112,7 +128,9 @@ def _build_topologies() -> dict[str, Topology]:
             single_host_grid = layouts is _GRID_2D and chips in _HOST_BOUNDS
             name = f"{chip.generation}-{chips * chip.cores_per_chip}"
             table[name] = Topology(
-                name=name, chip=chip, topology_name=f"{chip.topology_prefix}:{layout}",
+                name=name,
+                chip=chip,
+                topology_name=f"{chip.topology_prefix}:{layout}",
                 chips_per_host=_HOST_BOUNDS[chips] if single_host_grid else (2, 2, 1),
                 chips_per_slice=chips,
             )
@@ -126,9 +144,7 @@ def get_topology(name: str, num_slices: int = 1) -> Topology:
     """The named slice (`v5p-256`, `v5e-8`, ...), `num_slices` times over DCN."""
     key = name.strip().lower().replace("v5litepod", "v5e")
     if key not in TOPOLOGIES:
-        raise ConfigError(
-            f"unknown TPU topology {name!r}; known: {', '.join(TOPOLOGIES)}"
-        )
+        raise ConfigError(f"unknown TPU topology {name!r}; known: {', '.join(TOPOLOGIES)}")
     if num_slices < 1:
         raise ConfigError(f"--num-slices must be >= 1 (got {num_slices})")
     return dataclasses.replace(TOPOLOGIES[key], num_slices=num_slices)
@@ -163,9 +179,11 @@ def topology_devices(topology: Topology) -> list[jax.Device]:
     from jax.experimental import topologies
 
     desc = topologies.get_topology_desc(
-        platform="tpu", topology_name=topology.topology_name,
+        platform="tpu",
+        topology_name=topology.topology_name,
         chip_config_name=topology.chip.chip_config,
-        chips_per_host_bounds=topology.chips_per_host, num_slices=topology.num_slices,
+        chips_per_host_bounds=topology.chips_per_host,
+        num_slices=topology.num_slices,
     )
     return list(desc.devices)
 
@@ -179,8 +197,9 @@ def topology_mesh(mesh_cfg: ml_collections.ConfigDict, topology: Topology) -> ja
     try:
         return sharding_lib.make_mesh(mesh_cfg, devices=topology_devices(topology))
     except ValueError as e:
-        raise ConfigError(f"config.mesh on {topology.num_chips} {topology.chip.generation} "
-                          f"chips: {e}") from e
+        raise ConfigError(
+            f"config.mesh on {topology.num_chips} {topology.chip.generation} chips: {e}"
+        ) from e
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -196,11 +215,11 @@ class Memory:
 
     arguments: int
     outputs: int
-    aliased: int          # outputs that reuse donated argument buffers
+    aliased: int  # outputs that reuse donated argument buffers
     temporaries: int
     generated_code: int
-    total: int            # arguments + outputs - aliased + temporaries + code
-    hbm: int              # the chip's HBM
+    total: int  # arguments + outputs - aliased + temporaries + code
+    hbm: int  # the chip's HBM
     fits: bool
 
 
@@ -213,18 +232,18 @@ class PlanReport:
     chip: str
     devices: int
     mesh: dict[str, int]
-    params_total: int              # llm_jax.flops.param_counts: real vocabulary rows
-    params_allocated: int          # the arrays: total + vocabulary padding rows
-    params_per_device: int         # the parameter shards on one device
-    state_bytes_per_device: int    # params + optimizer state on one device
+    params_total: int  # llm_jax.flops.param_counts: real vocabulary rows
+    params_allocated: int  # the arrays: total + vocabulary padding rows
+    params_per_device: int  # the parameter shards on one device
+    state_bytes_per_device: int  # params + optimizer state on one device
     global_batch: int
     seq_len: int
     tokens_per_step: int
     memory: Memory
-    message: str                   # one line: fits, or what to change
-    model_flops_per_step: float    # llm_jax.flops: the count MFU is quoted against
+    message: str  # one line: fits, or what to change
+    model_flops_per_step: float  # llm_jax.flops: the count MFU is quoted against
     xla_flops_per_step: float | None  # XLA's per device x devices (misses Pallas kernels)
-    peak_flops: float              # the slice's dense bf16 peak, FLOP/s
+    peak_flops: float  # the slice's dense bf16 peak, FLOP/s
     step_seconds_at_peak: float
     tokens_per_second_at_peak: float
     assumed_mfu: float
@@ -248,13 +267,21 @@ def _oom_needed_bytes(message: str) -> int | None:
 
 
 def _memory(stats, hbm: int) -> Memory:
-    total = (stats.argument_size_in_bytes + stats.output_size_in_bytes
-             - stats.alias_size_in_bytes + stats.temp_size_in_bytes
-             + stats.generated_code_size_in_bytes)
+    total = (
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        - stats.alias_size_in_bytes
+        + stats.temp_size_in_bytes
+        + stats.generated_code_size_in_bytes
+    )
     return Memory(
-        arguments=stats.argument_size_in_bytes, outputs=stats.output_size_in_bytes,
-        aliased=stats.alias_size_in_bytes, temporaries=stats.temp_size_in_bytes,
-        generated_code=stats.generated_code_size_in_bytes, total=total, hbm=hbm,
+        arguments=stats.argument_size_in_bytes,
+        outputs=stats.output_size_in_bytes,
+        aliased=stats.alias_size_in_bytes,
+        temporaries=stats.temp_size_in_bytes,
+        generated_code=stats.generated_code_size_in_bytes,
+        total=total,
+        hbm=hbm,
         fits=total <= hbm,
     )
 
@@ -271,19 +298,21 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
 
 
-def _does_not_fit(needed: int, hbm: int, devices: int, mesh: dict[str, int],
-                  remat: str) -> str:
+def _does_not_fit(needed: int, hbm: int, devices: int, mesh: dict[str, int], remat: str) -> str:
     """The one-line verdict with the changes that cut memory, those already made left out."""
     need = _gib(needed) if needed else "more than the HBM"
     full_fsdp = devices // mesh["tensor"]
     fixes = []
     if mesh["fsdp"] < full_fsdp:
-        fixes.append(f"shard more (--config.mesh.data=1 --config.mesh.fsdp={full_fsdp} spreads "
-                     "parameters and optimizer state over every device)")
+        fixes.append(
+            f"shard more (--config.mesh.data=1 --config.mesh.fsdp={full_fsdp} spreads "
+            "parameters and optimizer state over every device)"
+        )
     if remat != "full":
         fixes.append("enable remat (--config.model.remat=full)")
-    fixes.append("raise --config.train.microbatches (or lower --config.train.batch_size) to "
-                 "cut activations")
+    fixes.append(
+        "raise --config.train.microbatches (or lower --config.train.batch_size) to cut activations"
+    )
     return f"does not fit: needs {need} of {_gib(hbm)} per device. To fit, {', or '.join(fixes)}."
 
 
@@ -313,16 +342,19 @@ def format_report(report: PlanReport) -> str:
             f"({100 * m.total / m.hbm:.0f}%)",
         ]
     lines.append(f"fits      {'yes' if m.fits else 'NO'}: {r.message}")
-    xla = (f" (XLA: {r.xla_flops_per_step:.3e}, {r.xla_flops_per_step / r.model_flops_per_step:.2f}"
-           "x)" if r.xla_flops_per_step else "")
+    xla = (
+        f" (XLA: {r.xla_flops_per_step:.3e}, {r.xla_flops_per_step / r.model_flops_per_step:.2f}x)"
+        if r.xla_flops_per_step
+        else ""
+    )
     lines += [
         f"flops     {r.model_flops_per_step:.3e} model FLOPs per step{xla}",
         f"speed     at 100% of peak: {_duration(r.step_seconds_at_peak)} per step, "
         f"{r.tokens_per_second_at_peak:,.0f} tokens/s",
         f"          at {100 * r.assumed_mfu:.0f}% MFU: {_duration(r.step_seconds_at_mfu)} per "
         f"step, {r.tokens_per_second_at_mfu:,.0f} tokens/s",
-        f"compiled  in {r.compile_seconds:.1f} s" + (
-            f"; executable saved to {r.executable_path}" if r.executable_path else ""),
+        f"compiled  in {r.compile_seconds:.1f} s"
+        + (f"; executable saved to {r.executable_path}" if r.executable_path else ""),
     ]
     lines += [f"note      {note}" for note in r.notes]
     return "\n".join(lines)
@@ -347,8 +379,9 @@ def _xla_flops(compiled) -> float | None:
     return float(cost["flops"]) if cost and cost.get("flops") else None
 
 
-def _compile(setup: train_lib.TrainSetup, hbm: int, executable_path: str
-             ) -> tuple[Memory, float | None, bool]:
+def _compile(
+    setup: train_lib.TrainSetup, hbm: int, executable_path: str
+) -> tuple[Memory, float | None, bool]:
     """Compile the train step: (memory per device, XLA FLOPs per device, saved?).
 
     XLA's RESOURCE_EXHAUSTED at compile time becomes a Memory that does not fit.
@@ -381,11 +414,15 @@ def _save_executable(compiled, path: str) -> None:
 def _notes(config: ml_collections.ConfigDict, have_xla_flops: bool) -> list[str]:
     notes = []
     if config.model.dtype != "bfloat16":
-        notes.append(f"model.dtype={config.model.dtype}: the bf16 peak overstates the speed; "
-                     "TPU runs use --config.model.dtype=bfloat16")
+        notes.append(
+            f"model.dtype={config.model.dtype}: the bf16 peak overstates the speed; "
+            "TPU runs use --config.model.dtype=bfloat16"
+        )
     if have_xla_flops and (config.model.scan_layers or config.train.microbatches > 1):
-        notes.append("XLA counts a loop body once (scan_layers, microbatches), so its FLOPs "
-                     "are low here; the model count is the one to trust")
+        notes.append(
+            "XLA counts a loop body once (scan_layers, microbatches), so its FLOPs "
+            "are low here; the model count is the one to trust"
+        )
     return notes
 
 
@@ -398,8 +435,12 @@ def _validated(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(config.to_dict())
 
 
-def plan(config: ml_collections.ConfigDict, topology: Topology, mfu: float = DEFAULT_MFU,
-         executable_path: str = "") -> PlanReport:
+def plan(
+    config: ml_collections.ConfigDict,
+    topology: Topology,
+    mfu: float = DEFAULT_MFU,
+    executable_path: str = "",
+) -> PlanReport:
     """Compile `llm-jax train`'s step for `topology` on abstract state; report fit and speed.
 
     Out of memory is a result (`report.memory.fits` False, `report.message` says what
@@ -424,20 +465,35 @@ def plan(config: ml_collections.ConfigDict, topology: Topology, mfu: float = DEF
     peak = topology.chip.peak_flops * topology.num_chips
     at_peak = model_flops / peak
     return PlanReport(
-        topology=topology.name, num_slices=topology.num_slices, chip=topology.chip.generation,
-        devices=topology.num_chips, mesh=mesh_sizes,
+        topology=topology.name,
+        num_slices=topology.num_slices,
+        chip=topology.chip.generation,
+        devices=topology.num_chips,
+        mesh=mesh_sizes,
         params_total=flops_lib.param_counts(config.model)["total"],
         params_allocated=sum(leaf.size for leaf in params),
-        params_per_device=params_per_device, state_bytes_per_device=state_bytes,
-        global_batch=batch, seq_len=seq_len, tokens_per_step=tokens, memory=memory,
-        message=(f"{_size(memory.total)} of {_gib(memory.hbm)} per device" if memory.fits
-                 else _does_not_fit(memory.total, memory.hbm, topology.num_chips, mesh_sizes,
-                                    config.model.remat)),
+        params_per_device=params_per_device,
+        state_bytes_per_device=state_bytes,
+        global_batch=batch,
+        seq_len=seq_len,
+        tokens_per_step=tokens,
+        memory=memory,
+        message=(
+            f"{_size(memory.total)} of {_gib(memory.hbm)} per device"
+            if memory.fits
+            else _does_not_fit(
+                memory.total, memory.hbm, topology.num_chips, mesh_sizes, config.model.remat
+            )
+        ),
         model_flops_per_step=model_flops,
         xla_flops_per_step=xla_flops * topology.num_chips if xla_flops else None,
-        peak_flops=peak, step_seconds_at_peak=at_peak,
-        tokens_per_second_at_peak=tokens / at_peak, assumed_mfu=mfu,
-        step_seconds_at_mfu=at_peak / mfu, tokens_per_second_at_mfu=tokens * mfu / at_peak,
-        compile_seconds=compile_seconds, executable_path=executable_path if saved else "",
+        peak_flops=peak,
+        step_seconds_at_peak=at_peak,
+        tokens_per_second_at_peak=tokens / at_peak,
+        assumed_mfu=mfu,
+        step_seconds_at_mfu=at_peak / mfu,
+        tokens_per_second_at_mfu=tokens * mfu / at_peak,
+        compile_seconds=compile_seconds,
+        executable_path=executable_path if saved else "",
         notes=_notes(config, xla_flops is not None),
     )

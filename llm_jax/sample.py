@@ -219,7 +219,9 @@ class Sampler:
     """
 
     def __init__(
-        self, model_cfg: ml_collections.ConfigDict | ModelSpec, sampling: SamplingConfig,
+        self,
+        model_cfg: ml_collections.ConfigDict | ModelSpec,
+        sampling: SamplingConfig,
         eos_id: int | None,
     ):
         spec = ModelSpec.from_config(model_cfg)
@@ -241,15 +243,23 @@ class Sampler:
         positions_BxL, segment_ids_BxL = left_pad_layout(lengths_B, length)
         cache = init_cache(self.spec, batch, length + max_new_tokens)
         logits_BxLxV, variables = self.model.apply(
-            {"params": params, "cache": cache}, tokens_BxL, positions_BxL=positions_BxL,
-            segment_ids_BxL=segment_ids_BxL, decode=True, mutable=["cache"],
+            {"params": params, "cache": cache},
+            tokens_BxL,
+            positions_BxL=positions_BxL,
+            segment_ids_BxL=segment_ids_BxL,
+            decode=True,
+            mutable=["cache"],
         )
         token_B = self._sample(keys_B, jnp.int32(0), logits_BxLxV[:, -1])
         tokens_BxT = jnp.full((batch, max_new_tokens), max(self.eos_id, 0), jnp.int32)
         return DecodeState(
-            cache=variables["cache"], tokens_BxT=tokens_BxT.at[:, 0].set(token_B),
-            next_token_B=token_B, positions_B=lengths_B, done_B=token_B == self.eos_id,
-            step=jnp.int32(1), keys_B=keys_B,
+            cache=variables["cache"],
+            tokens_BxT=tokens_BxT.at[:, 0].set(token_B),
+            next_token_B=token_B,
+            positions_B=lengths_B,
+            done_B=token_B == self.eos_id,
+            step=jnp.int32(1),
+            keys_B=keys_B,
         )
 
     def _decode_impl(self, params, state: DecodeState, stop_step: jax.Array) -> DecodeState:
@@ -260,25 +270,36 @@ class Sampler:
 
         def step(s: DecodeState) -> DecodeState:
             logits_Bx1xV, variables = self.model.apply(
-                {"params": params, "cache": s.cache}, s.next_token_B[:, None],
+                {"params": params, "cache": s.cache},
+                s.next_token_B[:, None],
                 positions_BxL=s.positions_B[:, None],
                 segment_ids_BxL=jnp.ones_like(s.next_token_B)[:, None],
-                decode=True, mutable=["cache"],
+                decode=True,
+                mutable=["cache"],
             )
             token_B = self._sample(s.keys_B, s.step, logits_Bx1xV[:, 0])
             token_B = jnp.where(s.done_B, max(self.eos_id, 0), token_B)
             tokens_BxT = jax.lax.dynamic_update_slice(s.tokens_BxT, token_B[:, None], (0, s.step))
             return DecodeState(
-                cache=variables["cache"], tokens_BxT=tokens_BxT, next_token_B=token_B,
-                positions_B=s.positions_B + 1, done_B=s.done_B | (token_B == self.eos_id),
-                step=s.step + 1, keys_B=s.keys_B,
+                cache=variables["cache"],
+                tokens_BxT=tokens_BxT,
+                next_token_B=token_B,
+                positions_B=s.positions_B + 1,
+                done_B=s.done_B | (token_B == self.eos_id),
+                step=s.step + 1,
+                keys_B=s.keys_B,
             )
 
         return jax.lax.while_loop(running, step, state)
 
     def stream(
-        self, params, prompts: Sequence[Sequence[int]], keys_B: jax.Array, max_new_tokens: int,
-        chunk_size: int = 0, truncate: bool = False,
+        self,
+        params,
+        prompts: Sequence[Sequence[int]],
+        keys_B: jax.Array,
+        max_new_tokens: int,
+        chunk_size: int = 0,
+        truncate: bool = False,
     ) -> Iterator[list[list[int]]]:
         """Generate for a batch of prompts (token ids), yielding each row's new tokens so far.
 
@@ -317,9 +338,16 @@ def _shared_sampler(spec: ModelSpec, sampling: SamplingConfig, eos_id: int | Non
 
 
 def generate(
-    params, model_cfg: ml_collections.ConfigDict, prompts: Sequence[Sequence[int]], *,
-    max_new_tokens: int, sampling: SamplingConfig = SamplingConfig(), eos_id: int | None = None,
-    seed: int = 0, num_samples: int = 1, truncate: bool = False,
+    params,
+    model_cfg: ml_collections.ConfigDict,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    sampling: SamplingConfig = SamplingConfig(),
+    eos_id: int | None = None,
+    seed: int = 0,
+    num_samples: int = 1,
+    truncate: bool = False,
 ) -> list[list[list[int]]]:
     """Continue each prompt (token ids) num_samples times; result[prompt][sample] = new ids.
 

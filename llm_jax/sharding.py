@@ -50,8 +50,9 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def make_mesh(mesh_cfg: ml_collections.ConfigDict,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+    mesh_cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A ('data', 'fsdp', 'tensor') mesh with sizes from `config.mesh`; -1 = the rest.
 
     Axes are `AxisType.Auto`: Linen's logical sharding needs the compiler to propagate
@@ -67,14 +68,21 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict,
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
-            raise ValueError(f"{len(devices)} devices cannot be split as {named}: "
-                             f"{len(devices)} is not a multiple of {known}")
+            raise ValueError(
+                f"{len(devices)} devices cannot be split as {named}: "
+                f"{len(devices)} is not a multiple of {known}"
+            )
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
-        raise ValueError(f"{named} needs {math.prod(sizes)} devices but {len(devices)} are "
-                         "available; make the product match or set one axis to -1")
-    return Mesh(_device_grid(sizes, devices), MESH_AXES,
-                axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+        raise ValueError(
+            f"{named} needs {math.prod(sizes)} devices but {len(devices)} are "
+            "available; make the product match or set one axis to -1"
+        )
+    return Mesh(
+        _device_grid(sizes, devices),
+        MESH_AXES,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+    )
 
 
 def _device_grid(sizes: list[int], devices: list[jax.Device]) -> np.ndarray:
@@ -86,19 +94,21 @@ def _device_grid(sizes: list[int], devices: list[jax.Device]) -> np.ndarray:
     if num_slices == 1:
         return mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
     if sizes[0] % num_slices:
-        raise ValueError(f"{num_slices} slices need mesh.data to be a multiple of "
-                         f"{num_slices} (data spans the slices); got data={sizes[0]}")
+        raise ValueError(
+            f"{num_slices} slices need mesh.data to be a multiple of "
+            f"{num_slices} (data spans the slices); got data={sizes[0]}"
+        )
     per_slice = (sizes[0] // num_slices, *sizes[1:])
-    return mesh_utils.create_hybrid_device_mesh(per_slice, (num_slices, 1, 1), devices,
-                                                allow_split_physical_axes=True)
+    return mesh_utils.create_hybrid_device_mesh(
+        per_slice, (num_slices, 1, 1), devices, allow_split_physical_axes=True
+    )
 
 
 def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
     # A dimension that the mesh axes do not divide (25 heads on tensor=2, one MQA kv
     # head) stays replicated instead of failing: correct, merely less sharded.
     fitted = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)),
-                         strict=True):
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
         names = (axes,) if isinstance(axes, str) else tuple(axes or ())
         fitted.append(axes if dim % math.prod(mesh.shape[a] for a in names) == 0 else None)
     return PartitionSpec(*fitted)
@@ -112,8 +122,12 @@ def _is_spec(x: Any) -> bool:
     return isinstance(x, PartitionSpec)
 
 
-def logical_to_sharding(mesh: Mesh, logical_tree: Any, shapes: Any = None,
-                        rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> Any:
+def logical_to_sharding(
+    mesh: Mesh,
+    logical_tree: Any,
+    shapes: Any = None,
+    rules: Sequence[tuple[str, Any]] = LOGICAL_RULES,
+) -> Any:
     """NamedShardings for a tree of logical PartitionSpecs or of boxed params.
 
     Boxed (LogicallyPartitioned) leaves carry their own shapes; for a tree of specs pass
@@ -125,18 +139,19 @@ def logical_to_sharding(mesh: Mesh, logical_tree: Any, shapes: Any = None,
         logical_tree = nn.get_partition_spec(logical_tree)
     mesh_specs = nn.logical_to_mesh(logical_tree, rules)
     if shapes is not None:
-        mesh_specs = jax.tree.map(lambda s, a: _fit_spec(s, a.shape, mesh), mesh_specs,
-                                  shapes, is_leaf=_is_spec)
+        mesh_specs = jax.tree.map(
+            lambda s, a: _fit_spec(s, a.shape, mesh), mesh_specs, shapes, is_leaf=_is_spec
+        )
     return jax.tree.map(lambda s: NamedSharding(mesh, s), mesh_specs, is_leaf=_is_spec)
 
 
-def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES
-                   ) -> NamedSharding:
+def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> NamedSharding:
     """Sharding of an int [batch, length] array (tokens, targets, segment ids)."""
     return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", "length"), rules))
 
 
 # --- processes ------------------------------------------------------------------------------
+
 
 def _cluster_detected() -> bool:
     """True in a multi-host TPU slice or a multi-task SLURM job."""
@@ -163,8 +178,12 @@ def initialize_distributed(mesh_cfg: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 "config.mesh.coordinator_address needs mesh.num_processes > 0 and "
                 f"0 <= mesh.process_id < num_processes (got {mesh_cfg.num_processes}, "
-                f"{mesh_cfg.process_id})")
-        kwargs = dict(coordinator_address=mesh_cfg.coordinator_address,
-                      num_processes=mesh_cfg.num_processes, process_id=mesh_cfg.process_id)
+                f"{mesh_cfg.process_id})"
+            )
+        kwargs = dict(
+            coordinator_address=mesh_cfg.coordinator_address,
+            num_processes=mesh_cfg.num_processes,
+            process_id=mesh_cfg.process_id,
+        )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only clusters
     jax.distributed.initialize(**kwargs)

@@ -143,7 +143,10 @@ def train_tokenizer(
             character_coverage=0.9995,  # rare characters go to bytes instead of the vocab
             split_digits=True,  # numbers tokenized digit by digit: arithmetic-friendly
             max_sentence_length=4 * _CHUNK_CHARS,  # bytes; chunks above always fit
-            unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            pad_id=PAD_ID,
             num_threads=os.cpu_count() or 1,
             minloglevel=2,
         )

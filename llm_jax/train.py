@@ -29,6 +29,7 @@ from llm_jax.model import Transformer
 
 # --- the step -----------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class TrainSetup:
     """Everything needed to run (or compile) the train step; see the module docstring."""
@@ -58,20 +59,26 @@ class TrainSetup:
 def _token_losses(model: Transformer, params, batch: dict, rng, deterministic: bool):
     """Per-token (cross-entropy, log Z) [B, L] and weights (0 on padding)."""
     logits_BxLxV = model.apply(
-        {"params": params}, batch["inputs"], segment_ids_BxL=batch.get("segment_ids"),
-        deterministic=deterministic, rngs=None if deterministic else {"dropout": rng})
+        {"params": params},
+        batch["inputs"],
+        segment_ids_BxL=batch.get("segment_ids"),
+        deterministic=deterministic,
+        rngs=None if deterministic else {"dropout": rng},
+    )
     log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
     target_logit_BxL = jnp.take_along_axis(logits_BxLxV, batch["targets"][..., None], -1)[..., 0]
-    weights_BxL = (batch["segment_ids"] > 0 if "segment_ids" in batch
-                   else jnp.ones_like(batch["targets"], bool)).astype(jnp.float32)
+    weights_BxL = (
+        batch["segment_ids"] > 0
+        if "segment_ids" in batch
+        else jnp.ones_like(batch["targets"], bool)
+    ).astype(jnp.float32)
     return log_z_BxL - target_logit_BxL, log_z_BxL, weights_BxL
 
 
 def _split_microbatches(batch: dict, m: int) -> dict:
     # Row r goes to micro-batch r % m: each device's rows hold every micro-batch evenly,
     # so splitting a batch-sharded array needs no communication.
-    return jax.tree.map(lambda x: x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1),
-                        batch)
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
 def _grads_and_sums(loss_and_grad, params, batch: dict, rng, m: int):
@@ -87,8 +94,9 @@ def _grads_and_sums(loss_and_grad, params, batch: dict, rng, m: int):
         return (jax.tree.map(jnp.add, grads_acc, grads), ce_acc + ce_sum), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (grads, ce_sum), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)),
-                                      (micro, jnp.arange(m)))
+    (grads, ce_sum), _ = jax.lax.scan(
+        body, (zeros, jnp.zeros((), jnp.float32)), (micro, jnp.arange(m))
+    )
     return ce_sum, grads
 
 
@@ -98,8 +106,11 @@ def _train_step_fn(model: Transformer, optimizer, schedule, train_cfg, determini
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-        weights = (batch["segment_ids"] > 0 if "segment_ids" in batch
-                   else jnp.ones_like(batch["targets"], bool))
+        weights = (
+            batch["segment_ids"] > 0
+            if "segment_ids" in batch
+            else jnp.ones_like(batch["targets"], bool)
+        )
         total_weight = jnp.maximum(weights.sum().astype(jnp.float32), 1.0)
 
         def objective(params, mb, key):
@@ -138,10 +149,14 @@ def _eval_step_fn(model: Transformer):
 def abstract_params(model_cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:
     """The params as ShapeDtypeStructs carrying their NamedShardings (for restoring)."""
     model = Transformer(config=model_cfg)
-    boxed = jax.eval_shape(lambda key: model.init(key, jnp.zeros((1, 8), jnp.int32))["params"],
-                           jax.random.key(0))
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        nn.meta.unbox(boxed), sharding_lib.logical_to_sharding(mesh, boxed))
+    boxed = jax.eval_shape(
+        lambda key: model.init(key, jnp.zeros((1, 8), jnp.int32))["params"], jax.random.key(0)
+    )
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        nn.meta.unbox(boxed),
+        sharding_lib.logical_to_sharding(mesh, boxed),
+    )
 
 
 def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> TrainSetup:
@@ -156,9 +171,12 @@ def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Tr
         # so Adam's moments come out boxed with their parameter's logical axes.
         key = jax.random.key(seed)
         params = model.init(key, init_tokens)["params"]
-        return {"step": jnp.zeros((), jnp.int32), "params": params,
-                "opt_state": optimizer.init(params),
-                "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "opt_state": optimizer.init(params),
+            "rng": jax.random.key_data(jax.random.fold_in(key, 1)),
+        }
 
     # One trace of the init gives every shape and every sharding: boxed leaves map their
     # logical axes through the rules table, all others (step counts, rng) are replicated.
@@ -166,25 +184,47 @@ def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Tr
     state_shardings = sharding_lib.logical_to_sharding(mesh, boxed)
     abstract_state = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        nn.meta.unbox(boxed), state_shardings)
+        nn.meta.unbox(boxed),
+        state_shardings,
+    )
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sh = sharding_lib.batch_sharding(mesh)
     names = ["inputs", "targets"] + (["segment_ids"] if config.data.segment_ids else [])
     abstract_batch = {
-        n: jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len), jnp.int32,
-                                sharding=batch_sh) for n in names}
+        n: jax.ShapeDtypeStruct(
+            (config.train.batch_size, config.data.seq_len), jnp.int32, sharding=batch_sh
+        )
+        for n in names
+    }
     deterministic = config.model.dropout == 0.0
     train_step = jax.jit(
         _train_step_fn(model, optimizer, schedule, config.train, deterministic),
-        in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, replicated),
-        donate_argnums=(0,))
-    eval_step = jax.jit(_eval_step_fn(model),
-                        in_shardings=(state_shardings["params"], batch_sh),
-                        out_shardings=replicated)
-    init_state = jax.jit(lambda seed: nn.meta.unbox(boxed_init(seed)), static_argnums=0,
-                         out_shardings=state_shardings)
+        in_shardings=(state_shardings, batch_sh),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+    eval_step = jax.jit(
+        _eval_step_fn(model),
+        in_shardings=(state_shardings["params"], batch_sh),
+        out_shardings=replicated,
+    )
+    init_state = jax.jit(
+        lambda seed: nn.meta.unbox(boxed_init(seed)),
+        static_argnums=0,
+        out_shardings=state_shardings,
+    )
     return TrainSetup(
-        config=config, mesh=mesh, model=model, optimizer=optimizer, schedule=schedule,
-        total_steps=total_steps, abstract_state=abstract_state, state_shardings=state_shardings,
-        batch_sharding=batch_sh, abstract_batch=abstract_batch, train_step=train_step,
-        eval_step=eval_step, init_state=init_state)
+        config=config,
+        mesh=mesh,
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        total_steps=total_steps,
+        abstract_state=abstract_state,
+        state_shardings=state_shardings,
+        batch_sharding=batch_sh,
+        abstract_batch=abstract_batch,
+        train_step=train_step,
+        eval_step=eval_step,
+        init_state=init_state,
+    )

@@ -37,7 +37,8 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> str:
     from llm_jax.data import cache_root
 
     path = config.train.compilation_cache_dir or str(
-        cache_root(config.data) / "jax_compilation_cache")
+        cache_root(config.data) / "jax_compilation_cache"
+    )
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return path
@@ -64,15 +65,19 @@ class _Window:
         fetched = jax.device_get(self.pending)
         self.pending = []
         for i, row in enumerate(fetched):
-            bad = [k for k in ("train/loss", "grad_norm", "param_norm")
-                   if not math.isfinite(float(row[k]))]
+            bad = [
+                k
+                for k in ("train/loss", "grad_norm", "param_norm")
+                if not math.isfinite(float(row[k]))
+            ]
             if bad:
                 step = first_step - len(fetched) + i + 1
                 raise TrainError(
                     f"{bad[0]} became {float(row[bad[0]])} at step {step}: training diverged "
                     f"(lr there {float(row['lr']):.3g}). Lower config.train.lr, lengthen "
                     "warmup_steps or set grad_clip. Checkpoints written so far predate the "
-                    "divergence and are intact")
+                    "divergence and are intact"
+                )
             self.rows.append({k: float(v) for k, v in row.items()})
 
     def restart_clock(self, step: int) -> None:
@@ -99,28 +104,43 @@ class Trainer:
         if self.prepared.tokenizer.vocab_size > config.model.vocab_size:
             raise ConfigError(
                 f"the tokenizer has {self.prepared.tokenizer.vocab_size} tokens but "
-                f"config.model.vocab_size={config.model.vocab_size}; raise model.vocab_size")
+                f"config.model.vocab_size={config.model.vocab_size}; raise model.vocab_size"
+            )
         t, seq_len = config.train, config.data.seq_len
         self.tokens_per_step = t.batch_size * seq_len
         self.flops_per_token = flops_lib.flops_per_token(config.model, seq_len)["detailed"]
         peak = metrics_lib.peak_flops(jax.devices()[0].device_kind)
         self.peak_total = peak * jax.device_count() if peak else None
         self.checkpointer = ckpt_lib.Checkpointer(
-            os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR), config.checkpoint.every,
-            config.checkpoint.keep, config.checkpoint.async_save)
+            os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR),
+            config.checkpoint.every,
+            config.checkpoint.keep,
+            config.checkpoint.async_save,
+        )
         self.iterator = data_lib.BatchIterator(
-            self.prepared, batch_size=t.batch_size, seq_len=seq_len, seed=t.seed,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            segment_ids=config.data.segment_ids)
+            self.prepared,
+            batch_size=t.batch_size,
+            seq_len=seq_len,
+            seed=t.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            segment_ids=config.data.segment_ids,
+        )
         self._to_global = data_lib.to_global
         with self.setup.context():
             self.state = self._restore_or_init()
-            self.val_batches = [data_lib.to_global(b, self.setup.batch_sharding)
-                                for b in data_lib.val_batches(
-                self.prepared, batch_size=config.data.val_batch_size or t.batch_size,
-                seq_len=seq_len, num_batches=config.data.num_val_batches,
-                process_index=jax.process_index(), process_count=jax.process_count(),
-                segment_ids=config.data.segment_ids)]
+            self.val_batches = [
+                data_lib.to_global(b, self.setup.batch_sharding)
+                for b in data_lib.val_batches(
+                    self.prepared,
+                    batch_size=config.data.val_batch_size or t.batch_size,
+                    seq_len=seq_len,
+                    num_batches=config.data.num_val_batches,
+                    process_index=jax.process_index(),
+                    process_count=jax.process_count(),
+                    segment_ids=config.data.segment_ids,
+                )
+            ]
         if self.primary:
             atomic.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
             self.prepared.tokenizer.save(os.path.join(workdir, workdir_lib.TOKENIZER_FILE))
@@ -146,13 +166,15 @@ class Trainer:
         latest = self.checkpointer.latest_step()
         if latest is None:
             return self.setup.init_state(self.config.train.seed)
-        state, meta = self.checkpointer.restore(latest, self.setup.abstract_state,
-                                                self.config.model.to_dict())
+        state, meta = self.checkpointer.restore(
+            latest, self.setup.abstract_state, self.config.model.to_dict()
+        )
         hosts = meta["data"]
         if len(hosts) != jax.process_count():
             raise ckpt_lib.CheckpointError(
                 f"the checkpoint at step {latest} was written by {len(hosts)} hosts, this "
-                f"run has {jax.process_count()}; resume with the same number of hosts")
+                f"run has {jax.process_count()}; resume with the same number of hosts"
+            )
         self.iterator.set_state(hosts[jax.process_index()])
         return state
 
@@ -164,9 +186,12 @@ class Trainer:
     def position(self) -> dict[str, Any]:
         """Where the run stands: step, tokens, FLOPs and epochs seen."""
         s = self.step_count
-        return {"step": s, "tokens": s * self.tokens_per_step,
-                "flops": s * self.tokens_per_step * self.flops_per_token,
-                "epochs": self.iterator.epoch}
+        return {
+            "step": s,
+            "tokens": s * self.tokens_per_step,
+            "flops": s * self.tokens_per_step * self.flops_per_token,
+            "epochs": self.iterator.epoch,
+        }
 
     def step(self) -> None:
         """One optimizer step; its metrics stay on the device until `log`."""
@@ -181,13 +206,22 @@ class Trainer:
         if not w.rows:
             return
         elapsed = time.perf_counter() - w.start_time
-        tokens_per_s = ((self.step_count - w.start_step) * self.tokens_per_step / elapsed
-                        if self.step_count > w.start_step else None)
+        tokens_per_s = (
+            (self.step_count - w.start_step) * self.tokens_per_step / elapsed
+            if self.step_count > w.start_step
+            else None
+        )
         row = {k: float(np.mean([r[k] for r in w.rows])) for k in w.rows[0]}
-        row.update(lr=w.rows[-1]["lr"], param_norm=w.rows[-1]["param_norm"],
-                   tokens_per_s=tokens_per_s,
-                   mfu=(tokens_per_s * self.flops_per_token / self.peak_total
-                        if self.peak_total and tokens_per_s else None))
+        row.update(
+            lr=w.rows[-1]["lr"],
+            param_norm=w.rows[-1]["param_norm"],
+            tokens_per_s=tokens_per_s,
+            mfu=(
+                tokens_per_s * self.flops_per_token / self.peak_total
+                if self.peak_total and tokens_per_s
+                else None
+            ),
+        )
         self.writer.write({**self.position(), **row})
         self.bar.update(self.step_count, row["train/loss"], tokens_per_s)
         self.result.update(row)
@@ -199,11 +233,15 @@ class Trainer:
         sums = [self.setup.eval_step(self.state["params"], b) for b in self.val_batches]
         loss_sum, weight = (float(sum(float(s[i]) for s in sums)) for i in (0, 1))
         loss = loss_sum / max(weight, 1.0)
-        scores = {"val/loss": loss,
-                  "val/bpb": loss / math.log(2) / self.prepared.val_bytes_per_token}
+        scores = {
+            "val/loss": loss,
+            "val/bpb": loss / math.log(2) / self.prepared.val_bytes_per_token,
+        }
         self.writer.write({**self.position(), **scores})
-        self.say(f"step {self.step_count}: val/loss {scores['val/loss']:.4f}  "
-                 f"val/bpb {scores['val/bpb']:.4f}")
+        self.say(
+            f"step {self.step_count}: val/loss {scores['val/loss']:.4f}  "
+            f"val/bpb {scores['val/bpb']:.4f}"
+        )
         self.result.update(scores)
         self.window.restart_clock(self.step_count)
         return scores
@@ -211,8 +249,11 @@ class Trainer:
     def save(self, force: bool) -> None:
         """Checkpoint the state and every host's data position (on the interval, or now)."""
         s = self.step_count
-        meta = {"step": s, "model": self.config.model.to_dict(),
-                "data": ckpt_lib.gather_host_states(self.iterator.get_state())}
+        meta = {
+            "step": s,
+            "model": self.config.model.to_dict(),
+            "data": ckpt_lib.gather_host_states(self.iterator.get_state()),
+        }
         if self.checkpointer.save(s, self.state, meta, force=force):
             self.say(f"checkpoint saved at step {s}")
         self.window.restart_clock(s)
@@ -227,8 +268,10 @@ class Trainer:
     def _loop(self, guard: ckpt_lib.PreemptionGuard) -> None:
         t, total = self.config.train, self.setup.total_steps
         if self.step_count >= total:
-            self.say(f"already trained for {self.step_count} steps (train steps = {total}); "
-                     "nothing to do")
+            self.say(
+                f"already trained for {self.step_count} steps (train steps = {total}); "
+                "nothing to do"
+            )
         self.window.restart_clock(self.step_count)
         first = True
         while self.step_count < total:
@@ -252,8 +295,10 @@ class Trainer:
                 self.save(force=stop or step == total)
             if stop:
                 self.checkpointer.wait()
-                self.say(f"stopped by {guard.requested or 'a signal on another host'} at "
-                         f"step {step}; checkpoint saved. Rerun the same command to resume")
+                self.say(
+                    f"stopped by {guard.requested or 'a signal on another host'} at "
+                    f"step {step}; checkpoint saved. Rerun the same command to resume"
+                )
                 self.result["preempted"] = True
                 return
 

@@ -20,8 +20,10 @@ CHECKPOINTS_DIR = "checkpoints"
 def check_workdir(workdir: str) -> None:
     """Refuse a workdir path that exists but is not a directory."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ckpt_lib.CheckpointError(f"workdir {workdir} is a file, not a directory; "
-                                       "pass a directory (it is created if missing)")
+        raise ckpt_lib.CheckpointError(
+            f"workdir {workdir} is a file, not a directory; "
+            "pass a directory (it is created if missing)"
+        )
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -36,7 +38,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     except (ValueError, UnicodeDecodeError) as e:
         raise ckpt_lib.CheckpointError(
             f"{path} is not valid JSON ({e}); rerun `llm-jax train` with the run's config to "
-            "rewrite it") from e
+            "rewrite it"
+        ) from e
 
 
 def load_run_tokenizer(workdir: str, config: ml_collections.ConfigDict | None = None):
@@ -55,8 +58,9 @@ def load_run_tokenizer(workdir: str, config: ml_collections.ConfigDict | None = 
     return data_lib.prepare(config or load_config(workdir)).tokenizer
 
 
-def restore_params(workdir: str, mesh: jax.sharding.Mesh | None = None,
-                   step: int | None = None) -> tuple[ml_collections.ConfigDict, Any]:
+def restore_params(
+    workdir: str, mesh: jax.sharding.Mesh | None = None, step: int | None = None
+) -> tuple[ml_collections.ConfigDict, Any]:
     """(config, params) of the latest (or given) checkpoint in `workdir`.
 
     Only the params are read (no optimizer state). They are placed on `mesh`, by
@@ -75,7 +79,8 @@ def restore_params(workdir: str, mesh: jax.sharding.Mesh | None = None,
         if step is not None and step not in steps:
             raise ckpt_lib.CheckpointError(
                 f"no checkpoint at step {step} in {workdir}; saved steps: "
-                f"{', '.join(map(str, steps))}")
+                f"{', '.join(map(str, steps))}"
+            )
         step = steps[-1] if step is None else step
         from llm_jax.train import abstract_params
 

@@ -17,8 +17,9 @@ from llm_jax import workdir as workdir_lib
 
 def _config(d_model=32):
     config = config_lib.default_config()
-    config.model.update(d_model=d_model, n_layers=2, n_heads=2, vocab_size=64,
-                        vocab_multiple=64, max_seq_len=32)
+    config.model.update(
+        d_model=d_model, n_layers=2, n_heads=2, vocab_size=64, vocab_multiple=64, max_seq_len=32
+    )
     config.data.seq_len = 16
     config.train.batch_size = 8
     return config
@@ -70,8 +71,9 @@ def test_other_model_shape_is_refused_clearly(saved):
     config = _config(d_model=64)
     setup = _setup(config)
     checkpointer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), read_only=True)
-    with pytest.raises(ckpt_lib.CheckpointError,
-                       match=r"another model shape \(d_model: checkpoint 32, config 64\)"):
+    with pytest.raises(
+        ckpt_lib.CheckpointError, match=r"another model shape \(d_model: checkpoint 32, config 64\)"
+    ):
         checkpointer.restore(7, setup.abstract_state, config.model.to_dict())
     with pytest.raises(ckpt_lib.CheckpointError, match="does not match this run's state"):
         checkpointer.restore(7, setup.abstract_state)  # without the config: names the arrays

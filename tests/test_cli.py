@@ -38,11 +38,14 @@ def test_unknown_command(capsys):
     assert "unknown command 'trian'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--config.model.d_model=-4"], "error: config.model.d_model must be > 0 (got -4)\n"),
-    (["--config.train.schedule=cosin"], "error: config.train.schedule='cosin' is not one of"),
-    (["--config.mesh.tensor=3"], "error: config.mesh: "),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config.model.d_model=-4"], "error: config.model.d_model must be > 0 (got -4)\n"),
+        (["--config.train.schedule=cosin"], "error: config.train.schedule='cosin' is not one of"),
+        (["--config.mesh.tensor=3"], "error: config.mesh: "),
+    ],
+)
 def test_config_errors_are_one_line(tmp_path, capsys, args, message):
     code = cli.run(["train", f"--config={BASE_CONFIG}", *args, f"--workdir={tmp_path}"])
     err = capsys.readouterr().err
@@ -69,13 +72,22 @@ def test_libtpu_stays_quiet_on_a_machine_without_tpu_chips():
 
     if tpu_env.has_tpu_chips():
         pytest.skip("this machine has TPU chips")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("JAX_PLATFORMS", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("JAX_PLATFORMS", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES")
+    }
 
     def stderr_of(setup: str) -> str:
         code = f"{setup}import jax; print(jax.devices()[0].platform)"
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, timeout=120, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         assert done.stdout.strip() == "cpu"
         return done.stderr
 

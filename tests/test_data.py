@@ -65,7 +65,8 @@ def test_txt_jsonl_csv_parquet_sources(tmp_path):
     (tmp_path / "a.txt").write_text("first line\nsecond line\n")
     (tmp_path / "b.txt").write_text("another file")
     (tmp_path / "c.jsonl").write_text(
-        "".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(["j1", "j2"])))
+        "".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(["j1", "j2"]))
+    )
     (tmp_path / "d.csv").write_text('text,n\n"c1, with comma",1\nc2,2\n')
     pq.write_table(pa.table({"body": ["p1", "p2"]}), tmp_path / "e.parquet")
 
@@ -87,11 +88,18 @@ def test_hf_source_from_a_local_dataset_folder(tmp_path, with_val_split):
     folder = tmp_path / "dataset"
     folder.mkdir()
     (folder / "train.jsonl").write_text(
-        "".join(json.dumps({"text": f"train {i}"}) + "\n" for i in range(10)))
+        "".join(json.dumps({"text": f"train {i}"}) + "\n" for i in range(10))
+    )
     if with_val_split:
         (folder / "validation.jsonl").write_text(json.dumps({"text": "val 0"}) + "\n")
-    c = _config(tmp_path / "cache", source="hf", hf_name=str(folder), hf_streaming=True,
-                hf_max_documents=8, val_fraction=0.25)
+    c = _config(
+        tmp_path / "cache",
+        source="hf",
+        hf_name=str(folder),
+        hf_streaming=True,
+        hf_max_documents=8,
+        val_fraction=0.25,
+    )
     corpus = corpus_lib.Corpus(c.data, tmp_path / "cache" / "hf")
     train, val = list(corpus.documents("train")), list(corpus.documents("val"))
     if with_val_split:
@@ -108,7 +116,7 @@ def test_one_document_corpus_gives_its_tail_to_validation(tmp_path):
     train, val = list(corpus.documents("train")), list(corpus.documents("val"))
     assert train[0] + val[0] == text
     # The cut is the first line end after 90% of the characters (790 of them).
-    assert val[0] == text[text.index("line 91\n"):]
+    assert val[0] == text[text.index("line 91\n") :]
 
 
 # --- caches -------------------------------------------------------------------------------
@@ -156,8 +164,13 @@ def test_files_corpus_with_a_given_tokenizer(shakespeare, tmp_path):
     root = corpus_lib.shakespeare_dir()
     for play in ("tragedies/hamlet.md", "tragedies/othello.md"):
         (tmp_path / play.split("/")[1]).write_bytes((root / play).read_bytes())
-    c = _config(tmp_path / "cache", source="files", path=str(tmp_path / "*.md"),
-                val_fraction=0.5, tokenizer_path=str(shakespeare.tokenizer.path))
+    c = _config(
+        tmp_path / "cache",
+        source="files",
+        path=str(tmp_path / "*.md"),
+        val_fraction=0.5,
+        tokenizer_path=str(shakespeare.tokenizer.path),
+    )
     prepared = data.prepare(c)
     assert prepared.tokenizer.sha256 == shakespeare.tokenizer.sha256
     assert prepared.manifest["splits"]["val"]["documents"] == 1
@@ -196,14 +209,16 @@ def test_one_epoch_of_shakespeare_sees_each_token_once(shakespeare):
     tokens = np.asarray(shakespeare.tokens("train"))
     offset = it.epoch_offset(0)
     expected = tokens[offset : offset + it.windows * (SEQ + 1)]
-    assert np.array_equal(np.bincount(seen.ravel(), minlength=512),
-                          np.bincount(expected, minlength=512))
+    assert np.array_equal(
+        np.bincount(seen.ravel(), minlength=512), np.bincount(expected, minlength=512)
+    )
 
 
 def test_order_depends_on_seed_and_epoch(shakespeare):
     def first(seed):
-        return next(data.BatchIterator(shakespeare, 8, SEQ, seed=seed, process_index=0,
-                                       process_count=1))["inputs"]
+        return next(
+            data.BatchIterator(shakespeare, 8, SEQ, seed=seed, process_index=0, process_count=1)
+        )["inputs"]
 
     assert np.array_equal(first(0), first(0))
     assert not np.array_equal(first(0), first(1))
@@ -217,8 +232,15 @@ def test_order_depends_on_seed_and_epoch(shakespeare):
 def test_resume_yields_the_batches_an_uninterrupted_run_would(shakespeare):
     def make():
         # A 3-window corpus so the run crosses several epoch boundaries.
-        return data.BatchIterator(shakespeare.tokens("val")[: 3 * 17 + 5], 2, 16, seed=7,
-                                  process_index=0, process_count=1, segment_ids=True)
+        return data.BatchIterator(
+            shakespeare.tokens("val")[: 3 * 17 + 5],
+            2,
+            16,
+            seed=7,
+            process_index=0,
+            process_count=1,
+            segment_ids=True,
+        )
 
     run = make()
     for _ in range(5):
@@ -238,8 +260,15 @@ def test_resume_yields_the_batches_an_uninterrupted_run_would(shakespeare):
 
 def test_two_hosts_read_disjoint_halves_of_the_global_batch(shakespeare):
     def host(index, count):
-        return data.BatchIterator(shakespeare.tokens("val")[:20_000], 12, 32, seed=1,
-                                  process_index=index, process_count=count, segment_ids=True)
+        return data.BatchIterator(
+            shakespeare.tokens("val")[:20_000],
+            12,
+            32,
+            seed=1,
+            process_index=index,
+            process_count=count,
+            segment_ids=True,
+        )
 
     single, hosts = host(0, 1), [host(0, 2), host(1, 2)]
     for _ in range(60):  # 60 * 12 windows: crosses the 606-window epoch boundary
@@ -250,11 +279,11 @@ def test_two_hosts_read_disjoint_halves_of_the_global_batch(shakespeare):
             assert np.array_equal(np.concatenate([p[key] for p in parts]), want[key])
     assert [h.get_state() for h in hosts] == [single.get_state()] * 2
     val = data.val_batches(shakespeare, 8, SEQ, 2, process_index=0, process_count=1)
-    halves = [data.val_batches(shakespeare, 8, SEQ, 2, process_index=p, process_count=2)
-              for p in (0, 1)]
+    halves = [
+        data.val_batches(shakespeare, 8, SEQ, 2, process_index=p, process_count=2) for p in (0, 1)
+    ]
     for b, whole in enumerate(val):
-        assert np.array_equal(np.concatenate([h[b]["targets"] for h in halves]),
-                              whole["targets"])
+        assert np.array_equal(np.concatenate([h[b]["targets"] for h in halves]), whole["targets"])
 
 
 def test_segment_ids_restart_after_each_eos():
@@ -314,8 +343,12 @@ def test_split_too_small_for_one_sequence(tmp_path, shakespeare):
     with pytest.raises(data.DataError, match=r"10 tokens.*--config\.data\.seq_len"):
         data.BatchIterator(np.arange(10), 2, 16, process_index=0, process_count=1)
     (tmp_path / "tiny.txt").write_text("A short play.\nExeunt.\n")
-    c = _config(tmp_path / "cache", source="files", path=str(tmp_path / "tiny.txt"),
-                tokenizer_path=shakespeare.tokenizer.path)
+    c = _config(
+        tmp_path / "cache",
+        source="files",
+        path=str(tmp_path / "tiny.txt"),
+        tokenizer_path=shakespeare.tokenizer.path,
+    )
     with pytest.raises(data.DataError, match="train split has .* fewer than one sequence"):
         data.prepare(c)
 
@@ -327,8 +360,9 @@ def test_undecodable_bytes_error_or_replace(tmp_path):
         _documents(tmp_path, path=str(tmp_path / "bad.txt"))
     with pytest.raises(data.DataError, match=r"bad\.jsonl: byte offset 13"):
         _documents(tmp_path, path=str(tmp_path / "bad.jsonl"))
-    docs, corpus = _documents(tmp_path, path=str(tmp_path / "bad.*"), on_decode_error="replace",
-                              val_fraction=0.5)
+    docs, corpus = _documents(
+        tmp_path, path=str(tmp_path / "bad.*"), on_decode_error="replace", val_fraction=0.5
+    )
     assert "caf\ufffd" in docs + list(corpus.documents("val"))
     assert corpus.decode_replacements == 3  # \xff and \xfe in bad.txt, \xe9 in bad.jsonl
 
@@ -366,20 +400,36 @@ def test_data_prepare_prints_statistics(shakespeare, cache_dir, capsys):
 
 
 def test_data_prepare_bad_input_is_one_line(tmp_path, capsys):
-    code = cli.run(["data", "prepare", "--config.data.source=files",
-                    f"--config.data.path={tmp_path}/none/*.txt"])
+    code = cli.run(
+        [
+            "data",
+            "prepare",
+            "--config.data.source=files",
+            f"--config.data.path={tmp_path}/none/*.txt",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: no file matches") and "Traceback" not in err
     assert cli.run(["data", "shuffle"]) == 2
 
 
-def test_data_prepare_reads_a_config_file_with_overrides(shakespeare, cache_dir, tmp_path,
-                                                         capsys):
+def test_data_prepare_reads_a_config_file_with_overrides(shakespeare, cache_dir, tmp_path, capsys):
     (tmp_path / "exp.py").write_text(
         "from llm_jax import config\n\n\ndef get_config():\n"
         f"    c = config.default_config()\n    c.data.cache_dir = {str(cache_dir)!r}\n"
-        "    return c\n")
-    assert data_main(["llm-jax data", "prepare", "--config", str(tmp_path / "exp.py"),
-                      "--config.data.seq_len=64"]) == 0
+        "    return c\n"
+    )
+    assert (
+        data_main(
+            [
+                "llm-jax data",
+                "prepare",
+                "--config",
+                str(tmp_path / "exp.py"),
+                "--config.data.seq_len=64",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "seq_len+1=65" in out and str(shakespeare.folder) in out

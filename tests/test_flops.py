@@ -19,8 +19,9 @@ def preset(name, **overrides):
 def initialised_count(m):
     # eval_shape: shapes only, so even llama3-8b costs no memory.
     model = model_lib.Transformer(config=m)
-    shapes = jax.eval_shape(lambda: nn.meta.unbox(
-        model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]))
+    shapes = jax.eval_shape(
+        lambda: nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    )
     return sum(x.size for x in jax.tree.leaves(shapes))
 
 
@@ -47,13 +48,16 @@ def test_param_count_equals_initialised_params_for_switch_variants(overrides):
     assert counts["total"] + counts["vocab_padding"] == initialised_count(m)
 
 
-@pytest.mark.parametrize("name, total", [
-    ("gpt2-small", 124_439_808),       # HF gpt2 (tied, learned positions, biases)
-    ("gpt2-xl", 1_557_611_200),        # HF gpt2-xl
-    ("llama2-7b", 6_738_415_616),      # Meta Llama 2 7B
-    ("llama3-8b", 8_030_261_248),      # Meta Llama 3 8B
-    ("llama-1b", 1_235_814_400),       # Meta Llama 3.2 1B (tied)
-])
+@pytest.mark.parametrize(
+    "name, total",
+    [
+        ("gpt2-small", 124_439_808),  # HF gpt2 (tied, learned positions, biases)
+        ("gpt2-xl", 1_557_611_200),  # HF gpt2-xl
+        ("llama2-7b", 6_738_415_616),  # Meta Llama 2 7B
+        ("llama3-8b", 8_030_261_248),  # Meta Llama 3 8B
+        ("llama-1b", 1_235_814_400),  # Meta Llama 3.2 1B (tied)
+    ],
+)
 def test_total_matches_published_sizes(name, total):
     assert flops.param_counts(preset(name))["total"] == total
 
@@ -69,8 +73,7 @@ def test_non_embedding_count_ignores_vocab_and_tying():
 def xla_train_flops_per_token(m, batch, seq_len):
     model = model_lib.Transformer(config=m)
     tokens = jnp.zeros((batch, seq_len), jnp.int32)
-    params = jax.eval_shape(lambda: nn.meta.unbox(
-        model.init(jax.random.key(0), tokens)["params"]))
+    params = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), tokens)["params"]))
 
     def loss(p):
         logp = jax.nn.log_softmax(model.apply({"params": p}, tokens))

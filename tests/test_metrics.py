@@ -18,14 +18,20 @@ def _event_class():
     value.field.add(name="tag", number=1, type=t.TYPE_STRING, label=t.LABEL_OPTIONAL)
     value.field.add(name="simple_value", number=2, type=t.TYPE_FLOAT, label=t.LABEL_OPTIONAL)
     summary = f.message_type.add(name="Summary")
-    summary.field.add(name="value", number=1, type=t.TYPE_MESSAGE, type_name=".tb.Value",
-                      label=t.LABEL_REPEATED)
+    summary.field.add(
+        name="value", number=1, type=t.TYPE_MESSAGE, type_name=".tb.Value", label=t.LABEL_REPEATED
+    )
     event = f.message_type.add(name="Event")
     event.field.add(name="wall_time", number=1, type=t.TYPE_DOUBLE, label=t.LABEL_OPTIONAL)
     event.field.add(name="step", number=2, type=t.TYPE_INT64, label=t.LABEL_OPTIONAL)
     event.field.add(name="file_version", number=3, type=t.TYPE_STRING, label=t.LABEL_OPTIONAL)
-    event.field.add(name="summary", number=5, type=t.TYPE_MESSAGE, type_name=".tb.Summary",
-                    label=t.LABEL_OPTIONAL)
+    event.field.add(
+        name="summary",
+        number=5,
+        type=t.TYPE_MESSAGE,
+        type_name=".tb.Summary",
+        label=t.LABEL_OPTIONAL,
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("tb.Event"))
@@ -82,11 +88,19 @@ def test_jsonl_rows_nan_and_truncate(tmp_path):
     assert not (tmp_path / "off").exists()
 
 
-@pytest.mark.parametrize("kind, peak", [
-    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12), ("TPU v4", 275e12), ("TPU v5 lite", 197e12),
-    ("TPU v5p", 459e12), ("TPU v6 lite", 918e12), ("cpu", None),
-])
+@pytest.mark.parametrize(
+    "kind, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("TPU v4", 275e12),
+        ("TPU v5 lite", 197e12),
+        ("TPU v5p", 459e12),
+        ("TPU v6 lite", 918e12),
+        ("cpu", None),
+    ],
+)
 def test_peak_flops_table(kind, peak):
     assert metrics.peak_flops(kind) == peak
 

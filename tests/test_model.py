@@ -83,19 +83,50 @@ def test_logits_shape_dtype_and_padding_columns():
 
 
 SWITCHES = [
-    dict(positions="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, n_kv_heads=2,
-         dtype="bfloat16", head_dim=16),
-    dict(positions="learned", norm="layernorm", mlp="gelu", norm_bias=True, attn_bias=True,
-         mlp_bias=True, tie_embeddings=True, scan_layers=False, remat="full"),
-    dict(positions="sinusoidal", norm_position="post", mlp="relu", norm="layernorm",
-         embed_scale=True, scaled_residual_init=False, remat="full"),
-    dict(positions="none", causal=False, mlp="swiglu", n_kv_heads=1, mlp_bias=True,
-         remat="save_dots", dropout=0.1),
+    dict(
+        positions="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        qk_norm=True,
+        n_kv_heads=2,
+        dtype="bfloat16",
+        head_dim=16,
+    ),
+    dict(
+        positions="learned",
+        norm="layernorm",
+        mlp="gelu",
+        norm_bias=True,
+        attn_bias=True,
+        mlp_bias=True,
+        tie_embeddings=True,
+        scan_layers=False,
+        remat="full",
+    ),
+    dict(
+        positions="sinusoidal",
+        norm_position="post",
+        mlp="relu",
+        norm="layernorm",
+        embed_scale=True,
+        scaled_residual_init=False,
+        remat="full",
+    ),
+    dict(
+        positions="none",
+        causal=False,
+        mlp="swiglu",
+        n_kv_heads=1,
+        mlp_bias=True,
+        remat="save_dots",
+        dropout=0.1,
+    ),
 ]
 
 
-@pytest.mark.parametrize("overrides", SWITCHES, ids=lambda o: "-".join(
-    f"{k}={v}" for k, v in list(o.items())[:4]))
+@pytest.mark.parametrize(
+    "overrides", SWITCHES, ids=lambda o: "-".join(f"{k}={v}" for k, v in list(o.items())[:4])
+)
 def test_switch_combinations_forward_backward_finite(overrides):
     m = tiny(**overrides)
     model, params, _, _ = build(m)
@@ -104,10 +135,10 @@ def test_switch_combinations_forward_backward_finite(overrides):
     @jax.jit
     def loss_and_grad(p, key):
         def loss(p):
-            logits = model.apply({"params": p}, tokens, deterministic=False,
-                                 rngs={"dropout": key})
+            logits = model.apply({"params": p}, tokens, deterministic=False, rngs={"dropout": key})
             logp = jax.nn.log_softmax(logits)
             return -jnp.take_along_axis(logp, tokens[..., None], -1).mean()
+
         return jax.value_and_grad(loss)(p)
 
     value, grads = loss_and_grad(params, jax.random.key(1))
@@ -152,8 +183,11 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
         attn[name] = jnp.repeat(attn[name], 2, axis=2)  # [layers, D, G, K] -> [.., H, K]
     mha_params = dict(params, layers=dict(params["layers"], attn=attn))
     tokens = random_tokens((B, L))
-    np.testing.assert_allclose(gqa_apply({"params": params}, tokens),
-                               jax.jit(mha.apply)({"params": mha_params}, tokens), atol=1e-5)
+    np.testing.assert_allclose(
+        gqa_apply({"params": params}, tokens),
+        jax.jit(mha.apply)({"params": mha_params}, tokens),
+        atol=1e-5,
+    )
 
 
 def _block(norm, where):
@@ -188,8 +222,9 @@ def test_pre_norm_block_keeps_the_residual_path_untouched():
 
 def param_shapes(m):
     model = model_lib.Transformer(config=m)
-    return jax.eval_shape(lambda: nn.meta.unbox(
-        model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]))
+    return jax.eval_shape(
+        lambda: nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    )
 
 
 def test_final_norm_only_for_pre_norm():
@@ -204,8 +239,11 @@ def test_scan_and_loop_layers_agree():
     for i in range(2):
         loop_params[f"layer_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["layers"])
     tokens = random_tokens((B, L))
-    np.testing.assert_allclose(apply({"params": params}, tokens),
-                               jax.jit(looped.apply)({"params": loop_params}, tokens), atol=1e-5)
+    np.testing.assert_allclose(
+        apply({"params": params}, tokens),
+        jax.jit(looped.apply)({"params": loop_params}, tokens),
+        atol=1e-5,
+    )
 
 
 def test_params_carry_logical_axes():
@@ -256,9 +294,12 @@ def decode_stepwise(m, tokens, positions, segments, prefill=5):
     cache = model_lib.init_cache(m, tokens.shape[0], 16)
     outs = []
     for start, stop in [(0, prefill)] + [(t, t + 1) for t in range(prefill, tokens.shape[1])]:
-        logits, state = decode({"params": params, "cache": cache}, tokens[:, start:stop],
-                               positions_BxL=positions[:, start:stop],
-                               segment_ids_BxL=segments[:, start:stop])
+        logits, state = decode(
+            {"params": params, "cache": cache},
+            tokens[:, start:stop],
+            positions_BxL=positions[:, start:stop],
+            segment_ids_BxL=segments[:, start:stop],
+        )
         cache = state["cache"]
         outs.append(logits)
     assert int(cache["index"]) == tokens.shape[1]

@@ -18,15 +18,18 @@ def _train_cfg(**overrides):
     return t
 
 
-@pytest.mark.parametrize("kind, expected", [
-    # warmup is shared: lr * (s + 1) / warmup
-    ("cosine", {0: 0.1, 4: 0.5, 9: 1.0, 10: 1.0, 60: 0.55, 110: 0.1, 500: 0.1}),
-    ("linear", {0: 0.1, 9: 1.0, 35: 0.775, 60: 0.55, 110: 0.1}),
-    # 22 decay steps (20% of 110) start at step 88
-    ("wsd", {0: 0.1, 9: 1.0, 50: 1.0, 88: 1.0, 99: 0.55, 110: 0.1}),
-    ("constant", {0: 0.1, 9: 1.0, 10: 1.0, 109: 1.0}),
-    ("rsqrt", {0: 0.1, 9: 1.0, 10: 1.0, 40: 0.5, 160: 0.25}),
-])
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        # warmup is shared: lr * (s + 1) / warmup
+        ("cosine", {0: 0.1, 4: 0.5, 9: 1.0, 10: 1.0, 60: 0.55, 110: 0.1, 500: 0.1}),
+        ("linear", {0: 0.1, 9: 1.0, 35: 0.775, 60: 0.55, 110: 0.1}),
+        # 22 decay steps (20% of 110) start at step 88
+        ("wsd", {0: 0.1, 9: 1.0, 50: 1.0, 88: 1.0, 99: 0.55, 110: 0.1}),
+        ("constant", {0: 0.1, 9: 1.0, 10: 1.0, 109: 1.0}),
+        ("rsqrt", {0: 0.1, 9: 1.0, 10: 1.0, 40: 0.5, 160: 0.25}),
+    ],
+)
 def test_schedule_values_at_key_steps(kind, expected):
     schedule = optim.make_schedule(_train_cfg(schedule=kind), total_steps=110)
     for step, value in expected.items():
@@ -42,21 +45,32 @@ def test_schedule_without_warmup_starts_at_peak():
 def _params(preset):
     config = config_lib.apply_preset(config_lib.default_config(), preset)
     config.model.update(d_model=32, n_heads=2, n_kv_heads=0, d_ff=64, vocab_size=64)
-    shapes = jax.eval_shape(lambda: Transformer(config=config.model).init(
-        jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+    shapes = jax.eval_shape(
+        lambda: Transformer(config=config.model).init(
+            jax.random.key(0), jnp.zeros((1, 8), jnp.int32)
+        )["params"]
+    )
     return nn.meta.unbox(shapes)
 
 
 def _flat(tree):
-    return {"/".join(str(getattr(k, "key", k)) for k in path): v
-            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in path): v
+        for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def test_weight_decay_mask_excludes_norms_biases_and_embeddings():
     mask = _flat(optim.weight_decay_mask(_params("gpt2-tiny")))  # biases, LayerNorm, learned pos
     decayed = {k for k, v in mask.items() if v}
-    assert decayed == {"layers/attn/query", "layers/attn/key", "layers/attn/value",
-                       "layers/attn/out", "layers/mlp/up", "layers/mlp/down"}
+    assert decayed == {
+        "layers/attn/query",
+        "layers/attn/key",
+        "layers/attn/value",
+        "layers/attn/out",
+        "layers/mlp/up",
+        "layers/mlp/down",
+    }
     assert not mask["layers/attn/query_bias"] and not mask["layers/attn_norm/bias"]
     assert not mask["final_norm/scale"] and not mask["token_embed"] and not mask["pos_embed"]
     with_embed = _flat(optim.weight_decay_mask(_params("gpt2-tiny"), decay_embeddings=True))
@@ -67,7 +81,8 @@ def test_weight_decay_mask_excludes_norms_biases_and_embeddings():
 def test_optimizer_decays_only_masked_params_and_clips():
     params = {"dense": {"kernel": jnp.ones((4, 4))}, "norm": {"scale": jnp.ones((4,))}}
     tx, _ = optim.make_optimizer(
-        _train_cfg(schedule="constant", warmup_steps=0, lr=0.1, weight_decay=0.5), 10)
+        _train_cfg(schedule="constant", warmup_steps=0, lr=0.1, weight_decay=0.5), 10
+    )
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zero_grads, tx.init(params), params)
     new = optax.apply_updates(params, updates)

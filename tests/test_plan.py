@@ -22,7 +22,8 @@ from llm_jax.config import ConfigError
 
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
 needs_libtpu = pytest.mark.skipif(
-    not HAVE_LIBTPU, reason="libtpu is not installed: pip install -e .[tpu] (CI installs it)")
+    not HAVE_LIBTPU, reason="libtpu is not installed: pip install -e .[tpu] (CI installs it)"
+)
 LLAMA_7B_CONFIG = "experiments/configs/llama2_7b.py"
 
 if HAVE_LIBTPU:
@@ -40,13 +41,16 @@ def _config(preset: str, seq_len: int, batch_size: int, **model) -> config_lib.C
 # --- no compiling ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, topology_name, chip_config, chips, host", [
-    ("v4-8", "v4:2x2x1", "megacore", 4, (2, 2, 1)),
-    ("v5p-256", "v5:4x4x8", "megacore", 128, (2, 2, 1)),
-    ("v5e-8", "v5e:2x4", "default", 8, (2, 4, 1)),
-    ("v5litepod-256", "v5e:16x16", "default", 256, (2, 2, 1)),
-    ("v6e-256", "v6e:16x16", "default", 256, (2, 2, 1)),
-])
+@pytest.mark.parametrize(
+    "name, topology_name, chip_config, chips, host",
+    [
+        ("v4-8", "v4:2x2x1", "megacore", 4, (2, 2, 1)),
+        ("v5p-256", "v5:4x4x8", "megacore", 128, (2, 2, 1)),
+        ("v5e-8", "v5e:2x4", "default", 8, (2, 4, 1)),
+        ("v5litepod-256", "v5e:16x16", "default", 256, (2, 2, 1)),
+        ("v6e-256", "v6e:16x16", "default", 256, (2, 2, 1)),
+    ],
+)
 def test_topology_names_map_to_libtpu_strings(name, topology_name, chip_config, chips, host):
     topology = plan.get_topology(name)
     assert (topology.topology_name, topology.chip.chip_config) == (topology_name, chip_config)
@@ -65,8 +69,9 @@ def test_chip_hbm_and_unknown_names():
 
 def test_without_libtpu_the_command_prints_the_install_hint(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "libtpu", None)  # `import libtpu` now raises ImportError
-    code = plan_cli.main(["llm-jax plan", "--config=experiments/configs/base.py",
-                               "--topology=v5p-8"])
+    code = plan_cli.main(
+        ["llm-jax plan", "--config=experiments/configs/base.py", "--topology=v5p-8"]
+    )
     assert code == 1
     assert "pip install -e .[tpu]" in capsys.readouterr().err
 
@@ -77,8 +82,9 @@ def test_the_advice_leaves_out_what_the_config_already_does():
     assert message.startswith("does not fit: needs 130.00 GiB of 95.00 GiB per device.")
     assert "mesh.fsdp" not in message and "remat" not in message
     assert "--config.train.microbatches" in message
-    message = plan._does_not_fit(0, 95 * plan.GiB, 128, {**mesh, "data": 128, "fsdp": 1},
-                                 remat="none")
+    message = plan._does_not_fit(
+        0, 95 * plan.GiB, 128, {**mesh, "data": 128, "fsdp": 1}, remat="none"
+    )
     assert "needs more than the HBM" in message
     assert "--config.mesh.fsdp=128" in message and "--config.model.remat=full" in message
 
@@ -97,7 +103,10 @@ def gpt2_reports() -> dict[str, plan.PlanReport]:
 def test_gpt2_small_fits_on_one_host(gpt2_reports, name, chip):
     report = gpt2_reports[name]
     assert (report.chip, report.devices, report.mesh) == (
-        chip, 4, {"data": 4, "fsdp": 1, "tensor": 1})
+        chip,
+        4,
+        {"data": 4, "fsdp": 1, "tensor": 1},
+    )
     memory = report.memory
     assert memory.fits and 0 < memory.total < memory.hbm
     # Arguments are the state (donated: aliased by the outputs) plus the batch.
@@ -126,11 +135,12 @@ def test_xla_flops_agree_with_the_model_count():
     # The model count ignores norms, softmax, the loss and the optimizer: a few %.
     assert 0.95 < ratio < 1.10, ratio
     assert report.model_flops_per_step == (
-        flops.flops_per_token(config.model, 256)["detailed"] * 16 * 256)
+        flops.flops_per_token(config.model, 256)["detailed"] * 16 * 256
+    )
     assert report.step_seconds_at_peak == pytest.approx(
-        report.model_flops_per_step / (4 * plan.CHIPS["v5p"].peak_flops))
-    assert report.tokens_per_second_at_mfu == pytest.approx(
-        0.4 * report.tokens_per_second_at_peak)
+        report.model_flops_per_step / (4 * plan.CHIPS["v5p"].peak_flops)
+    )
+    assert report.tokens_per_second_at_mfu == pytest.approx(0.4 * report.tokens_per_second_at_peak)
 
 
 @needs_libtpu
@@ -142,16 +152,28 @@ def test_llama2_7b_fits_with_fsdp_on_v5p_256():
     assert report.memory.fits, plan.format_report(report)
     # FSDP: each chip holds ~1/128 of the 6.7B parameters (norm scales replicated).
     assert report.params_total > 6.7e9
-    assert report.params_allocated / 128 <= report.params_per_device < 1.01 * (
-        report.params_allocated / 128)
+    assert (
+        report.params_allocated / 128
+        <= report.params_per_device
+        < 1.01 * (report.params_allocated / 128)
+    )
 
 
 @needs_libtpu
 def test_llama2_7b_unsharded_on_v5e_8_does_not_fit(capsys):
-    code = plan_cli.main([
-        "llm-jax plan", f"--config={LLAMA_7B_CONFIG}", "--topology=v5e-8", "--json",
-        "--config.mesh.data=-1", "--config.mesh.fsdp=1", "--config.data.seq_len=256",
-        "--config.train.batch_size=8", "--config.model.remat=none"])
+    code = plan_cli.main(
+        [
+            "llm-jax plan",
+            f"--config={LLAMA_7B_CONFIG}",
+            "--topology=v5e-8",
+            "--json",
+            "--config.mesh.data=-1",
+            "--config.mesh.fsdp=1",
+            "--config.data.seq_len=256",
+            "--config.train.batch_size=8",
+            "--config.model.remat=none",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 1 and report["memory"]["fits"] is False
     assert report["memory"]["total"] > 100 * plan.GiB  # 7B params + Adam, replicated

@@ -23,8 +23,9 @@ def _draw(logits_V: np.ndarray, sampling: SamplingConfig, draws: int = DRAWS) ->
     """`draws` independent tokens from one row of logits, with the library's sampler."""
     keys_B = jax.random.split(jax.random.key(0), draws)
     logits_BxV = jnp.broadcast_to(jnp.asarray(logits_V), (draws, logits_V.shape[0]))
-    return np.asarray(jax.jit(sample.sample_tokens, static_argnums=(2, 3))(
-        keys_B, logits_BxV, sampling, VOCAB))
+    return np.asarray(
+        jax.jit(sample.sample_tokens, static_argnums=(2, 3))(keys_B, logits_BxV, sampling, VOCAB)
+    )
 
 
 def _reference_probs(logits_V: np.ndarray, temperature: float, top_k: int, top_p: float):
@@ -52,8 +53,7 @@ def _small_logits() -> np.ndarray:
 
 @pytest.mark.parametrize(
     "temperature,top_k,top_p",
-    [(1.0, 0, 1.0), (0.6, 0, 1.0), (1.7, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.8),
-     (1.3, 5, 0.9)],
+    [(1.0, 0, 1.0), (0.6, 0, 1.0), (1.7, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.8), (1.3, 5, 0.9)],
 )
 def test_frequencies_match_the_filtered_softmax(temperature, top_k, top_p):
     """Tolerance: every token's frequency within 5 standard errors of its probability (a false
@@ -71,8 +71,11 @@ def test_top_k_draws_only_the_k_most_likely():
     logits_BxV = jax.random.normal(jax.random.key(1), (4, 64)) * 3
     k = 5
     keys_B = jax.random.split(jax.random.key(2), 4 * 2000).reshape(4, 2000)
-    draw = jax.vmap(lambda keys, logits: sample.sample_tokens(
-        keys, jnp.broadcast_to(logits, (2000, 64)), SamplingConfig(top_k=k), 64))
+    draw = jax.vmap(
+        lambda keys, logits: sample.sample_tokens(
+            keys, jnp.broadcast_to(logits, (2000, 64)), SamplingConfig(top_k=k), 64
+        )
+    )
     tokens_BxN = np.asarray(draw(keys_B, logits_BxV))
     for row in range(4):
         top_k = set(np.argsort(-np.asarray(logits_BxV[row]))[:k].tolist())
@@ -92,16 +95,21 @@ def test_top_p_draws_only_inside_the_nucleus():
 def test_padding_columns_are_never_picked_even_if_largest():
     logits_BxV = jnp.zeros((3, 2 * VOCAB)).at[:, VOCAB:].set(50.0).at[:, 2].set(1.0)
     keys_B = jax.random.split(jax.random.key(0), 3)
-    for sampling in [SamplingConfig(temperature=0.0), SamplingConfig(), SamplingConfig(top_k=2),
-                     SamplingConfig(top_p=0.5)]:
+    for sampling in [
+        SamplingConfig(temperature=0.0),
+        SamplingConfig(),
+        SamplingConfig(top_k=2),
+        SamplingConfig(top_p=0.5),
+    ]:
         tokens_B = np.asarray(sample.sample_tokens(keys_B, logits_BxV, sampling, VOCAB))
         assert (tokens_B < VOCAB).all(), sampling
     greedy = sample.sample_tokens(keys_B, logits_BxV, SamplingConfig(temperature=0.0), VOCAB)
     assert np.asarray(greedy).tolist() == [2, 2, 2]
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=-1.0), dict(top_k=-2), dict(top_p=0.0),
-                                    dict(top_p=1.5)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(temperature=-1.0), dict(top_k=-2), dict(top_p=0.0), dict(top_p=1.5)]
+)
 def test_bad_sampling_settings_are_refused(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         SamplingConfig(**kwargs)
@@ -149,13 +157,20 @@ def test_cached_logits_equal_full_forward(overrides):
     positions_BxL, segment_ids_BxL = sample.left_pad_layout(lengths_B, tokens_BxL.shape[1])
     decode = jax.jit(functools.partial(model.apply, decode=True, mutable=["cache"]))
     cache = init_cache(m, len(PROMPTS), tokens_BxL.shape[1] + continuation_BxT.shape[1])
-    logits, variables = decode({"params": params, "cache": cache}, tokens_BxL,
-                               positions_BxL=positions_BxL, segment_ids_BxL=segment_ids_BxL)
+    logits, variables = decode(
+        {"params": params, "cache": cache},
+        tokens_BxL,
+        positions_BxL=positions_BxL,
+        segment_ids_BxL=segment_ids_BxL,
+    )
     cached = [logits]
     for t in range(continuation_BxT.shape[1]):
         logits, variables = decode(
-            {"params": params, "cache": variables["cache"]}, continuation_BxT[:, t : t + 1],
-            positions_BxL=(lengths_B + t)[:, None], segment_ids_BxL=np.ones((3, 1), np.int32))
+            {"params": params, "cache": variables["cache"]},
+            continuation_BxT[:, t : t + 1],
+            positions_BxL=(lengths_B + t)[:, None],
+            segment_ids_BxL=np.ones((3, 1), np.int32),
+        )
         cached.append(logits)
     cached_BxLxV = np.asarray(jnp.concatenate(cached, axis=1))
 
@@ -166,9 +181,12 @@ def test_cached_logits_equal_full_forward(overrides):
     full_BxLxV = np.asarray(jax.jit(model.apply)({"params": params}, right_padded_BxL))
     for row, sequence in enumerate(sequences):
         pad = tokens_BxL.shape[1] - len(PROMPTS[row])
-        np.testing.assert_allclose(cached_BxLxV[row, pad:, : m.vocab_size],
-                                   full_BxLxV[row, : len(sequence), : m.vocab_size],
-                                   atol=2e-5, rtol=1e-5)
+        np.testing.assert_allclose(
+            cached_BxLxV[row, pad:, : m.vocab_size],
+            full_BxLxV[row, : len(sequence), : m.vocab_size],
+            atol=2e-5,
+            rtol=1e-5,
+        )
 
 
 GREEDY = SamplingConfig(temperature=0.0)
@@ -177,8 +195,16 @@ NUCLEUS = SamplingConfig(temperature=1.0, top_k=20, top_p=0.95)
 
 def _generate(prompts, sampling=GREEDY, eos_id=None, seed=0, num_samples=1, new_tokens=8):
     m, params = _tiny(**ROPE_GQA)
-    return sample.generate(params, m, prompts, max_new_tokens=new_tokens, sampling=sampling,
-                           eos_id=eos_id, seed=seed, num_samples=num_samples)
+    return sample.generate(
+        params,
+        m,
+        prompts,
+        max_new_tokens=new_tokens,
+        sampling=sampling,
+        eos_id=eos_id,
+        seed=seed,
+        num_samples=num_samples,
+    )
 
 
 def test_greedy_is_the_argmax_of_a_full_forward_and_deterministic():
@@ -212,7 +238,8 @@ def test_padding_does_not_change_a_sampled_continuation():
     m, params = _tiny(**ROPE_GQA)
     together = _generate(PROMPTS, NUCLEUS, seed=3, num_samples=2, new_tokens=10)
     alone = sample.sampler_for(m, NUCLEUS, None).stream(
-        params, [PROMPTS[1]] * 2, sample.row_keys(3, [1, 1], [0, 1]), 10)
+        params, [PROMPTS[1]] * 2, sample.row_keys(3, [1, 1], [0, 1]), 10
+    )
     assert list(alone)[-1] == together[1]
 
 
@@ -229,8 +256,11 @@ def test_streaming_yields_growing_prefixes_of_the_same_result():
     m, params = _tiny(**ROPE_GQA)
     rows = [(p, s) for p in range(3) for s in range(2)]
     keys_B = sample.row_keys(3, [p for p, _ in rows], [s for _, s in rows])
-    chunks = list(sample.sampler_for(m, NUCLEUS, None).stream(
-        params, [PROMPTS[p] for p, _ in rows], keys_B, 10, chunk_size=4))
+    chunks = list(
+        sample.sampler_for(m, NUCLEUS, None).stream(
+            params, [PROMPTS[p] for p, _ in rows], keys_B, 10, chunk_size=4
+        )
+    )
     assert [len(c[0]) for c in chunks] == [4, 8, 10]
     whole = _generate(PROMPTS, NUCLEUS, seed=3, num_samples=2, new_tokens=10)
     assert chunks[-1] == [whole[p][s] for p, s in rows]
@@ -250,17 +280,41 @@ def test_llm_jax_generate_prints_samples_of_a_trained_workdir(tmp_path, capsys):
 
     config_file = Path(__file__).parents[1] / "experiments" / "configs" / "shakespeare_tiny.py"
     workdir = str(tmp_path / "run")
-    assert cli.run(["train", f"--config={config_file}", f"--workdir={workdir}",
-                    "--config.train.steps=2", "--config.train.batch_size=8",
-                    "--config.checkpoint.every=2", "--config.train.eval_every=2",
-                    "--config.data.num_val_batches=1"]) == 0
+    assert (
+        cli.run(
+            [
+                "train",
+                f"--config={config_file}",
+                f"--workdir={workdir}",
+                "--config.train.steps=2",
+                "--config.train.batch_size=8",
+                "--config.checkpoint.every=2",
+                "--config.train.eval_every=2",
+                "--config.data.num_val_batches=1",
+            ]
+        )
+        == 0
+    )
     # The workdir carries its tokenizer: sampling neither reads nor rebuilds the data cache.
     config_path = Path(workdir) / "config.json"
     config = json.loads(config_path.read_text())
     config["data"]["cache_dir"] = str(tmp_path / "no_cache")
     config_path.write_text(json.dumps(config))
-    args = ["generate", "--workdir", workdir, "--prompt", "ROMEO:", "--prompt", "JULIET:\nO",
-            "--max-new-tokens", "12", "--num-samples", "2", "--seed", "1"]
+    args = [
+        "generate",
+        "--workdir",
+        workdir,
+        "--prompt",
+        "ROMEO:",
+        "--prompt",
+        "JULIET:\nO",
+        "--max-new-tokens",
+        "12",
+        "--num-samples",
+        "2",
+        "--seed",
+        "1",
+    ]
     capsys.readouterr()
     assert cli.run(args) == 0  # captured stdout is not a terminal: one batch
     batched = capsys.readouterr().out
@@ -269,7 +323,11 @@ def test_llm_jax_generate_prints_samples_of_a_trained_workdir(tmp_path, capsys):
 
     blocks = batched.split("--- prompt ")[1:]
     assert [b.split(" ---\n")[0] for b in blocks] == [
-        "1, sample 1", "1, sample 2", "2, sample 1", "2, sample 2"]
+        "1, sample 1",
+        "1, sample 2",
+        "2, sample 1",
+        "2, sample 2",
+    ]
     texts = [b.split(" ---\n", 1)[1] for b in blocks]
     prompts = ["ROMEO:", "ROMEO:", "JULIET:\nO", "JULIET:\nO"]
     assert all(t.startswith(p) for t, p in zip(texts, prompts, strict=True))

@@ -11,13 +11,16 @@ from llm_jax.scaling import fit
 
 # Hoffmann et al. (2022)'s fitted law: the ground truth of the synthetic data.
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
-TRUE_A = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])   # N_opt ∝ C^a
-TRUE_B = TRUE["alpha"] / (TRUE["alpha"] + TRUE["beta"])   # D_opt ∝ C^b
+TRUE_A = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])  # N_opt ∝ C^a
+TRUE_B = TRUE["alpha"] / (TRUE["alpha"] + TRUE["beta"])  # D_opt ∝ C^b
 
 
 def law(n, d):
-    return TRUE["E"] + TRUE["A"] / np.asarray(n) ** TRUE["alpha"] + TRUE["B"] / np.asarray(
-        d) ** TRUE["beta"]
+    return (
+        TRUE["E"]
+        + TRUE["A"] / np.asarray(n) ** TRUE["alpha"]
+        + TRUE["B"] / np.asarray(d) ** TRUE["beta"]
+    )
 
 
 def grid_points(noise=0.002, seed=0):
@@ -67,8 +70,12 @@ def test_isoflop_recovers_exponents_and_drops_edge_budgets():
     c_edge = 1e22
     n_edge = fit.compute_optimal(TRUE, c_edge)["N_opt"] * np.logspace(-3, -1, 5)
     d_edge = c_edge / (6 * n_edge)
-    got = fit.fit_isoflop(np.r_[n, n_edge], np.r_[d, d_edge], np.r_[loss, law(n_edge, d_edge)],
-                          np.r_[budget, np.full(5, c_edge)])
+    got = fit.fit_isoflop(
+        np.r_[n, n_edge],
+        np.r_[d, d_edge],
+        np.r_[loss, law(n_edge, d_edge)],
+        np.r_[budget, np.full(5, c_edge)],
+    )
     assert got["a"] == pytest.approx(TRUE_A, abs=0.02)
     assert got["b"] == pytest.approx(TRUE_B, abs=0.02)
     kept = {b["C"]: b["kept"] for b in got["budgets"]}
@@ -82,8 +89,12 @@ def test_isoflop_drops_a_profile_that_is_not_u_shaped():
     # parabola's vertex is far outside the sizes.
     n_odd = np.array([12336, 32864, 52368, 80112, 139584])
     loss_odd = np.array([3.418, 3.415, 3.856, 3.960, 3.941])
-    got = fit.fit_isoflop(np.r_[n, n_odd], np.r_[d, 1e21 / (6 * n_odd)], np.r_[loss, loss_odd],
-                          np.r_[budget, np.full(5, 1e21)])
+    got = fit.fit_isoflop(
+        np.r_[n, n_odd],
+        np.r_[d, 1e21 / (6 * n_odd)],
+        np.r_[loss, loss_odd],
+        np.r_[budget, np.full(5, 1e21)],
+    )
     assert [b["kept"] for b in got["budgets"]] == [True, True, True, False]
     assert "vertex" in got["notes"][0] and got["a"] == pytest.approx(TRUE_A, abs=0.02)
 
@@ -96,8 +107,9 @@ def test_isoflop_needs_two_usable_budgets():
 
 def training_curves(sizes, tokens):
     """One noiseless training curve of the known law per model size."""
-    return [{"N": n, "tokens": tokens, "flops": 6 * n * tokens, "loss": law(n, tokens)}
-            for n in sizes]
+    return [
+        {"N": n, "tokens": tokens, "flops": 6 * n * tokens, "loss": law(n, tokens)} for n in sizes
+    ]
 
 
 def test_envelope_of_training_curves_recovers_exponents():
@@ -150,13 +162,13 @@ def test_fit_command_isoflop_table_and_kaplan(tmp_path, capsys):
     with open(tmp_path / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["name", "budget", "N", "D", "loss", "status"])
-        w.writerows((f"t{i}", *row, "done") for i, row in enumerate(zip(budget, n, d, loss,
-                                                                          strict=True)))
+        w.writerows(
+            (f"t{i}", *row, "done") for i, row in enumerate(zip(budget, n, d, loss, strict=True))
+        )
     assert cli.run(["fit", str(tmp_path), "--law", "isoflop"]) == 0
     text = capsys.readouterr().out
     assert "a " in text and "budget C=1e+19" in text
-    assert cli.run(["fit", str(tmp_path), "--law", "kaplan", "--json",
-                     "--bootstrap", "2"]) == 0
+    assert cli.run(["fit", str(tmp_path), "--law", "kaplan", "--json", "--bootstrap", "2"]) == 0
     kaplan = json.loads(capsys.readouterr().out)
     assert set(kaplan) == {"N", "D"} and "alpha" in kaplan["N"]
     assert set(json.loads((tmp_path / "fit.json").read_text())) == {"isoflop", "kaplan"}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llm_jax.scaling import results, runner
 
-SWEEP = '''
+SWEEP = """
 from llm_jax.config import default_config
 from llm_jax.scaling.sweep import Trial
 
@@ -33,7 +33,7 @@ def get_config():
 
 def get_sweep():
     return {trials}
-'''
+"""
 
 
 def _write_sweep(path: Path, trials: str, steps: int = 10, every: int = 10) -> str:
@@ -46,12 +46,15 @@ def _attempts(trial_dir: Path) -> int:
 
 
 def test_sweep_runs_records_a_crash_and_skips_finished_trials(tmp_path, capsys):
-    sweep = _write_sweep(tmp_path / "sweep.py", '''[
+    sweep = _write_sweep(
+        tmp_path / "sweep.py",
+        """[
         Trial("lr-a", {"train.lr": 3e-3}),
         Trial("lr-b", {"train.lr": 1e-2}),
         # A missing data file: the trainer exits with an error after starting.
         Trial("broken", {"data.source": "files", "data.path": "/nonexistent/corpus.txt"}),
-    ]''')
+    ]""",
+    )
     work = tmp_path / "runs"
     assert runner.run_sweep(sweep, str(work), parallel=2, n_boot=0) == 1
     out = capsys.readouterr().out
@@ -79,17 +82,20 @@ def test_sweep_runs_records_a_crash_and_skips_finished_trials(tmp_path, capsys):
 
 
 def test_killed_sweep_resumes_from_the_checkpoint(tmp_path):
-    sweep = _write_sweep(tmp_path / "sweep.py", '[Trial("long", {"train.lr": 3e-3})]',
-                         steps=1000, every=50)
+    sweep = _write_sweep(
+        tmp_path / "sweep.py", '[Trial("long", {"train.lr": 3e-3})]', steps=1000, every=50
+    )
     work = tmp_path / "runs"
     cmd = [sys.executable, "-m", "llm_jax.cli", "sweep", sweep, "--workdir", str(work)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     checkpoints = work / "long" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not any(
-            p.name.isdigit() and int(p.name) >= 50 for p in
-            (checkpoints.iterdir() if checkpoints.exists() else [])):
+        p.name.isdigit() and int(p.name) >= 50
+        for p in (checkpoints.iterdir() if checkpoints.exists() else [])
+    ):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # no clean shutdown: runner and trainer die at once
     proc.wait()
@@ -101,8 +107,10 @@ def test_killed_sweep_resumes_from_the_checkpoint(tmp_path):
     last_attempt = (work / "long" / "train.log").read_text().split("=== attempt")[-1]
     saved_again = [int(s) for s in re.findall(r"checkpoint saved at step (\d+)", last_attempt)]
     assert saved_again and min(saved_again) > saved  # resumed, not restarted
-    steps = [json.loads(line)["step"] for line in
-             (work / "long" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"]
+        for line in (work / "long" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert max(steps) == 1000
 
     # A third run has nothing to do and says so.
@@ -111,8 +119,9 @@ def test_killed_sweep_resumes_from_the_checkpoint(tmp_path):
 
 
 def test_dry_run_and_cluster_scripts(tmp_path, capsys):
-    sweep = _write_sweep(tmp_path / "sweep.py",
-                         '[Trial("a", {"train.lr": 1e-3}), Trial("b", {"train.lr": 2e-3})]')
+    sweep = _write_sweep(
+        tmp_path / "sweep.py", '[Trial("a", {"train.lr": 1e-3}), Trial("b", {"train.lr": 2e-3})]'
+    )
     work = tmp_path / "runs"
     assert runner.run_sweep(sweep, str(work), dry_run=True) == 0
     out = capsys.readouterr().out
@@ -126,5 +135,4 @@ def test_dry_run_and_cluster_scripts(tmp_path, capsys):
     assert runner.run_sweep(sweep, str(work), launcher="tpu", only="a") == 0
     tpu = (work / "launch_tpu.sh").read_text()
     assert "--worker=all" in tpu and f"--workdir {work}/a" in tpu and "/b " not in tpu
-    assert json.loads((work / "a" / "trial.json").read_text())["overrides"] == {
-        "train.lr": 0.001}
+    assert json.loads((work / "a" / "trial.json").read_text())["overrides"] == {"train.lr": 0.001}

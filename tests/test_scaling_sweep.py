@@ -20,13 +20,22 @@ def _base(vocab=32000):
     return config
 
 
-@pytest.mark.parametrize("vocab,target,head_dim,aspect,tolerance", [
-    (32000, 2e7, 64, 64, 0.05), (32000, 1.5e8, 64, 64, 0.05), (32000, 1e9, 128, 128, 0.05),
-    (32000, 7e9, 128, 128, 0.05), (512, 8e4, 16, 32, 0.1), (512, 3e5, 16, 32, 0.1)])
+@pytest.mark.parametrize(
+    "vocab,target,head_dim,aspect,tolerance",
+    [
+        (32000, 2e7, 64, 64, 0.05),
+        (32000, 1.5e8, 64, 64, 0.05),
+        (32000, 1e9, 128, 128, 0.05),
+        (32000, 7e9, 128, 128, 0.05),
+        (512, 8e4, 16, 32, 0.1),
+        (512, 3e5, 16, 32, 0.1),
+    ],
+)
 def test_shapes_hit_target_size_within_tolerance(vocab, target, head_dim, aspect, tolerance):
     base = _base(vocab)
-    shape = sweep.shape_for_params(target, base, aspect=aspect, head_dim=head_dim,
-                                   tolerance=tolerance)
+    shape = sweep.shape_for_params(
+        target, base, aspect=aspect, head_dim=head_dim, tolerance=tolerance
+    )
     assert abs(shape["N"] / target - 1) <= tolerance
     config = sweep.apply_overrides(base, {k: v for k, v in shape.items() if "." in k})
     config_lib.validate(config)
@@ -66,8 +75,9 @@ def test_isoflop_tokens_match_the_budget():
 
 def test_isoflop_sizes_per_budget_and_six_n_convention():
     base = _base()
-    trials = sweep.isoflop(base, [1e18, 1e19], {1e18: [3e7, 6e7, 1.2e8], 1e19: [1e8, 2e8]},
-                           flops="six_n")
+    trials = sweep.isoflop(
+        base, [1e18, 1e19], {1e18: [3e7, 6e7, 1.2e8], 1e19: [1e8, 2e8]}, flops="six_n"
+    )
     assert len(trials) == 5
     t = trials[0]
     config = sweep.apply_overrides(base, t.overrides)
@@ -98,8 +108,9 @@ def test_model_data_and_grid_sweeps():
 
 
 def test_ablation_crosses_fields_lrs_and_seeds():
-    trials = sweep.ablation({"model.norm_position": ["pre", "post"]}, lrs=[1e-3, 3e-3, 1e-2],
-                            seeds=[0, 1])
+    trials = sweep.ablation(
+        {"model.norm_position": ["pre", "post"]}, lrs=[1e-3, 3e-3, 1e-2], seeds=[0, 1]
+    )
     assert len(trials) == 12
     assert trials[0].name == "norm_position=pre-lr=0.001-seed=0"
     base = config_lib.default_config()

@@ -34,8 +34,11 @@ def test_make_mesh_sizes_and_errors():
 
 def tiny(**overrides):
     m = config_lib.default_config().model
-    m.update(dict(vocab_size=100, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
-                  max_seq_len=32))
+    m.update(
+        dict(
+            vocab_size=100, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=32
+        )
+    )
     m.update(overrides)
     return m
 
@@ -63,8 +66,10 @@ def test_sharded_forward_equals_single_device(capfd):
     mesh = sharding.make_mesh(mesh_cfg(2, 2, 2))
     model = model_lib.Transformer(config=m)
     shardings = jax.tree.map(lambda s: s.sharding, train.abstract_params(m, mesh))
-    init = jax.jit(lambda k: nn.meta.unbox(model.init(k, jnp.zeros((1, 8), jnp.int32)))["params"],
-                   out_shardings=shardings)
+    init = jax.jit(
+        lambda k: nn.meta.unbox(model.init(k, jnp.zeros((1, 8), jnp.int32)))["params"],
+        out_shardings=shardings,
+    )
     params = init(jax.random.key(0))
     assert params["layers"]["mlp"]["up"].sharding.spec == P(None, "fsdp", "tensor")
     tokens = jax.random.randint(jax.random.key(1), (4, 16), 0, 100)

@@ -33,11 +33,11 @@ def _config(**train):
     from llm_jax import config as config_lib
 
     config = config_lib.default_config()
-    config.model.update(d_model=32, n_layers=2, n_heads=2, vocab_size=VOCAB,
-                        vocab_multiple=64, max_seq_len=32)
+    config.model.update(
+        d_model=32, n_layers=2, n_heads=2, vocab_size=VOCAB, vocab_multiple=64, max_seq_len=32
+    )
     config.data.seq_len = 16
-    config.train.update(dict(batch_size=8, steps=50, warmup_steps=0, schedule="constant"),
-                        **train)
+    config.train.update(dict(batch_size=8, steps=50, warmup_steps=0, schedule="constant"), **train)
     return config
 
 
@@ -58,8 +58,9 @@ def _run_steps(config, mesh, batches):
         state = setup.init_state(config.train.seed)
         history = []
         for batch in batches:
-            state, step_metrics = setup.train_step(state, jax.device_put(batch,
-                                                                         setup.batch_sharding))
+            state, step_metrics = setup.train_step(
+                state, jax.device_put(batch, setup.batch_sharding)
+            )
             history.append(jax.device_get(step_metrics))
         return jax.device_get(state), history
 
@@ -70,13 +71,18 @@ def test_optimizer_state_takes_its_parameters_shardings():
     for clip in (0.0, 1.0):
         setup = train_lib.make_train(_config(grad_clip=clip), _mesh(data=2, fsdp=2, tensor=2))
         params = jax.tree_util.tree_leaves_with_path(setup.state_shardings["params"])
-        moments = [m for m in jax.tree.leaves(setup.state_shardings["opt_state"],
-                                              is_leaf=lambda x: isinstance(x, dict))
-                   if isinstance(m, dict) and set(m) == set(setup.abstract_state["params"])]
+        moments = [
+            m
+            for m in jax.tree.leaves(
+                setup.state_shardings["opt_state"], is_leaf=lambda x: isinstance(x, dict)
+            )
+            if isinstance(m, dict) and set(m) == set(setup.abstract_state["params"])
+        ]
         assert len(moments) == 2  # mu and nu
         for moment in moments:
             for (path, sharding), (_, same) in zip(
-                    params, jax.tree_util.tree_leaves_with_path(moment), strict=True):
+                params, jax.tree_util.tree_leaves_with_path(moment), strict=True
+            ):
                 assert same.spec == sharding.spec, path
         sharded = [s for _, s in params if any(a is not None for a in s.spec)]
         assert len(sharded) >= 8  # the test means something: most params are split
@@ -96,8 +102,9 @@ def test_sharded_steps_match_one_device():
             assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
         _, sharded = _run_steps(config, mesh, batches)
         np.testing.assert_allclose([h["train/loss"] for h in sharded], losses, rtol=2e-5)
-        np.testing.assert_allclose([h["grad_norm"] for h in sharded],
-                                   [h["grad_norm"] for h in single], rtol=1e-4)
+        np.testing.assert_allclose(
+            [h["grad_norm"] for h in sharded], [h["grad_norm"] for h in single], rtol=1e-4
+        )
 
 
 def test_gradient_accumulation_equals_full_batch():
@@ -110,8 +117,11 @@ def test_gradient_accumulation_equals_full_batch():
     assert micro[0]["train/loss"] == pytest.approx(full[0]["train/loss"], rel=1e-5)
     assert micro[0]["grad_norm"] == pytest.approx(full[0]["grad_norm"], rel=1e-5)
     # Updates are ~lr = 3e-3 per weight; both runs moved them the same way.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-                 micro_state["params"], full_state["params"])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+        micro_state["params"],
+        full_state["params"],
+    )
 
 
 def test_tiny_model_overfits_one_batch():
@@ -128,8 +138,15 @@ def test_divergence_stops_and_keeps_the_last_checkpoint(corpus, tmp_path):
     good = tiny_config(corpus_glob, cache, train__steps=4, checkpoint__every=2)
     trainer.train_and_evaluate(good, workdir)
     # Continue to 8 steps with an absurd learning rate: the weights overflow at once.
-    bad = tiny_config(corpus_glob, cache, train__steps=8, checkpoint__every=2,
-                      train__log_every=4, train__lr=1e30, train__schedule="constant")
+    bad = tiny_config(
+        corpus_glob,
+        cache,
+        train__steps=8,
+        checkpoint__every=2,
+        train__log_every=4,
+        train__lr=1e30,
+        train__schedule="constant",
+    )
     with pytest.raises(trainer.TrainError, match="diverged"):
         trainer.train_and_evaluate(bad, workdir)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
@@ -149,15 +166,25 @@ def test_resume_after_sigterm_is_exact(corpus, tmp_path):
     corpus_glob, cache = corpus
     k = 8
     # Evaluating every step makes steps slow enough to signal between steps k and 2k.
-    extra = dict(train__steps=2 * k, checkpoint__every=k, train__log_every=1,
-                 train__eval_every=1, checkpoint__async_save=False)
+    extra = dict(
+        train__steps=2 * k,
+        checkpoint__every=k,
+        train__log_every=1,
+        train__eval_every=1,
+        checkpoint__async_save=False,
+    )
     env = subprocess_env(1)
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
-    reference = subprocess.Popen(tiny_command(reference_dir, corpus_glob, cache, **extra),
-                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    reference = subprocess.Popen(
+        tiny_command(reference_dir, corpus_glob, cache, **extra),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     command = tiny_command(resumed_dir, corpus_glob, cache, **extra)
-    interrupted = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE)
+    interrupted = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 240
     while not (resumed_dir / "checkpoints" / str(k)).exists():
         assert interrupted.poll() is None, interrupted.stderr.read().decode()[-2000:]
@@ -187,18 +214,39 @@ def _free_port():
 
 def test_two_processes_match_one(corpus, tmp_path):
     corpus_glob, cache = corpus
-    extra = dict(mesh__data=2, mesh__fsdp=2, train__steps=4, train__log_every=2,
-                 train__eval_every=4, checkpoint__every=4)
-    single = subprocess.Popen(tiny_command(tmp_path / "one", corpus_glob, cache, **extra),
-                              env=subprocess_env(4), stderr=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL)
+    extra = dict(
+        mesh__data=2,
+        mesh__fsdp=2,
+        train__steps=4,
+        train__log_every=2,
+        train__eval_every=4,
+        checkpoint__every=4,
+    )
+    single = subprocess.Popen(
+        tiny_command(tmp_path / "one", corpus_glob, cache, **extra),
+        env=subprocess_env(4),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
     address = f"127.0.0.1:{_free_port()}"
-    hosts = [subprocess.Popen(
-        tiny_command(tmp_path / "two", corpus_glob, cache, **extra, mesh__distributed="on",
-                     mesh__coordinator_address=address, mesh__num_processes=2,
-                     mesh__process_id=i),
-        env=subprocess_env(2), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        for i in range(2)]
+    hosts = [
+        subprocess.Popen(
+            tiny_command(
+                tmp_path / "two",
+                corpus_glob,
+                cache,
+                **extra,
+                mesh__distributed="on",
+                mesh__coordinator_address=address,
+                mesh__num_processes=2,
+                mesh__process_id=i,
+            ),
+            env=subprocess_env(2),
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+        for i in range(2)
+    ]
     try:
         for proc in [single, *hosts]:
             _, err = proc.communicate(timeout=300)

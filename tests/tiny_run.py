@@ -14,8 +14,10 @@ import numpy as np
 from llm_jax import config as config_lib
 
 BASE_CONFIG = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "base.py")
-_WORDS = ("the king queen sword crown love night day death honour speak my lord good sir "
-          "thou art hath doth none").split()
+_WORDS = (
+    "the king queen sword crown love night day death honour speak my lord good sir "
+    "thou art hath doth none"
+).split()
 
 
 def write_corpus(folder) -> str:
@@ -31,12 +33,24 @@ def write_corpus(folder) -> str:
 def tiny_overrides(corpus_glob: str, cache_dir, **extra) -> dict:
     """Dotted config keys -> values for a model that compiles and steps in moments."""
     overrides = {
-        "data.source": "files", "data.path": corpus_glob, "data.cache_dir": str(cache_dir),
-        "data.val_fraction": 0.25, "data.seq_len": 16, "data.num_val_batches": 2,
-        "model.vocab_size": 320, "model.vocab_multiple": 64, "model.d_model": 32,
-        "model.n_heads": 2, "model.n_layers": 2, "model.max_seq_len": 32,
-        "train.batch_size": 8, "train.steps": 6, "train.warmup_steps": 2,
-        "train.log_every": 2, "train.eval_every": 3, "checkpoint.every": 3,
+        "data.source": "files",
+        "data.path": corpus_glob,
+        "data.cache_dir": str(cache_dir),
+        "data.val_fraction": 0.25,
+        "data.seq_len": 16,
+        "data.num_val_batches": 2,
+        "model.vocab_size": 320,
+        "model.vocab_multiple": 64,
+        "model.d_model": 32,
+        "model.n_heads": 2,
+        "model.n_layers": 2,
+        "model.max_seq_len": 32,
+        "train.batch_size": 8,
+        "train.steps": 6,
+        "train.warmup_steps": 2,
+        "train.log_every": 2,
+        "train.eval_every": 3,
+        "checkpoint.every": 3,
     }
     overrides.update({k.replace("__", "."): v for k, v in extra.items()})
     return overrides
@@ -53,10 +67,18 @@ def tiny_config(corpus_glob: str, cache_dir, **extra):
 
 def tiny_command(workdir, corpus_glob: str, cache_dir, **extra) -> list[str]:
     """`llm-jax train` (through this Python) with the tiny config as flag overrides."""
-    flags = [f"--config.{k}={v}" for k, v in tiny_overrides(corpus_glob, cache_dir,
-                                                               **extra).items()]
-    return [sys.executable, "-m", "llm_jax.cli", "train", f"--config={BASE_CONFIG}",
-            *flags, f"--workdir={workdir}"]
+    flags = [
+        f"--config.{k}={v}" for k, v in tiny_overrides(corpus_glob, cache_dir, **extra).items()
+    ]
+    return [
+        sys.executable,
+        "-m",
+        "llm_jax.cli",
+        "train",
+        f"--config={BASE_CONFIG}",
+        *flags,
+        f"--workdir={workdir}",
+    ]
 
 
 def subprocess_env(num_devices: int = 1) -> dict:

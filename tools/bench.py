@@ -46,9 +46,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace):
     """The config the benchmark runs."""
     config = config_lib.apply_preset(config_lib.default_config(), args.preset)
-    config.model.update(dtype=args.dtype, attention_impl=args.attention, remat=args.remat,
-                        scan_layers=not args.no_scan,
-                        max_seq_len=max(config.model.max_seq_len, args.seq_len))
+    config.model.update(
+        dtype=args.dtype,
+        attention_impl=args.attention,
+        remat=args.remat,
+        scan_layers=not args.no_scan,
+        max_seq_len=max(config.model.max_seq_len, args.seq_len),
+    )
     config.data.seq_len = args.seq_len
     config.train.update(batch_size=args.batch, microbatches=args.microbatches, steps=1000)
     data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
@@ -63,9 +67,13 @@ def main(argv=None) -> None:
     setup = train_lib.make_train(config, sharding_lib.make_mesh(config.mesh))
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, config.model.vocab_size, (args.batch, args.seq_len + 1))
-    batch = jax.device_put({"inputs": jnp.asarray(tokens[:, :-1], jnp.int32),
-                            "targets": jnp.asarray(tokens[:, 1:], jnp.int32)},
-                           setup.batch_sharding)
+    batch = jax.device_put(
+        {
+            "inputs": jnp.asarray(tokens[:, :-1], jnp.int32),
+            "targets": jnp.asarray(tokens[:, 1:], jnp.int32),
+        },
+        setup.batch_sharding,
+    )
     with setup.context():
         start = time.perf_counter()
         step = setup.train_step.lower(setup.abstract_state, setup.abstract_batch).compile()
@@ -91,9 +99,12 @@ def main(argv=None) -> None:
     peak_mem = stats.get("peak_bytes_in_use")
     rows = [
         ("device", f"{jax.device_count()} x {device.device_kind}"),
-        ("model", f"{args.preset} ({flops_lib.param_counts(config.model)['total'] / 1e6:.1f}M "
-                  f"params), {args.dtype}, attention={args.attention}, remat={args.remat}, "
-                  f"scan={not args.no_scan}"),
+        (
+            "model",
+            f"{args.preset} ({flops_lib.param_counts(config.model)['total'] / 1e6:.1f}M "
+            f"params), {args.dtype}, attention={args.attention}, remat={args.remat}, "
+            f"scan={not args.no_scan}",
+        ),
         ("batch x seq_len", f"{args.batch} x {args.seq_len}"),
         ("step time (median)", f"{step_s * 1e3:.2f} ms  (min {min(times) * 1e3:.2f})"),
         ("tokens/s", f"{tokens_per_s:,.0f}"),

@@ -65,8 +65,14 @@ def main() -> None:
     args = parser.parse_args()
 
     m = config_lib.default_config().model
-    m.update(d_model=args.d_model, n_layers=args.layers, n_heads=4, n_kv_heads=2, vocab_size=512,
-             max_seq_len=args.prompt_len + args.new_tokens)
+    m.update(
+        d_model=args.d_model,
+        n_layers=args.layers,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=512,
+        max_seq_len=args.prompt_len + args.new_tokens,
+    )
     model = Transformer(config=m)
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     sampler = sample.Sampler(m, sample.SamplingConfig(temperature=0.0), eos_id=None)
@@ -76,9 +82,11 @@ def main() -> None:
         logits_BxLxV = model.apply({"params": params}, tokens_BxL)
         return jnp.argmax(logits_BxLxV[:, last, : m.vocab_size], axis=-1)
 
-    print(f"model: d_model {m.d_model}, {m.n_layers} layers, GQA 4/2 heads, vocab {m.vocab_size};"
-          f" prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, greedy; "
-          f"{jax.devices()[0].device_kind}")
+    print(
+        f"model: d_model {m.d_model}, {m.n_layers} layers, GQA 4/2 heads, vocab {m.vocab_size};"
+        f" prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, greedy; "
+        f"{jax.devices()[0].device_kind}"
+    )
     print(f"{'batch':>5} | {'cache tok/s':>11} | {'naive tok/s':>11} | {'speed-up':>8} | same")
     for batch in (int(b) for b in args.batches.split(",")):
         rng = np.random.default_rng(batch)
@@ -87,8 +95,9 @@ def main() -> None:
         results = {}
 
         def cached(prompts_BxP=prompts_BxP, keys_B=keys_B, results=results):
-            *_, results["cache"] = sampler.stream(params, prompts_BxP.tolist(), keys_B,
-                                                  args.new_tokens)
+            *_, results["cache"] = sampler.stream(
+                params, prompts_BxP.tolist(), keys_B, args.new_tokens
+            )
 
         def naive(prompts_BxP=prompts_BxP, results=results):
             results["naive"] = naive_generate(forward, params, prompts_BxP, args.new_tokens)
@@ -96,8 +105,10 @@ def main() -> None:
         new = batch * args.new_tokens
         t_cache, t_naive = seconds(cached, 5), seconds(naive, 2)
         agree = np.mean(np.array(results["cache"]) == results["naive"])
-        print(f"{batch:>5} | {new / t_cache:>11.0f} | {new / t_naive:>11.0f} | "
-              f"{t_naive / t_cache:>7.1f}x | {agree:.0%}")
+        print(
+            f"{batch:>5} | {new / t_cache:>11.0f} | {new / t_naive:>11.0f} | "
+            f"{t_naive / t_cache:>7.1f}x | {agree:.0%}"
+        )
 
 
 if __name__ == "__main__":

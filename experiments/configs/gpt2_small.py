@@ -15,8 +15,16 @@ def get_config():
     config = apply_preset(default_config(), "gpt2-small")
     config.model.update(vocab_size=32000, dtype="bfloat16")
     config.data.update(source="files", path="", seq_len=1024, num_val_batches=20)
-    config.train.update(tokens=10_000_000_000, steps=0, batch_size=512, lr=6e-4,
-                        warmup_steps=2000, min_lr_ratio=0.1, weight_decay=0.1,
-                        log_every=50, eval_every=2000)
+    config.train.update(
+        tokens=10_000_000_000,
+        steps=0,
+        batch_size=512,
+        lr=6e-4,
+        warmup_steps=2000,
+        min_lr_ratio=0.1,
+        weight_decay=0.1,
+        log_every=50,
+        eval_every=2000,
+    )
     config.checkpoint.update(every=2000, keep=3)
     return config

@@ -15,8 +15,16 @@ def get_config():
     config = apply_preset(default_config(), "llama2-7b")
     config.model.update(dtype="bfloat16", remat="full")
     config.data.update(source="files", path="", seq_len=4096, num_val_batches=20)
-    config.train.update(tokens=100_000_000_000, steps=0, batch_size=256, lr=3e-4,
-                        warmup_steps=2000, z_loss=1e-4, log_every=50, eval_every=2000)
+    config.train.update(
+        tokens=100_000_000_000,
+        steps=0,
+        batch_size=256,
+        lr=3e-4,
+        warmup_steps=2000,
+        z_loss=1e-4,
+        log_every=50,
+        eval_every=2000,
+    )
     config.checkpoint.update(every=1000, keep=3)
     config.mesh.update(data=1, fsdp=-1, tensor=1)
     return config

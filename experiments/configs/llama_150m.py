@@ -15,8 +15,18 @@ def get_config():
     config = apply_preset(default_config(), "llama-150m")
     config.model.update(dtype="bfloat16", max_seq_len=2048)
     config.data.update(source="files", path="", seq_len=2048, num_val_batches=20)
-    config.train.update(tokens=3_000_000_000, steps=0, batch_size=256, lr=3e-3,
-                        schedule="wsd", decay_fraction=0.2, warmup_steps=1000,
-                        min_lr_ratio=0.0, z_loss=1e-4, log_every=50, eval_every=1000)
+    config.train.update(
+        tokens=3_000_000_000,
+        steps=0,
+        batch_size=256,
+        lr=3e-3,
+        schedule="wsd",
+        decay_fraction=0.2,
+        warmup_steps=1000,
+        min_lr_ratio=0.0,
+        z_loss=1e-4,
+        log_every=50,
+        eval_every=1000,
+    )
     config.checkpoint.update(every=1000, keep=3)
     return config

@@ -1,6 +1,6 @@
 """A model that learns in about a minute on 2 CPU cores: the loss falls visibly.
 
-    llm-jax train --config experiments/configs/shakespeare_tiny.py --workdir runs/tiny
+llm-jax train --config experiments/configs/shakespeare_tiny.py --workdir runs/tiny
 """
 
 from llm_jax.config import default_config
@@ -13,7 +13,8 @@ def get_config():
     config.model.scan_layers = False  # 2 layers: unrolled steps run ~1.5x faster on a CPU
     config.data.seq_len = 64
     config.data.num_val_batches = 4
-    config.train.update(steps=400, batch_size=16, lr=3e-3, warmup_steps=20, log_every=20,
-                        eval_every=100)
+    config.train.update(
+        steps=400, batch_size=16, lr=3e-3, warmup_steps=20, log_every=20, eval_every=100
+    )
     config.checkpoint.every = 100
     return config

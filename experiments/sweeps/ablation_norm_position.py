@@ -26,5 +26,8 @@ def get_config():
 
 def get_sweep():
     """norm_position x 6 learning rates x 3 seeds."""
-    return sweep.ablation({"model.norm_position": ["pre", "post"]},
-                          lrs=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], seeds=[0, 1, 2])
+    return sweep.ablation(
+        {"model.norm_position": ["pre", "post"]},
+        lrs=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+        seeds=[0, 1, 2],
+    )

@@ -13,7 +13,7 @@ from llm_jax.config import default_config
 from llm_jax.scaling import sweep
 
 LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
-WIDTHS = [128, 256]                    # d_model; n_layers = d_model / 64, 64-wide heads
+WIDTHS = [128, 256]  # d_model; n_layers = d_model / 64, 64-wide heads
 
 
 def get_config():
@@ -21,8 +21,14 @@ def get_config():
     config = default_config()
     config.model.update(vocab_size=512, max_seq_len=128)
     config.data.seq_len = 128
-    config.train.update(steps=2000, batch_size=32, warmup_steps=100, eval_every=500,
-                        weight_decay=1e-4, grad_clip=1.0)
+    config.train.update(
+        steps=2000,
+        batch_size=32,
+        warmup_steps=100,
+        eval_every=500,
+        weight_decay=1e-4,
+        grad_clip=1.0,
+    )
     config.checkpoint.every = 1000
     return config
 
@@ -32,6 +38,10 @@ def get_sweep():
     trials = []
     for d in WIDTHS:
         shape = {"model.d_model": d, "model.n_layers": d // 64, "model.n_heads": d // 64}
-        trials += sweep.ablation({"model.qk_norm": [False, True], "train.z_loss": [0.0, 1e-4]},
-                                 lrs=LRS, prefix=f"d{d}-", overrides=shape)
+        trials += sweep.ablation(
+            {"model.qk_norm": [False, True], "train.z_loss": [0.0, 1e-4]},
+            lrs=LRS,
+            prefix=f"d{d}-",
+            overrides=shape,
+        )
     return trials

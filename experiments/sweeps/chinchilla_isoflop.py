@@ -21,9 +21,9 @@ import math
 from llm_jax.config import default_config
 from llm_jax.scaling import sweep
 
-CORPUS = "data/corpus/*.jsonl"         # your training text: files with a "text" field
+CORPUS = "data/corpus/*.jsonl"  # your training text: files with a "text" field
 BUDGETS = [1e18, 3e18, 1e19, 3e19, 1e20, 3e20, 1e21]
-SPREAD = [1 / 4, 1 / 2.5, 1 / 1.6, 1, 1.6, 2.5, 4]   # x the expected optimum N
+SPREAD = [1 / 4, 1 / 2.5, 1 / 1.6, 1, 1.6, 2.5, 4]  # x the expected optimum N
 RULES = sweep.SizeRules(batch_tokens_ref=2**19)
 
 
@@ -35,10 +35,15 @@ def expected_optimum(budget: float) -> float:
 def get_config():
     """A Llama-style block, 32k vocabulary, 2048-token context, bfloat16 compute."""
     config = default_config()
-    config.model.update(vocab_size=32000, max_seq_len=2048, dtype="bfloat16",
-                        tie_embeddings=False)
-    config.data.update(source="files", path=CORPUS, format="jsonl", seq_len=2048,
-                       num_val_batches=50, tokenizer_max_chars=200_000_000)
+    config.model.update(vocab_size=32000, max_seq_len=2048, dtype="bfloat16", tie_embeddings=False)
+    config.data.update(
+        source="files",
+        path=CORPUS,
+        format="jsonl",
+        seq_len=2048,
+        num_val_batches=50,
+        tokenizer_max_chars=200_000_000,
+    )
     config.train.update(schedule="cosine", min_lr_ratio=0.1, weight_decay=0.1, log_every=50)
     config.checkpoint.update(every=1000, keep=2)
     config.mesh.update(data=-1, fsdp=1)
@@ -48,5 +53,6 @@ def get_config():
 def get_sweep():
     """7 budgets x 7 sizes."""
     sizes = {c: [expected_optimum(c) * f for f in SPREAD] for c in BUDGETS}
-    return sweep.isoflop(get_config(), BUDGETS, sizes, rules=RULES, aspect=128, head_dim=128,
-                         evals=10)
+    return sweep.isoflop(
+        get_config(), BUDGETS, sizes, rules=RULES, aspect=128, head_dim=128, evals=10
+    )

@@ -14,12 +14,12 @@ Sizes come from `sweep.shape_for_params` with a narrow family (d_model = 32 x n_
 from llm_jax.config import default_config
 from llm_jax.scaling import sweep
 
-BUDGETS = [2.5e11, 6e11, 1.5e12]       # training FLOPs, as the trainer counts them
+BUDGETS = [2.5e11, 6e11, 1.5e12]  # training FLOPs, as the trainer counts them
 # Target total parameters N. The optimum grows with the budget, so the largest budget
 # trades the smallest size for a larger one; each profile then has its minimum inside.
 LADDER = [1.2e4, 3.3e4, 5.2e4, 8e4, 1.4e5, 2.5e5]
 SIZES = {2.5e11: LADDER[:5], 6e11: LADDER[:5], 1.5e12: LADDER[1:]}
-PARALLEL = 2                           # two single-threaded trials at once on 2 cores
+PARALLEL = 2  # two single-threaded trials at once on 2 cores
 
 
 def get_config():

@@ -29,8 +29,11 @@ COMMANDS: dict[str, str] = {
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: llm-jax <command> [options]   (llm-jax <command> --help for its options)",
-             "", "commands:"]
+    lines = [
+        "usage: llm-jax <command> [options]   (llm-jax <command> --help for its options)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<{width}}  {help_}" for name, help_ in COMMANDS.items()]
     return "\n".join(lines)
 

@@ -12,8 +12,10 @@ import ml_collections
 from llm_jax import config as config_lib
 from llm_jax.errors import UsageError
 
-CONFIG_EPILOG = ("Any config key can be overridden: --config.SECTION.KEY=VALUE (e.g. "
-                 "--config.train.lr=1e-3); every key and its default is in llm_jax/config.py.")
+CONFIG_EPILOG = (
+    "Any config key can be overridden: --config.SECTION.KEY=VALUE (e.g. "
+    "--config.train.lr=1e-3); every key and its default is in llm_jax/config.py."
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -25,13 +27,20 @@ class Parser(argparse.ArgumentParser):
 
 def parser(prog: str, description: str, config: str | None = None) -> Parser:
     """A parser for `prog`; `config` = 'required' or 'optional' adds the config flags."""
-    p = Parser(prog=prog, description=description,
-               epilog=CONFIG_EPILOG if config else None,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(
+        prog=prog,
+        description=description,
+        epilog=CONFIG_EPILOG if config else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if config:
-        p.add_argument("--config", metavar="FILE", required=config == "required",
-                       help="experiment config: a Python file with get_config()"
-                       + ("" if config == "required" else " (default: the built-in defaults)"))
+        p.add_argument(
+            "--config",
+            metavar="FILE",
+            required=config == "required",
+            help="experiment config: a Python file with get_config()"
+            + ("" if config == "required" else " (default: the built-in defaults)"),
+        )
     return p
 
 
@@ -43,7 +52,7 @@ def split_overrides(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
         if not arg.startswith("--config."):
             rest.append(arg)
             continue
-        key, sep, value = arg[len("--config."):].partition("=")
+        key, sep, value = arg[len("--config.") :].partition("=")
         if not sep:
             if not args:
                 raise UsageError(f"--config.{key} needs a value (--config.{key}=VALUE)")
@@ -52,11 +61,11 @@ def split_overrides(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     return overrides, rest
 
 
-def parse_with_config(p: Parser, argv: Sequence[str]
-                      ) -> tuple[argparse.Namespace, ml_collections.ConfigDict]:
+def parse_with_config(
+    p: Parser, argv: Sequence[str]
+) -> tuple[argparse.Namespace, ml_collections.ConfigDict]:
     """Parse `argv` (without the program name); returns (args, config with overrides)."""
     overrides, rest = split_overrides(argv)
     args = p.parse_args(rest)
-    base = (config_lib.load_config_file(args.config) if args.config
-            else config_lib.default_config())
+    base = config_lib.load_config_file(args.config) if args.config else config_lib.default_config()
     return args, config_lib.apply_overrides(base, overrides)

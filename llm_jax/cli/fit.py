@@ -17,16 +17,26 @@ log = logging.getLogger(__name__)
 
 def main(argv: Sequence[str]) -> int:
     """Fit, print the law (or JSON), then store it in fit.json beside the table."""
-    p = args_lib.parser(argv[0], "Fit a scaling law to a results table (a sweep's results.csv, "
-                        "its directory, or any CSV with columns N, D, loss and optionally C); "
-                        "writes fit.json beside it.")
+    p = args_lib.parser(
+        argv[0],
+        "Fit a scaling law to a results table (a sweep's results.csv, "
+        "its directory, or any CSV with columns N, D, loss and optionally C); "
+        "writes fit.json beside it.",
+    )
     p.add_argument("file")
-    p.add_argument("--law", choices=("chinchilla", "kaplan", "isoflop"), default="chinchilla",
-                   help="chinchilla: approach 3, L(N,D); kaplan: L(N), L(D), L(C) power "
-                        "laws; isoflop: approach 2 parabolas (needs IsoFLOP budgets)")
+    p.add_argument(
+        "--law",
+        choices=("chinchilla", "kaplan", "isoflop"),
+        default="chinchilla",
+        help="chinchilla: approach 3, L(N,D); kaplan: L(N), L(D), L(C) power "
+        "laws; isoflop: approach 2 parabolas (needs IsoFLOP budgets)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--n-column", default="N",
-                   help="the parameter count to fit (e.g. N_non_embedding, Kaplan's choice)")
+    p.add_argument(
+        "--n-column",
+        default="N",
+        help="the parameter count to fit (e.g. N_non_embedding, Kaplan's choice)",
+    )
     p.add_argument("--bootstrap", type=int, default=100, help="bootstrap refits for intervals")
     p.add_argument("--level", type=float, default=0.95, help="interval coverage, in (0, 1)")
     args = p.parse_args(argv[1:])
@@ -47,8 +57,9 @@ def main(argv: Sequence[str]) -> int:
     try:
         fit_lib.update_fit_json(out_path, args.law, fit)
     except (OSError, UserError) as e:
-        raise UserError(f"the fit is printed above but could not be stored in {out_path}: "
-                        f"{e}") from e
+        raise UserError(
+            f"the fit is printed above but could not be stored in {out_path}: {e}"
+        ) from e
     if not args.json:
         print(f"wrote {out_path}")
     return 0

@@ -35,23 +35,42 @@ STREAM_CHUNK = 8  # decode steps between prints when streaming
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = args_lib.parser(prog, __doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="a training run's directory")
-    p.add_argument("--prompt", action="append", default=[],
-                   help="text to continue (repeat for several prompts)")
-    p.add_argument("--prompt-file", action="append", default=[],
-                   help="a file whose whole content is one prompt (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="tokens to generate per sample (default: 200, or what fits in the "
-                        "model's context after the longest prompt)")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        help="text to continue (repeat for several prompts)",
+    )
+    p.add_argument(
+        "--prompt-file",
+        action="append",
+        default=[],
+        help="a file whose whole content is one prompt (repeatable)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="tokens to generate per sample (default: 200, or what fits in the "
+        "model's context after the longest prompt)",
+    )
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy decoding")
     p.add_argument("--top-k", type=int, default=50, help="0 turns top-k off")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus mass; 1 turns it off")
     p.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--truncate", action="store_true",
-                   help="cut prompts that do not fit from the left instead of failing")
-    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
-                   help="print tokens as they come (default: when stdout is a terminal)")
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut prompts that do not fit from the left instead of failing",
+    )
+    p.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="print tokens as they come (default: when stdout is a terminal)",
+    )
     return p
 
 
@@ -61,11 +80,11 @@ def _stream_text(tokenizer, chunks: Iterator[list[int]]) -> Iterator[str]:
     for tokens in chunks:
         text = tokenizer.decode(tokens).rstrip("\ufffd")
         if text.startswith(printed) and len(text) > len(printed):
-            yield text[len(printed):]
+            yield text[len(printed) :]
             printed = text
     final = tokenizer.decode(tokens)
     if final.startswith(printed) and len(final) > len(printed):
-        yield final[len(printed):]
+        yield final[len(printed) :]
 
 
 def _restore(workdir: str, step: int | None):
@@ -97,23 +116,33 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
             with open(path, encoding="utf-8") as f:
                 texts.append(f.read())
         except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"--prompt-file {path}: cannot read it as UTF-8 text "
-                             f"({type(e).__name__}: {e})") from e
+            raise UsageError(
+                f"--prompt-file {path}: cannot read it as UTF-8 text ({type(e).__name__}: {e})"
+            ) from e
     if not os.path.isdir(args.workdir):
         raise UsageError(f"--workdir {args.workdir} is not a directory")
     texts = texts or [""]
     config, params, tokenizer = _restore(args.workdir, args.step)
     prompts = [[tokenizer.eos_id, *tokenizer.encode(text)] for text in texts]
     max_new_tokens = args.max_new_tokens or max(
-        1, min(200, config.model.max_seq_len - max(map(len, prompts))))
+        1, min(200, config.model.max_seq_len - max(map(len, prompts)))
+    )
     if out.isatty() if args.stream is None else args.stream:
-        _print_streamed(out, texts, prompts, config, params, tokenizer, sampling, args,
-                        max_new_tokens)
+        _print_streamed(
+            out, texts, prompts, config, params, tokenizer, sampling, args, max_new_tokens
+        )
         return 0
     samples = sample.generate(
-        params, config.model, prompts, max_new_tokens=max_new_tokens, sampling=sampling,
-        eos_id=tokenizer.eos_id, seed=args.seed, num_samples=args.num_samples,
-        truncate=args.truncate)
+        params,
+        config.model,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        eos_id=tokenizer.eos_id,
+        seed=args.seed,
+        num_samples=args.num_samples,
+        truncate=args.truncate,
+    )
     for p, text in enumerate(texts):
         for s, tokens in enumerate(samples[p]):
             out.write(_header(p, s) + text + tokenizer.decode(tokens) + "\n")
@@ -124,15 +153,22 @@ def _header(p: int, s: int) -> str:
     return f"--- prompt {p + 1}, sample {s + 1} ---\n"
 
 
-def _print_streamed(out: TextIO, texts, prompts, config, params, tokenizer, sampling, args,
-                    max_new_tokens: int) -> None:
+def _print_streamed(
+    out: TextIO, texts, prompts, config, params, tokenizer, sampling, args, max_new_tokens: int
+) -> None:
     """One sample at a time, printed every STREAM_CHUNK tokens."""
     sampler = sample.sampler_for(config.model, sampling, tokenizer.eos_id)
     for p, (text, prompt) in enumerate(zip(texts, prompts, strict=True)):
         for s in range(args.num_samples):
             out.write(_header(p, s) + text)
-            chunks = sampler.stream(params, [prompt], sample.row_keys(args.seed, [p], [s]),
-                                    max_new_tokens, STREAM_CHUNK, args.truncate)
+            chunks = sampler.stream(
+                params,
+                [prompt],
+                sample.row_keys(args.seed, [p], [s]),
+                max_new_tokens,
+                STREAM_CHUNK,
+                args.truncate,
+            )
             for piece in _stream_text(tokenizer, (rows[0] for rows in chunks)):
                 out.write(piece)
                 out.flush()

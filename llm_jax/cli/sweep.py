@@ -14,17 +14,29 @@ def main(argv: Sequence[str]) -> int:
     from llm_jax.scaling import collect as collect_lib
     from llm_jax.scaling import runner
 
-    p = args_lib.parser(argv[0], (
-        "Run a sweep file's trials (one `llm-jax train` each), resuming unfinished ones and "
-        "skipping finished ones; then write DIR/results.csv, fit.json and plots/."))
+    p = args_lib.parser(
+        argv[0],
+        (
+            "Run a sweep file's trials (one `llm-jax train` each), resuming unfinished ones and "
+            "skipping finished ones; then write DIR/results.csv, fit.json and plots/."
+        ),
+    )
     p.add_argument("sweep", nargs="?", help="a sweep file: get_config() and get_sweep()")
     p.add_argument("--workdir", help="the sweep directory: one subdirectory per trial")
-    p.add_argument("--parallel", type=int, help="trials at once (local; slurm: the array's "
-                   "limit); default: the sweep file's PARALLEL, else 1")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        help="trials at once (local; slurm: the array's "
+        "limit); default: the sweep file's PARALLEL, else 1",
+    )
     p.add_argument("--only", help="run only trials matching these glob patterns (comma-separated)")
     p.add_argument("--dry-run", action="store_true", help="list the trials and commands")
-    p.add_argument("--launcher", choices=("local", "slurm", "tpu"), default="local",
-                   help="local: run here; slurm/tpu: write launch scripts into the workdir")
+    p.add_argument(
+        "--launcher",
+        choices=("local", "slurm", "tpu"),
+        default="local",
+        help="local: run here; slurm/tpu: write launch scripts into the workdir",
+    )
     p.add_argument("--collect", metavar="DIR", help="only (re)write results, fits and plots")
     p.add_argument("--bootstrap", type=int, default=100, help="bootstrap refits for intervals")
     args = p.parse_args(argv[1:])
@@ -40,8 +52,14 @@ def main(argv: Sequence[str]) -> int:
     if args.parallel is not None and args.parallel < 1:
         raise UsageError("--parallel must be >= 1")
     try:
-        return runner.run_sweep(args.sweep, args.workdir, parallel=args.parallel,
-                                only=args.only, dry_run=args.dry_run, launcher=args.launcher,
-                                n_boot=args.bootstrap)
+        return runner.run_sweep(
+            args.sweep,
+            args.workdir,
+            parallel=args.parallel,
+            only=args.only,
+            dry_run=args.dry_run,
+            launcher=args.launcher,
+            n_boot=args.bootstrap,
+        )
     except KeyboardInterrupt:
         return 130

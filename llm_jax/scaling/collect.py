@@ -42,11 +42,18 @@ def _row(trial_dir: Path) -> dict:
     evals = [r for r in metrics if r.get("val/loss") is not None]
     train = [r for r in metrics if r.get("train/loss") is not None]
     if last:
-        row.update(D=last["tokens"], C=flops_lib.training_flops(row["N"], last["tokens"]),
-                   C_detailed=last.get("flops"), epochs=last.get("epochs"))
+        row.update(
+            D=last["tokens"],
+            C=flops_lib.training_flops(row["N"], last["tokens"]),
+            C_detailed=last.get("flops"),
+            epochs=last.get("epochs"),
+        )
     if evals:
-        row.update(loss=evals[-1]["val/loss"], bpb=evals[-1].get("val/bpb"),
-                   best_loss=min(r["val/loss"] for r in evals))
+        row.update(
+            loss=evals[-1]["val/loss"],
+            bpb=evals[-1].get("val/bpb"),
+            best_loss=min(r["val/loss"] for r in evals),
+        )
     if train:
         row["train_loss"] = train[-1]["train/loss"]
     return row
@@ -57,8 +64,9 @@ def collect_rows(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
     rows = [_row(d) for d in results_io.trial_dirs(sweep_dir)]
     if not rows:
         raise results_io.ResultsError(f"{sweep_dir} holds no trial directories")
-    keys = dict.fromkeys(k for r in rows for k in r if k != "name"
-                         and k not in results_io.MEASURED_COLUMNS)
+    keys = dict.fromkeys(
+        k for r in rows for k in r if k != "name" and k not in results_io.MEASURED_COLUMNS
+    )
     swept = [k for k in keys if len({repr(r.get(k)) for r in rows}) > 1]
     return rows, ["name", *swept, *results_io.MEASURED_COLUMNS]
 
@@ -77,11 +85,14 @@ def fit_sweep(sweep_dir: Path, rows: list[dict], n_boot: int = 100) -> dict:
     n, d, loss = (np.array([r[k] for r in done], float) for k in ("N", "D", "loss"))
     attempts = {
         "isoflop": (lambda: fitting.fit_isoflop(n, d, loss, [r["budget"] for r in done]))
-        if all(r.get("budget") for r in done) else None,
+        if all(r.get("budget") for r in done)
+        else None,
         "chinchilla": (lambda: fitting.fit_parametric(n, d, loss, n_boot=n_boot))
-        if len(done) >= 5 and not _constant(n) and not _constant(d) else None,
+        if len(done) >= 5 and not _constant(n) and not _constant(d)
+        else None,
         "envelope": (lambda: fitting.fit_envelope(plotting.load_curves(sweep_dir, done)))
-        if len(set(n)) >= 2 else None,
+        if len(set(n)) >= 2
+        else None,
     }
     kaplan = {}
     if _constant(d) and len(set(n)) >= 3:
@@ -97,8 +108,9 @@ def fit_sweep(sweep_dir: Path, rows: list[dict], n_boot: int = 100) -> dict:
             fits["notes"].append(f"{law}: {err}")
     if "envelope" in fits:  # Kaplan's L(C): a power law on the compute frontier
         env = fits["envelope"]["envelope"]
-        kaplan["C"] = lambda: fitting.fit_power_law([p["C"] for p in env],
-                                                    [p["loss"] for p in env], n_boot=n_boot)
+        kaplan["C"] = lambda: fitting.fit_power_law(
+            [p["C"] for p in env], [p["loss"] for p in env], n_boot=n_boot
+        )
     for key, run in kaplan.items():
         try:
             fits.setdefault("kaplan", {})[key] = run()
@@ -124,15 +136,20 @@ def summarize(sweep_dir: Path, rows: list[dict], fits: dict, plots: Sequence[Pat
     """Print the trial counts, the fitted laws and where the results and plots are."""
     counts = {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}}
     print(f"\n[sweep] {sweep_dir}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    titles = {"isoflop": "Chinchilla approach 2 (IsoFLOP parabolas)",
-              "envelope": "Chinchilla approach 1 (training-curve envelope)",
-              "chinchilla": "Chinchilla approach 3 (parametric fit)", "kaplan": "Kaplan"}
+    titles = {
+        "isoflop": "Chinchilla approach 2 (IsoFLOP parabolas)",
+        "envelope": "Chinchilla approach 1 (training-curve envelope)",
+        "chinchilla": "Chinchilla approach 3 (parametric fit)",
+        "kaplan": "Kaplan",
+    }
     for law, title in titles.items():
         if law in fits:
             print(f"\n{fitting.format_fit(title if law != 'kaplan' else law, fits[law])}")
     for note in fits.get("notes", []):
         print(f"note: {note}")
-    print(f"\nresults: {sweep_dir / results_io.RESULTS_CSV}\nfits:    "
-          f"{sweep_dir / results_io.FIT_JSON}")
+    print(
+        f"\nresults: {sweep_dir / results_io.RESULTS_CSV}\nfits:    "
+        f"{sweep_dir / results_io.FIT_JSON}"
+    )
     for path in plots:
         print(f"plot:    {path}")

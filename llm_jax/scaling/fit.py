@@ -70,13 +70,13 @@ def _huber(r: np.ndarray, delta: float) -> np.ndarray:
 
 def _objective(theta: np.ndarray, log_x: np.ndarray, log_loss: np.ndarray, delta: float):
     """Summed Huber loss of log-loss residuals, and its gradient."""
-    terms = _lse_terms(theta, log_x)                       # [k+1, n]
+    terms = _lse_terms(theta, log_x)  # [k+1, n]
     top = terms.max(axis=0)
     exp = np.exp(terms - top)
     total = exp.sum(axis=0)
     residual = top + np.log(total) - log_loss
-    weights = exp / total                                  # d prediction / d term
-    psi = np.clip(residual, -delta, delta)                 # d huber / d residual
+    weights = exp / total  # d prediction / d term
+    psi = np.clip(residual, -delta, delta)  # d huber / d residual
     grad = np.empty_like(theta)
     grad[0] = np.sum(psi * weights[0])
     grad[1::2] = np.sum(psi * weights[1:], axis=1)
@@ -88,19 +88,24 @@ def _screen(starts: np.ndarray, log_x, log_loss, delta: float, keep: int) -> np.
     """The `keep` starting points with the lowest objective, evaluated all at once."""
     values = []
     for chunk in np.array_split(starts, max(1, len(starts) // 512)):
-        terms = _lse_terms(chunk, log_x)                   # [g, k+1, n]
+        terms = _lse_terms(chunk, log_x)  # [g, k+1, n]
         residual = scipy.special.logsumexp(terms, axis=1) - log_loss
         values.append(_huber(residual, delta).sum(axis=1))
     order = np.argsort(np.concatenate(values), kind="stable")
     return starts[order[:keep]]
 
 
-def _minimize(starts: np.ndarray, log_x, log_loss, delta: float,
-              maxiter: int = 2000) -> tuple[np.ndarray, float]:
+def _minimize(
+    starts: np.ndarray, log_x, log_loss, delta: float, maxiter: int = 2000
+) -> tuple[np.ndarray, float]:
     best_theta, best_value = None, math.inf
     for start in starts:
         res = scipy.optimize.minimize(
-            _objective, start, args=(log_x, log_loss, delta), jac=True, method="L-BFGS-B",
+            _objective,
+            start,
+            args=(log_x, log_loss, delta),
+            jac=True,
+            method="L-BFGS-B",
             options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-12},
         )
         if np.all(np.isfinite(res.x)) and res.fun < best_value:
@@ -113,8 +118,9 @@ def _fit_lse(log_x, log_loss, *, n_starts, n_boot, seed, delta):
     k = log_x.shape[0]
     grid = [E_GRID] + [A_GRID, EXPONENT_GRID] * k
     starts = np.array(list(itertools.product(*grid)), dtype=float)
-    theta, value = _minimize(_screen(starts, log_x, log_loss, delta, n_starts),
-                             log_x, log_loss, delta)
+    theta, value = _minimize(
+        _screen(starts, log_x, log_loss, delta, n_starts), log_x, log_loss, delta
+    )
     rng = np.random.default_rng(seed)
     boot = []
     n = log_loss.shape[0]
@@ -148,16 +154,24 @@ def _positive(name: str, values) -> np.ndarray:
 # --- single-variable power law (Kaplan) -----------------------------------------------------
 
 
-def fit_power_law(x: Sequence[float], loss: Sequence[float], *, n_boot: int = 100,
-                  level: float = 0.95, seed: int = 0, n_starts: int = 4,
-                  delta: float = HUBER_DELTA) -> dict:
+def fit_power_law(
+    x: Sequence[float],
+    loss: Sequence[float],
+    *,
+    n_boot: int = 100,
+    level: float = 0.95,
+    seed: int = 0,
+    n_starts: int = 4,
+    delta: float = HUBER_DELTA,
+) -> dict:
     """Fit L(X) = E + A / X^alpha (Huber on log-loss, L-BFGS from a grid), with intervals."""
     x, loss = _positive("X", x), _positive("loss", loss)
     if len(np.unique(x)) < 3:
         raise FitError(f"a power law needs at least 3 distinct X values (got {len(np.unique(x))})")
     log_x = np.log(x)[None]
-    theta, value, boot = _fit_lse(log_x, np.log(loss), n_starts=n_starts, n_boot=n_boot,
-                                  seed=seed, delta=delta)
+    theta, value, boot = _fit_lse(
+        log_x, np.log(loss), n_starts=n_starts, n_boot=n_boot, seed=seed, delta=delta
+    )
 
     def summary(t):
         return {"E": math.exp(t[0]), "A": math.exp(t[1]), "alpha": float(t[2])}
@@ -166,7 +180,9 @@ def fit_power_law(x: Sequence[float], loss: Sequence[float], *, n_boot: int = 10
         "law": "L(X) = E + A / X^alpha",
         **summary(theta),
         "ci": _intervals([summary(t) for t in boot], level),
-        "level": level, "n_points": int(len(x)), "objective": value,
+        "level": level,
+        "n_points": int(len(x)),
+        "objective": value,
     }
 
 
@@ -180,8 +196,12 @@ def compute_optimal(fit: dict, compute: Sequence[float] | float) -> dict[str, np
     g = (alpha * fit["A"] / (beta * fit["B"])) ** (1.0 / (alpha + beta))
     n_opt = g * c6 ** (beta / (alpha + beta))
     d_opt = c6 / n_opt
-    return {"C": np.asarray(compute, float), "N_opt": n_opt, "D_opt": d_opt,
-            "tokens_per_param": d_opt / n_opt}
+    return {
+        "C": np.asarray(compute, float),
+        "N_opt": n_opt,
+        "D_opt": d_opt,
+        "tokens_per_param": d_opt / n_opt,
+    }
 
 
 def _parametric_summary(theta: np.ndarray) -> dict[str, float]:
@@ -196,9 +216,18 @@ def _parametric_summary(theta: np.ndarray) -> dict[str, float]:
     return s
 
 
-def fit_parametric(n: Sequence[float], d: Sequence[float], loss: Sequence[float], *,
-                   n_boot: int = 100, level: float = 0.95, seed: int = 0, n_starts: int = 8,
-                   delta: float = HUBER_DELTA, frontier: Sequence[float] | None = None) -> dict:
+def fit_parametric(
+    n: Sequence[float],
+    d: Sequence[float],
+    loss: Sequence[float],
+    *,
+    n_boot: int = 100,
+    level: float = 0.95,
+    seed: int = 0,
+    n_starts: int = 8,
+    delta: float = HUBER_DELTA,
+    frontier: Sequence[float] | None = None,
+) -> dict:
     """Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta, with bootstrap intervals.
 
     All 4,500 points of the paper's start grid are scored in one vectorised pass and L-BFGS
@@ -209,23 +238,29 @@ def fit_parametric(n: Sequence[float], d: Sequence[float], loss: Sequence[float]
     """
     n, d, loss = _positive("N", n), _positive("D", d), _positive("loss", loss)
     if len(loss) < 5 or len(np.unique(n)) < 2 or len(np.unique(d)) < 2:
-        raise FitError("the parametric fit needs >= 5 points with at least 2 distinct N and "
-                       f"2 distinct D (got {len(loss)} points)")
+        raise FitError(
+            "the parametric fit needs >= 5 points with at least 2 distinct N and "
+            f"2 distinct D (got {len(loss)} points)"
+        )
     log_x = np.log(np.vstack([n, d]))
-    theta, value, boot = _fit_lse(log_x, np.log(loss), n_starts=n_starts, n_boot=n_boot,
-                                  seed=seed, delta=delta)
+    theta, value, boot = _fit_lse(
+        log_x, np.log(loss), n_starts=n_starts, n_boot=n_boot, seed=seed, delta=delta
+    )
     out = {"law": "L(N, D) = E + A/N^alpha + B/D^beta", **_parametric_summary(theta)}
     out["ci"] = _intervals([_parametric_summary(t) for t in boot], level)
-    out.update(level=level, n_points=int(len(loss)), n_boot=n_boot, huber_delta=delta,
-               objective=value)
+    out.update(
+        level=level, n_points=int(len(loss)), n_boot=n_boot, huber_delta=delta, objective=value
+    )
     if math.isfinite(out["a"]):
         if frontier is None:
             c = 6 * n * d
-            frontier = 10.0 ** np.arange(math.floor(np.log10(c.min())),
-                                         math.ceil(np.log10(c.max())) + 3)
+            frontier = 10.0 ** np.arange(
+                math.floor(np.log10(c.min())), math.ceil(np.log10(c.max())) + 3
+            )
         opt = compute_optimal(out, frontier)
-        out["frontier"] = [dict(zip(opt, vals, strict=True)) for vals in zip(*opt.values(),
-                                                                             strict=True)]
+        out["frontier"] = [
+            dict(zip(opt, vals, strict=True)) for vals in zip(*opt.values(), strict=True)
+        ]
     return out
 
 
@@ -261,8 +296,14 @@ def group_budgets(c: Sequence[float], rel_tol: float = 0.05) -> np.ndarray:
     return labels
 
 
-def fit_isoflop(n: Sequence[float], d: Sequence[float], loss: Sequence[float],
-                budget: Sequence[float], *, level: float = 0.95) -> dict:
+def fit_isoflop(
+    n: Sequence[float],
+    d: Sequence[float],
+    loss: Sequence[float],
+    budget: Sequence[float],
+    *,
+    level: float = 0.95,
+) -> dict:
     """Chinchilla approach 2: a parabola in log N per budget, its vertex N_opt(C).
 
     D_opt at the vertex comes from the budget's own log D - log N line, so it holds for any
@@ -276,20 +317,28 @@ def fit_isoflop(n: Sequence[float], d: Sequence[float], loss: Sequence[float],
         sel = budget == c
         order = np.argsort(n[sel])
         bn, bd, bl = n[sel][order], d[sel][order], loss[sel][order]
-        entry = {"C": float(c), "N": bn.tolist(), "D": bd.tolist(), "loss": bl.tolist(),
-                 "kept": False}
+        entry = {
+            "C": float(c),
+            "N": bn.tolist(),
+            "D": bd.tolist(),
+            "loss": bl.tolist(),
+            "kept": False,
+        }
         budgets.append(entry)
         if len(np.unique(bn)) < 3:
-            notes.append(f"budget C={c:.3g}: dropped, {len(np.unique(bn))} sizes "
-                         "(a parabola needs 3)")
+            notes.append(
+                f"budget C={c:.3g}: dropped, {len(np.unique(bn))} sizes (a parabola needs 3)"
+            )
             continue
         best = int(np.argmin(bl))
         if best in (0, len(bl) - 1):
             side = "smallest" if best == 0 else "largest"
             fix = "smaller" if best == 0 else "larger"
-            notes.append(f"budget C={c:.3g}: dropped, lowest loss at the {side} model "
-                         f"(N={bn[best]:.3g}), so the optimum lies outside the grid; "
-                         f"add {fix} sizes")
+            notes.append(
+                f"budget C={c:.3g}: dropped, lowest loss at the {side} model "
+                f"(N={bn[best]:.3g}), so the optimum lies outside the grid; "
+                f"add {fix} sizes"
+            )
             continue
         log_n = np.log(bn)
         coef = np.polyfit(log_n, bl, 2)
@@ -298,16 +347,28 @@ def fit_isoflop(n: Sequence[float], d: Sequence[float], loss: Sequence[float],
             continue
         vertex = -coef[1] / (2 * coef[0])
         if not log_n[0] <= vertex <= log_n[-1]:
-            notes.append(f"budget C={c:.3g}: dropped, the parabola's vertex (N="
-                         f"{math.exp(vertex):.3g}) lies outside the sizes tried: the profile "
-                         "is not U-shaped; add sizes around its lowest point")
+            notes.append(
+                f"budget C={c:.3g}: dropped, the parabola's vertex (N="
+                f"{math.exp(vertex):.3g}) lies outside the sizes tried: the profile "
+                "is not U-shaped; add sizes around its lowest point"
+            )
             continue
         line = np.polyfit(log_n, np.log(bd), 1)
-        entry.update(kept=True, parabola=coef.tolist(), N_opt=math.exp(vertex),
-                     D_opt=math.exp(np.polyval(line, vertex)),
-                     loss_opt=float(np.polyval(coef, vertex)))
-    out = {"law": "N_opt ∝ C^a, D_opt ∝ C^b (IsoFLOP parabolas)", "budgets": budgets,
-           "notes": notes, "level": level, "a": None, "b": None}
+        entry.update(
+            kept=True,
+            parabola=coef.tolist(),
+            N_opt=math.exp(vertex),
+            D_opt=math.exp(np.polyval(line, vertex)),
+            loss_opt=float(np.polyval(coef, vertex)),
+        )
+    out = {
+        "law": "N_opt ∝ C^a, D_opt ∝ C^b (IsoFLOP parabolas)",
+        "budgets": budgets,
+        "notes": notes,
+        "level": level,
+        "a": None,
+        "b": None,
+    }
     kept = [b for b in budgets if b["kept"]]
     if len(kept) < 2:
         notes.append(f"{len(kept)} usable budget(s): a and b need at least 2")
@@ -327,8 +388,14 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(padded, kernel, mode="valid")
 
 
-def fit_envelope(curves: Sequence[dict], *, n_grid: int = 60, min_runs: int = 2,
-                 smooth: int = 5, level: float = 0.95) -> dict:
+def fit_envelope(
+    curves: Sequence[dict],
+    *,
+    n_grid: int = 60,
+    min_runs: int = 2,
+    smooth: int = 5,
+    level: float = 0.95,
+) -> dict:
     """Chinchilla approach 1: the lowest loss at each FLOP value over all runs.
 
     `curves`: one dict per run with `N` and arrays `flops`, `tokens`, `loss` along training.
@@ -357,22 +424,35 @@ def fit_envelope(curves: Sequence[dict], *, n_grid: int = 60, min_runs: int = 2,
         losses = [np.interp(log_c, r[1], r[3]) for r in covering]
         win = covering[int(np.argmin(losses))]
         sizes = [r[0] for r in covering]
-        envelope.append({"C": math.exp(log_c), "N": win[0], "D": float(np.interp(log_c, win[1],
-                         win[2])), "loss": float(min(losses)),
-                         "interior": min(sizes) < win[0] < max(sizes)})
+        envelope.append(
+            {
+                "C": math.exp(log_c),
+                "N": win[0],
+                "D": float(np.interp(log_c, win[1], win[2])),
+                "loss": float(min(losses)),
+                "interior": min(sizes) < win[0] < max(sizes),
+            }
+        )
     inner = [p for p in envelope if p["interior"]]
     if len(inner) < 3:
-        raise FitError(f"only {len(inner)} of {len(envelope)} envelope points have their best "
-                       "run strictly inside the model sizes reaching that compute (3 needed); "
-                       "add sizes on both sides of the optimum, or runs whose FLOPs overlap")
+        raise FitError(
+            f"only {len(inner)} of {len(envelope)} envelope points have their best "
+            "run strictly inside the model sizes reaching that compute (3 needed); "
+            "add sizes on both sides of the optimum, or runs whose FLOPs overlap"
+        )
     c = np.array([p["C"] for p in inner])
-    out = {"law": "N_opt ∝ C^a, D_opt ∝ C^b (envelope of training curves)",
-           "envelope": envelope, "level": level, "notes": []}
+    out = {
+        "law": "N_opt ∝ C^a, D_opt ∝ C^b (envelope of training curves)",
+        "envelope": envelope,
+        "level": level,
+        "notes": [],
+    }
     if len(inner) < len(envelope):
         out["notes"].append(
             f"{len(envelope) - len(inner)} of {len(envelope)} envelope points left out of a "
             "and b: their best run was the smallest or largest model reaching that compute, "
-            "so the optimum lies outside the grid there")
+            "so the optimum lies outside the grid there"
+        )
     out["a"], out["log_G_n"], a_ci = _loglog(c, np.array([p["N"] for p in inner]), level)
     out["b"], out["log_G_d"], b_ci = _loglog(c, np.array([p["D"] for p in inner]), level)
     out["ci"] = {k: v for k, v in (("a", a_ci), ("b", b_ci)) if v is not None}
@@ -389,25 +469,30 @@ def load_points(path: str | Path, n_column: str = "N") -> dict[str, np.ndarray]:
         raise FitError(f"{path}: no finished rows to fit")
     missing = [k for k in (n_column, "D", "loss") if k not in rows[0]]
     if missing:
-        raise FitError(f"{path} has no column(s) {', '.join(missing)}; a results table needs "
-                       f"columns N, D, loss (it has: {', '.join(rows[0])})")
-    rows = [r for r in rows if all(isinstance(r.get(k), (int, float))
-                                   for k in (n_column, "D", "loss"))]
-    points = {"N": np.array([r[n_column] for r in rows], float),
-              "D": np.array([r["D"] for r in rows], float),
-              "loss": np.array([r["loss"] for r in rows], float)}
+        raise FitError(
+            f"{path} has no column(s) {', '.join(missing)}; a results table needs "
+            f"columns N, D, loss (it has: {', '.join(rows[0])})"
+        )
+    rows = [
+        r for r in rows if all(isinstance(r.get(k), (int, float)) for k in (n_column, "D", "loss"))
+    ]
+    points = {
+        "N": np.array([r[n_column] for r in rows], float),
+        "D": np.array([r["D"] for r in rows], float),
+        "loss": np.array([r["loss"] for r in rows], float),
+    }
     for key in ("C", "budget"):
         if rows and all(isinstance(r.get(key), (int, float)) for r in rows):
             points[key] = np.array([r[key] for r in rows], float)
     return points
 
 
-def run_law(points: dict[str, np.ndarray], law: str, *, n_boot: int = 100,
-            level: float = 0.95) -> dict:
+def run_law(
+    points: dict[str, np.ndarray], law: str, *, n_boot: int = 100, level: float = 0.95
+) -> dict:
     """Fit `law` (chinchilla | kaplan | isoflop) to loaded points."""
     if law == "chinchilla":
-        return fit_parametric(points["N"], points["D"], points["loss"], n_boot=n_boot,
-                              level=level)
+        return fit_parametric(points["N"], points["D"], points["loss"], n_boot=n_boot, level=level)
     if law == "isoflop":
         budget = points.get("budget")
         if budget is None:
@@ -441,12 +526,15 @@ def format_fit(law: str, fit: dict) -> str:
         lines.append("  compute-optimal frontier (C = 6ND):")
         lines.append(f"  {'C':>10s}{'N_opt':>11s}{'D_opt':>11s}{'D/N':>8s}")
         for p in fit["frontier"]:
-            lines.append(f"  {p['C']:10.3g}{p['N_opt']:11.3g}{p['D_opt']:11.3g}"
-                         f"{p['tokens_per_param']:8.1f}")
+            lines.append(
+                f"  {p['C']:10.3g}{p['N_opt']:11.3g}{p['D_opt']:11.3g}{p['tokens_per_param']:8.1f}"
+            )
     for b in fit.get("budgets", []):
         if b["kept"]:
-            lines.append(f"  budget C={b['C']:.3g}: N_opt={b['N_opt']:.3g} "
-                         f"D_opt={b['D_opt']:.3g} loss={b['loss_opt']:.4f}")
+            lines.append(
+                f"  budget C={b['C']:.3g}: N_opt={b['N_opt']:.3g} "
+                f"D_opt={b['D_opt']:.3g} loss={b['loss_opt']:.4f}"
+            )
     lines += [f"  note: {n}" for n in fit.get("notes", [])]
     return "\n".join(lines)
 

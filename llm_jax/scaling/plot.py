@@ -20,12 +20,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from llm_jax import metrics as metrics_lib  # noqa: E402
-from llm_jax.scaling import fit as fitting  # noqa: E402
-from llm_jax.scaling import results as results_io  # noqa: E402
+from llm_jax import metrics as metrics_lib
+from llm_jax.scaling import fit as fitting
+from llm_jax.scaling import results as results_io
 
 LOSS_LABEL = "loss (nats / token)"
 EXTRAPOLATE = 100.0  # draw fitted laws this far beyond the largest budget
@@ -56,8 +56,14 @@ def plot_curves(curves: Sequence[dict], path: str | Path) -> Path:
         label = None if c["N"] in labelled else f"N = {c['N']:.3g}"
         labelled.add(c["N"])
         for ax, x in zip(axes, ("tokens", "flops"), strict=True):
-            ax.plot(c[x], c["loss"], color=colors[c["N"]], lw=1, alpha=0.8,
-                    label=label if ax is axes[0] else None)
+            ax.plot(
+                c[x],
+                c["loss"],
+                color=colors[c["N"]],
+                lw=1,
+                alpha=0.8,
+                label=label if ax is axes[0] else None,
+            )
     axes[0].set_xlabel("tokens seen")
     axes[1].set_xlabel("training compute C (FLOPs)")
     axes[0].set_ylabel(f"training {LOSS_LABEL}")
@@ -76,13 +82,26 @@ def plot_isoflop(isoflop: dict, path: str | Path) -> Path:
     for b in isoflop["budgets"]:
         color = colors[b["C"]]
         face = color if b["kept"] else "none"
-        ax.scatter(b["N"], b["loss"], facecolors=face, edgecolors=[color], zorder=3,
-                   label=f"C = {b['C']:.2g} FLOPs" + ("" if b["kept"] else " (dropped)"))
+        ax.scatter(
+            b["N"],
+            b["loss"],
+            facecolors=face,
+            edgecolors=[color],
+            zorder=3,
+            label=f"C = {b['C']:.2g} FLOPs" + ("" if b["kept"] else " (dropped)"),
+        )
         if b["kept"]:
             log_n = np.linspace(math.log(min(b["N"])), math.log(max(b["N"])), 100)
             ax.plot(np.exp(log_n), np.polyval(b["parabola"], log_n), color=color, lw=1.2)
-            ax.scatter([b["N_opt"]], [b["loss_opt"]], marker="*", s=180, color=color,
-                       edgecolors="black", zorder=4)
+            ax.scatter(
+                [b["N_opt"]],
+                [b["loss_opt"]],
+                marker="*",
+                s=180,
+                color=color,
+                edgecolors="black",
+                zorder=4,
+            )
     ax.set_xscale("log")
     ax.set_xlabel("parameters N")
     ax.set_ylabel(f"final validation {LOSS_LABEL}")
@@ -107,8 +126,11 @@ def plot_optimal(fits: dict, path: str | Path) -> Path:
         f = fits.get(name)
         if not f or f.get("a") is None:
             continue
-        pts = ([b for b in f["budgets"] if b["kept"]] if name == "isoflop"
-               else [p for p in f["envelope"] if p.get("interior", True)])
+        pts = (
+            [b for b in f["budgets"] if b["kept"]]
+            if name == "isoflop"
+            else [p for p in f["envelope"] if p.get("interior", True)]
+        )
         c = np.array([p["C"] for p in pts])
         spans.append(c)
         c_line = np.logspace(math.log10(c.min()), math.log10(c.max() * EXTRAPOLATE), 50)
@@ -116,8 +138,13 @@ def plot_optimal(fits: dict, path: str | Path) -> Path:
             y = [p[f"{key}_opt"] if name == "isoflop" else p[key] for p in pts]
             label = "approach 2 (IsoFLOP)" if name == "isoflop" else "approach 1 (envelope)"
             ax.scatter(c, y, marker=marker, color=color, zorder=3, label=f"{label} optima")
-            ax.plot(c_line, np.exp(f[log_g]) * c_line ** f[exp], color=color, ls="--",
-                    label=f"{label}: ∝ C^{f[exp]:.3f}")
+            ax.plot(
+                c_line,
+                np.exp(f[log_g]) * c_line ** f[exp],
+                color=color,
+                ls="--",
+                label=f"{label}: ∝ C^{f[exp]:.3f}",
+            )
     f3 = fits.get("chinchilla")
     if f3 and f3.get("frontier") and math.isfinite(f3.get("a", math.nan)):
         c_all = np.concatenate(spans) if spans else np.array([p["C"] for p in f3["frontier"]])
@@ -127,8 +154,13 @@ def plot_optimal(fits: dict, path: str | Path) -> Path:
             ax.plot(c_line, opt[key], color="C2", label=f"approach 3 (L(N,D)): ∝ C^{f3[exp]:.3f}")
     if spans:
         for ax in axes:
-            ax.axvspan(np.concatenate(spans).max(), ax.get_xlim()[1], color="grey", alpha=0.08,
-                       label="extrapolation")
+            ax.axvspan(
+                np.concatenate(spans).max(),
+                ax.get_xlim()[1],
+                color="grey",
+                alpha=0.08,
+                label="extrapolation",
+            )
     axes[0].set_ylabel("compute-optimal parameters N_opt")
     axes[1].set_ylabel("compute-optimal tokens D_opt")
     for ax in axes:
@@ -152,15 +184,19 @@ def plot_parametric(n, d, loss, fit: dict, path: str | Path) -> Path:
     ax.plot(lims, lims, color="grey", ls="--", label="predicted = observed")
     ax.set_xlabel(f"observed {LOSS_LABEL}")
     ax.set_ylabel(f"predicted {LOSS_LABEL}")
-    ax.set_title(f"L = {fit['E']:.3g} + {fit['A']:.3g}/N^{fit['alpha']:.3f}"
-                 f" + {fit['B']:.3g}/D^{fit['beta']:.3f}", fontsize=10)
+    ax.set_title(
+        f"L = {fit['E']:.3g} + {fit['A']:.3g}/N^{fit['alpha']:.3f}"
+        f" + {fit['B']:.3g}/D^{fit['beta']:.3f}",
+        fontsize=10,
+    )
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def plot_ablation(rows: Sequence[dict], lr_key: str, variant_keys: Sequence[str],
-                  path: str | Path) -> Path:
+def plot_ablation(
+    rows: Sequence[dict], lr_key: str, variant_keys: Sequence[str], path: str | Path
+) -> Path:
     """Final loss vs learning rate, one line per variant; mean over seeds, range as bars."""
     groups: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -170,10 +206,13 @@ def plot_ablation(rows: Sequence[dict], lr_key: str, variant_keys: Sequence[str]
     for i, (variant, by_lr) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
         lrs = np.array(sorted(by_lr))
         mean = np.array([np.mean(by_lr[x]) for x in lrs])
-        err = np.array([[mean[j] - min(by_lr[x]), max(by_lr[x]) - mean[j]]
-                        for j, x in enumerate(lrs)]).T
-        label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(variant_keys, variant,
-                                                                    strict=True)) or "base"
+        err = np.array(
+            [[mean[j] - min(by_lr[x]), max(by_lr[x]) - mean[j]] for j, x in enumerate(lrs)]
+        ).T
+        label = (
+            ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(variant_keys, variant, strict=True))
+            or "base"
+        )
         ax.errorbar(lrs, mean, yerr=err, marker="o", capsize=3, color=f"C{i % 10}", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
@@ -190,8 +229,9 @@ def load_curves(sweep_dir: str | Path, rows: Sequence[dict]) -> list[dict]:
     for r in rows:
         if r.get("status") != "done" or not r.get("N"):
             continue
-        cv = results_io.curve(metrics_lib.read_metrics(Path(sweep_dir) / r["name"] /
-                                                      "metrics.jsonl"))
+        cv = results_io.curve(
+            metrics_lib.read_metrics(Path(sweep_dir) / r["name"] / "metrics.jsonl")
+        )
         if len(cv["step"]) >= 2:
             curves.append({"name": r["name"], "N": float(r["N"]), **cv})
     return curves
@@ -213,9 +253,15 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
     if any(fits.get(k, {}).get("a") is not None for k in ("isoflop", "envelope", "chinchilla")):
         paths.append(plot_optimal(fits, out / "compute_optimal.png"))
     if "E" in fits.get("chinchilla", {}):
-        paths.append(plot_parametric([r["N"] for r in done], [r["D"] for r in done],
-                                     [r["loss"] for r in done], fits["chinchilla"],
-                                     out / "parametric_fit.png"))
+        paths.append(
+            plot_parametric(
+                [r["N"] for r in done],
+                [r["D"] for r in done],
+                [r["loss"] for r in done],
+                fits["chinchilla"],
+                out / "parametric_fit.png",
+            )
+        )
     swept = results_io.swept_columns(rows)
     lr_key = next((k for k in swept if k.endswith(".lr")), None)
     variants = [k for k in swept if k not in (lr_key, "train.seed")]

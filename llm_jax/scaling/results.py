@@ -34,8 +34,19 @@ PLOTS_DIR = "plots"
 # The results table: `name`, then the swept values (one column per overridden config key that
 # varies, e.g. `train.lr`, and `budget` for IsoFLOP trials), then these.
 MEASURED_COLUMNS = [
-    "N", "N_non_embedding", "D", "C", "C_detailed", "steps", "epochs",
-    "loss", "best_loss", "bpb", "train_loss", "wall_s", "status",
+    "N",
+    "N_non_embedding",
+    "D",
+    "C",
+    "C_detailed",
+    "steps",
+    "epochs",
+    "loss",
+    "best_loss",
+    "bpb",
+    "train_loss",
+    "wall_s",
+    "status",
 ]
 
 
@@ -146,7 +157,8 @@ def trial_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
     """The trial workdirs of a sweep directory (those holding a trial.json or metrics.jsonl)."""
     sweep_dir = Path(sweep_dir)
     return sorted(
-        p for p in sweep_dir.iterdir()
+        p
+        for p in sweep_dir.iterdir()
         if p.is_dir() and ((p / "trial.json").exists() or (p / "metrics.jsonl").exists())
     )
 

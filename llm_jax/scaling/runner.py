@@ -50,11 +50,19 @@ HEARTBEAT_S = 30.0
 # --- trial state on disk ------------------------------------------------------------------
 
 
-def train_command(sweep_path: str, workdir: str, trial: sweep_lib.Trial,
-                  launcher: Sequence[str] = ("llm-jax",)) -> list[str]:
+def train_command(
+    sweep_path: str, workdir: str, trial: sweep_lib.Trial, launcher: Sequence[str] = ("llm-jax",)
+) -> list[str]:
     """The `llm-jax train` command line of a trial."""
-    return [*launcher, "train", "--config", str(sweep_path), "--workdir",
-            str(Path(workdir) / trial.name), *sweep_lib.override_args(trial.overrides)]
+    return [
+        *launcher,
+        "train",
+        "--config",
+        str(sweep_path),
+        "--workdir",
+        str(Path(workdir) / trial.name),
+        *sweep_lib.override_args(trial.overrides),
+    ]
 
 
 def _write_status(trial_dir: Path, status: str, **fields) -> dict:
@@ -101,8 +109,11 @@ class _Running:
             _write_status(self.dir, "done", attempts=attempts, wall_s=wall)
             results_io.write_json(self.dir / "done.json", {"wall_s": wall, "finished": end})
             return "done"
-        status = "stopped" if rc in (PREEMPTED_EXIT_CODE, -signal.SIGTERM, -signal.SIGINT) else (
-            "failed")
+        status = (
+            "stopped"
+            if rc in (PREEMPTED_EXIT_CODE, -signal.SIGTERM, -signal.SIGINT)
+            else ("failed")
+        )
         error = _tail(self.dir / "train.log") or f"exit code {rc}"
         if rc == 0:
             error = "exited 0 without a final evaluation in metrics.jsonl"
@@ -112,8 +123,11 @@ class _Running:
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
-        f"{seconds // 60}m{seconds % 60:02d}s")
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else (f"{seconds // 60}m{seconds % 60:02d}s")
+    )
 
 
 class _Eta:
@@ -142,14 +156,17 @@ def _thread_env(parallel: int) -> dict[str, str]:
     cores = os.cpu_count() or 1
     if parallel > 1 and env.get("JAX_PLATFORMS", "cpu") == "cpu":
         threads = max(1, cores // parallel)
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                            f"{'true' if threads > 1 else 'false'} "
-                            f"intra_op_parallelism_threads={threads}").strip()
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+            f"{'true' if threads > 1 else 'false'} "
+            f"intra_op_parallelism_threads={threads}"
+        ).strip()
     return env
 
 
-def run_local(sweep_path: str, workdir: str, todo: list, parallel: int, total: int,
-              done_before: int) -> dict[str, str]:
+def run_local(
+    sweep_path: str, workdir: str, todo: list, parallel: int, total: int, done_before: int
+) -> dict[str, str]:
     """Run `todo` [(trial, plan)] with `parallel` at a time; returns name -> final status."""
     env = _thread_env(parallel)
     launcher = [sys.executable, "-m", "llm_jax.cli"]
@@ -166,11 +183,17 @@ def run_local(sweep_path: str, workdir: str, todo: list, parallel: int, total: i
         now = time.time()
         parts = [f"[sweep] {done}/{total} done" + (f", {failed} failed" if failed else "")]
         if running:
-            parts.append("running: " + ", ".join(
-                f"{r.trial.name} ({100 * r.progress():.0f}%)" for r in running))
+            parts.append(
+                "running: "
+                + ", ".join(f"{r.trial.name} ({100 * r.progress():.0f}%)" for r in running)
+            )
         left = [eta.seconds(p["C_detailed"]) for _, p in queue]
-        left += [None if (s := eta.seconds(r.plan["C_detailed"])) is None
-                 else max(0.0, s - (now - r.start)) for r in running]
+        left += [
+            None
+            if (s := eta.seconds(r.plan["C_detailed"])) is None
+            else max(0.0, s - (now - r.start))
+            for r in running
+        ]
         if left and all(x is not None for x in left):
             parts.append(f"ETA {_duration(sum(left) / max(1, min(parallel, len(left))))}")
         print((event + "\n" if event else "") + " | ".join(parts), flush=True)
@@ -182,8 +205,10 @@ def run_local(sweep_path: str, workdir: str, todo: list, parallel: int, total: i
                 trial, plan = queue.pop(0)
                 command = train_command(sweep_path, workdir, trial, launcher)
                 running.append(_Running(trial, plan, command, Path(workdir) / trial.name, env))
-                report(f"[sweep] start {trial.name} (N={plan['N']:.3g}, "
-                       f"{plan['steps']} steps, C={plan['C_detailed']:.2g} FLOPs)")
+                report(
+                    f"[sweep] start {trial.name} (N={plan['N']:.3g}, "
+                    f"{plan['steps']} steps, C={plan['C_detailed']:.2g} FLOPs)"
+                )
             time.sleep(0.2)
             for r in [r for r in running if r.proc.poll() is not None]:
                 running.remove(r)
@@ -194,14 +219,19 @@ def run_local(sweep_path: str, workdir: str, todo: list, parallel: int, total: i
                     msg = f"[sweep] done  {r.trial.name} in {_duration(seconds)}"
                 else:
                     tail = _tail(r.dir / "train.log", 1)
-                    msg = (f"[sweep] {status.upper()} {r.trial.name} (exit {r.proc.returncode}): "
-                           f"{tail}\n        log: {r.dir / 'train.log'}")
+                    msg = (
+                        f"[sweep] {status.upper()} {r.trial.name} (exit {r.proc.returncode}): "
+                        f"{tail}\n        log: {r.dir / 'train.log'}"
+                    )
                 report(msg)
             if running and time.time() - last_report > HEARTBEAT_S:
                 report()
     except KeyboardInterrupt:
-        print("[sweep] interrupted: stopping the running trials (each saves a checkpoint); "
-              "rerun the same command to resume", flush=True)
+        print(
+            "[sweep] interrupted: stopping the running trials (each saves a checkpoint); "
+            "rerun the same command to resume",
+            flush=True,
+        )
         for r in running:
             if r.proc.poll() is None:
                 r.proc.send_signal(signal.SIGTERM)
@@ -225,7 +255,8 @@ def write_slurm(sweep_path: str, workdir: str, todo: list, parallel: int) -> Pat
     """DIR/sweep.sbatch: a job array, one task per trial running its `llm-jax train`."""
     cases = "\n".join(
         f"  {i}) {shlex.join(train_command(sweep_path, workdir, t))} ;;"
-        for i, (t, _) in enumerate(todo))
+        for i, (t, _) in enumerate(todo)
+    )
     script = f"""#!/bin/bash
 # The sweep {sweep_path} as a SLURM job array: task i runs trial i. Edit the resources,
 # then:   sbatch {workdir}/sweep.sbatch
@@ -251,8 +282,9 @@ esac
 
 def write_tpu(sweep_path: str, workdir: str, todo: list) -> Path:
     """DIR/launch_tpu.sh: per trial, every host of a TPU VM slice runs the same command."""
-    lines = "\n".join(f"run {shlex.quote(shlex.join(train_command(sweep_path, workdir, t)))}"
-                      for t, _ in todo)
+    lines = "\n".join(
+        f"run {shlex.quote(shlex.join(train_command(sweep_path, workdir, t)))}" for t, _ in todo
+    )
     script = f"""#!/bin/bash
 # The sweep {sweep_path} on a Cloud TPU VM slice, one trial after another; all hosts run
 # the same `llm-jax train` (JAX finds its peers). The repo and its install must be at
@@ -285,9 +317,16 @@ def _select(trials: list, only: str | None) -> list:
     return [t for t in trials if any(fnmatch.fnmatchcase(t.name, p) for p in patterns)]
 
 
-def run_sweep(sweep_path: str, workdir: str, *, parallel: int | None = None,
-              only: str | None = None, dry_run: bool = False, launcher: str = "local",
-              n_boot: int = 100) -> int:
+def run_sweep(
+    sweep_path: str,
+    workdir: str,
+    *,
+    parallel: int | None = None,
+    only: str | None = None,
+    dry_run: bool = False,
+    launcher: str = "local",
+    n_boot: int = 100,
+) -> int:
     """Run (or plan, or write launch scripts for) a sweep; returns an exit code.
 
     `parallel`: trials at once; None takes the sweep file's PARALLEL (default 1).
@@ -304,43 +343,64 @@ def run_sweep(sweep_path: str, workdir: str, *, parallel: int | None = None,
     if dry_run:
         print(f"{'trial':32s}{'N':>10s}{'steps':>8s}{'tokens':>11s}{'C (FLOPs)':>11s}  status")
         for t, p in planned:
-            print(f"{t.name:32s}{p['N']:10.3g}{p['steps']:8d}{p['tokens']:11.3g}"
-                  f"{p['C_detailed']:11.3g}  {status[t.name]}")
+            print(
+                f"{t.name:32s}{p['N']:10.3g}{p['steps']:8d}{p['tokens']:11.3g}"
+                f"{p['C_detailed']:11.3g}  {status[t.name]}"
+            )
         print(f"\n{len(todo)} of {len(planned)} trials to run, e.g.:")
         print("  " + shlex.join(train_command(sweep_path, workdir, (todo or planned)[0][0])))
         return 0
     for t, p in planned:
         (root / t.name).mkdir(parents=True, exist_ok=True)
-        info = {"name": t.name, "overrides": t.overrides, "tags": t.tags, "plan": p,
-                "command": shlex.join(train_command(sweep_path, workdir, t))}
+        info = {
+            "name": t.name,
+            "overrides": t.overrides,
+            "tags": t.tags,
+            "plan": p,
+            "command": shlex.join(train_command(sweep_path, workdir, t)),
+        }
         if results_io.read_json(root / t.name / "trial.json") != results_io.jsonable(info):
             if status[t.name] == "done":
-                print(f"[sweep] warning: {t.name} finished with other settings; kept as is "
-                      "(delete its directory to rerun it)")
+                print(
+                    f"[sweep] warning: {t.name} finished with other settings; kept as is "
+                    "(delete its directory to rerun it)"
+                )
                 continue
             results_io.write_json(root / t.name / "trial.json", info)
     if launcher != "local":
         if not todo:
             print(f"[sweep] all {len(planned)} trials are done")
             return 0
-        path = (write_slurm(sweep_path, workdir, todo, parallel) if launcher == "slurm"
-                else write_tpu(sweep_path, workdir, todo))
-        print(f"[sweep] wrote {path} for {len(todo)} trials; submit it, then run "
-              f"`llm-jax sweep --collect {workdir}`")
+        path = (
+            write_slurm(sweep_path, workdir, todo, parallel)
+            if launcher == "slurm"
+            else write_tpu(sweep_path, workdir, todo)
+        )
+        print(
+            f"[sweep] wrote {path} for {len(todo)} trials; submit it, then run "
+            f"`llm-jax sweep --collect {workdir}`"
+        )
         return 0
-    print(f"[sweep] {len(planned)} trials, {len(planned) - len(todo)} already done, "
-          f"{len(todo)} to run, {parallel} at a time")
+    print(
+        f"[sweep] {len(planned)} trials, {len(planned) - len(todo)} already done, "
+        f"{len(todo)} to run, {parallel} at a time"
+    )
     fits = results_io.read_json(root / results_io.FIT_JSON)
     if not todo and fits is not None and (root / results_io.RESULTS_CSV).exists():
         # Nothing new: show the stored results instead of refitting (`--collect` refits).
         plots = sorted((root / results_io.PLOTS_DIR).glob("*.png"))
         collect_lib.summarize(root, results_io.read_results(root), fits, plots)
         return 0
-    outcome = run_local(sweep_path, workdir, todo, parallel, len(planned),
-                        len(planned) - len(todo)) if todo else {}
+    outcome = (
+        run_local(sweep_path, workdir, todo, parallel, len(planned), len(planned) - len(todo))
+        if todo
+        else {}
+    )
     collect_lib.collect(root, n_boot)
     failed = [name for name, s in outcome.items() if s != "done"]
     if failed:
-        print(f"[sweep] {len(failed)} trial(s) did not finish: {', '.join(failed)} "
-              "(see their train.log and status.json; rerun the command to retry them)")
+        print(
+            f"[sweep] {len(failed)} trial(s) did not finish: {', '.join(failed)} "
+            "(see their train.log and status.json; rerun the command to retry them)"
+        )
     return 1 if failed else 0

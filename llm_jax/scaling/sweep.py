@@ -62,8 +62,9 @@ class SweepError(UserError, ValueError):
 # --- configs of trials ----------------------------------------------------------------------
 
 
-def apply_overrides(base: ml_collections.ConfigDict, overrides: Mapping[str, Any]
-                    ) -> ml_collections.ConfigDict:
+def apply_overrides(
+    base: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
     """A copy of `base` with dotted-key overrides applied; unknown keys raise SweepError."""
     config = ml_collections.ConfigDict(base.to_dict())
     for key, value in overrides.items():
@@ -98,18 +99,34 @@ def _short(x: float) -> str:
 # --- shapes and per-size hyperparameters ----------------------------------------------------
 
 
-def _shape_config(base_model: Mapping[str, Any], d_model: int, n_layers: int,
-                  head_dim: int) -> types.SimpleNamespace:
+def _shape_config(
+    base_model: Mapping[str, Any], d_model: int, n_layers: int, head_dim: int
+) -> types.SimpleNamespace:
     # A plain namespace, not a ConfigDict: the shape search counts parameters thousands of
     # times, and the counting functions only read attributes.
-    return types.SimpleNamespace(**{
-        **base_model, "d_model": d_model, "n_layers": n_layers,
-        "n_heads": d_model // head_dim, "n_kv_heads": 0, "head_dim": 0, "d_ff": 0})
+    return types.SimpleNamespace(
+        **{
+            **base_model,
+            "d_model": d_model,
+            "n_layers": n_layers,
+            "n_heads": d_model // head_dim,
+            "n_kv_heads": 0,
+            "head_dim": 0,
+            "d_ff": 0,
+        }
+    )
 
 
-def shape_for_params(target: float, base: ml_collections.ConfigDict, *, aspect: float = 64.0,
-                     head_dim: int = 64, tolerance: float = 0.05, count: str = "total",
-                     max_layers: int = 128) -> dict[str, Any]:
+def shape_for_params(
+    target: float,
+    base: ml_collections.ConfigDict,
+    *,
+    aspect: float = 64.0,
+    head_dim: int = 64,
+    tolerance: float = 0.05,
+    count: str = "total",
+    max_layers: int = 128,
+) -> dict[str, Any]:
     """A model shape with about `target` parameters, from a fixed depth-to-width family.
 
     The rule: d_model is a multiple of `head_dim` (so n_heads = d_model / head_dim, plain
@@ -126,6 +143,7 @@ def shape_for_params(target: float, base: ml_collections.ConfigDict, *, aspect: 
     base_model = base.model.to_dict()
     candidates = []
     for n_layers in range(1, max_layers + 1):
+
         def count_at(k: int, n_layers: int = n_layers) -> int:
             m = _shape_config(base_model, k * head_dim, n_layers, head_dim)
             return flops_lib.param_counts(m)[count]
@@ -140,17 +158,31 @@ def shape_for_params(target: float, base: ml_collections.ConfigDict, *, aspect: 
             lo, hi = (mid, hi) if count_at(mid) < target else (lo, mid)
         for k in {lo, hi}:
             n = count_at(k)
-            candidates.append((abs(math.log(n / target)),
-                               abs(math.log(k * head_dim / n_layers / aspect)), k, n_layers))
+            candidates.append(
+                (
+                    abs(math.log(n / target)),
+                    abs(math.log(k * head_dim / n_layers / aspect)),
+                    k,
+                    n_layers,
+                )
+            )
     within = [c for c in candidates if c[0] <= math.log1p(tolerance)]
-    _, _, k, n_layers = (min(within, key=lambda c: c[1]) if within
-                         else min(candidates, key=lambda c: c[0]))
+    _, _, k, n_layers = (
+        min(within, key=lambda c: c[1]) if within else min(candidates, key=lambda c: c[0])
+    )
     m = _shape_config(base_model, k * head_dim, n_layers, head_dim)
     counts = flops_lib.param_counts(m)
-    return {"model.d_model": m.d_model, "model.n_layers": n_layers, "model.n_heads": m.n_heads,
-            "model.n_kv_heads": 0, "model.head_dim": 0, "model.d_ff": 0,
-            "N": counts[count], "N_total": counts["total"],
-            "N_non_embedding": counts["non_embedding"]}
+    return {
+        "model.d_model": m.d_model,
+        "model.n_layers": n_layers,
+        "model.n_heads": m.n_heads,
+        "model.n_kv_heads": 0,
+        "model.head_dim": 0,
+        "model.d_ff": 0,
+        "N": counts[count],
+        "N_total": counts["total"],
+        "N_non_embedding": counts["non_embedding"],
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,10 +226,18 @@ class SizeRules:
         return min(steps, max(self.min_warmup, round(self.warmup_fraction * steps)))
 
 
-def sized_trial(base: ml_collections.ConfigDict, target_n: float, *, tokens: float | None = None,
-                budget: float | None = None, rules: SizeRules = SizeRules(),
-                flops: str = "detailed", evals: int = 4, name_prefix: str = "",
-                **shape_kwargs) -> Trial:
+def sized_trial(
+    base: ml_collections.ConfigDict,
+    target_n: float,
+    *,
+    tokens: float | None = None,
+    budget: float | None = None,
+    rules: SizeRules = SizeRules(),
+    flops: str = "detailed",
+    evals: int = 4,
+    name_prefix: str = "",
+    **shape_kwargs,
+) -> Trial:
     """One trial of a size sweep: the shape for `target_n`, trained on `tokens` tokens or on
     the tokens a FLOP `budget` buys (D = budget / flops_per_token[`flops`]).
 
@@ -212,11 +252,15 @@ def sized_trial(base: ml_collections.ConfigDict, target_n: float, *, tokens: flo
     if budget is not None:
         tokens = budget / flops_lib.flops_per_token(config.model, config.data.seq_len)[flops]
     steps = max(1, round(tokens / tokens_per_step))
-    overrides.update({
-        "train.batch_size": batch, "train.tokens": steps * tokens_per_step,
-        "train.lr": rules.lr(config, shape["N_non_embedding"]),
-        "train.warmup_steps": rules.warmup(steps), "train.eval_every": math.ceil(steps / evals),
-    })
+    overrides.update(
+        {
+            "train.batch_size": batch,
+            "train.tokens": steps * tokens_per_step,
+            "train.lr": rules.lr(config, shape["N_non_embedding"]),
+            "train.warmup_steps": rules.warmup(steps),
+            "train.eval_every": math.ceil(steps / evals),
+        }
+    )
     d, n_layers = overrides["model.d_model"], overrides["model.n_layers"]
     tags = {"target_N": target_n}
     name = f"{name_prefix}d{d}-L{n_layers}"
@@ -231,8 +275,12 @@ def sized_trial(base: ml_collections.ConfigDict, target_n: float, *, tokens: flo
 # --- designs ----------------------------------------------------------------------------------
 
 
-def isoflop(base: ml_collections.ConfigDict, budgets: Sequence[float],
-            sizes: Sequence[float] | Mapping[float, Sequence[float]], **kwargs) -> list[Trial]:
+def isoflop(
+    base: ml_collections.ConfigDict,
+    budgets: Sequence[float],
+    sizes: Sequence[float] | Mapping[float, Sequence[float]],
+    **kwargs,
+) -> list[Trial]:
     """IsoFLOP profiles: every budget C x every size N (or `sizes[C]` when a mapping)."""
     trials = []
     for budget in budgets:
@@ -241,27 +289,35 @@ def isoflop(base: ml_collections.ConfigDict, budgets: Sequence[float],
     return _unique(trials)
 
 
-def model_sizes(base: ml_collections.ConfigDict, sizes: Sequence[float], tokens: float,
-                **kwargs) -> list[Trial]:
+def model_sizes(
+    base: ml_collections.ConfigDict, sizes: Sequence[float], tokens: float, **kwargs
+) -> list[Trial]:
     """Kaplan L(N): each size trained on the same number of tokens."""
     return _unique([sized_trial(base, n, tokens=tokens, **kwargs) for n in sizes])
 
 
-def data_sizes(base: ml_collections.ConfigDict, tokens: Sequence[float], size: float,
-               **kwargs) -> list[Trial]:
+def data_sizes(
+    base: ml_collections.ConfigDict, tokens: Sequence[float], size: float, **kwargs
+) -> list[Trial]:
     """Kaplan L(D): one size trained on each number of tokens (each with its own schedule)."""
     return _unique([sized_trial(base, size, tokens=t, **kwargs) for t in tokens])
 
 
-def nd_grid(base: ml_collections.ConfigDict, sizes: Sequence[float], tokens: Sequence[float],
-            **kwargs) -> list[Trial]:
+def nd_grid(
+    base: ml_collections.ConfigDict, sizes: Sequence[float], tokens: Sequence[float], **kwargs
+) -> list[Trial]:
     """Every size x every token count: the points of the parametric L(N, D) fit."""
     return _unique([sized_trial(base, n, tokens=t, **kwargs) for n in sizes for t in tokens])
 
 
-def ablation(grid: Mapping[str, Sequence[Any]], *, seeds: Sequence[int] = (0,),
-             lrs: Sequence[float] | None = None, prefix: str = "",
-             overrides: Mapping[str, Any] | None = None) -> list[Trial]:
+def ablation(
+    grid: Mapping[str, Sequence[Any]],
+    *,
+    seeds: Sequence[int] = (0,),
+    lrs: Sequence[float] | None = None,
+    prefix: str = "",
+    overrides: Mapping[str, Any] | None = None,
+) -> list[Trial]:
     """Every combination of the `grid` values (config key -> values) x seeds (x lrs).
 
     `overrides` are applied to every trial (e.g. a model size); `prefix` starts each name.
@@ -273,8 +329,10 @@ def ablation(grid: Mapping[str, Sequence[Any]], *, seeds: Sequence[int] = (0,),
     trials = []
     for values in itertools.product(*axes.values()):
         swept = dict(zip(axes, values, strict=True))
-        parts = [f"{k.split('.')[-1]}={_short(v) if isinstance(v, float) else v}"
-                 for k, v in swept.items()]
+        parts = [
+            f"{k.split('.')[-1]}={_short(v) if isinstance(v, float) else v}"
+            for k, v in swept.items()
+        ]
         trials.append(Trial(prefix + "-".join(parts), {**(overrides or {}), **swept}))
     return _unique(trials)
 
@@ -283,8 +341,9 @@ def _unique(trials: list[Trial]) -> list[Trial]:
     seen: dict[str, Trial] = {}
     for t in trials:
         if t.name in seen and seen[t.name].overrides != t.overrides:
-            raise SweepError(f"two different trials are both named {t.name!r}; "
-                             "give one a name_prefix")
+            raise SweepError(
+                f"two different trials are both named {t.name!r}; give one a name_prefix"
+            )
         seen[t.name] = t
     return list(seen.values())
 
@@ -298,9 +357,14 @@ def plan(config: ml_collections.ConfigDict) -> dict[str, float]:
     steps = config_lib.train_steps(config)
     tokens = steps * config.train.batch_size * config.data.seq_len
     per_token = flops_lib.flops_per_token(config.model, config.data.seq_len)["detailed"]
-    return {"N": counts["total"], "N_non_embedding": counts["non_embedding"], "steps": steps,
-            "tokens": tokens, "C": flops_lib.training_flops(counts["total"], tokens),
-            "C_detailed": float(per_token * tokens)}
+    return {
+        "N": counts["total"],
+        "N_non_embedding": counts["non_embedding"],
+        "steps": steps,
+        "tokens": tokens,
+        "C": flops_lib.training_flops(counts["total"], tokens),
+        "C_detailed": float(per_token * tokens),
+    }
 
 
 class LoadedSweep(NamedTuple):
@@ -322,8 +386,10 @@ def load_sweep(path: str | Path) -> LoadedSweep:
     spec.loader.exec_module(module)
     for fn in ("get_config", "get_sweep"):
         if not callable(getattr(module, fn, None)):
-            raise SweepError(f"{path} has no {fn}() function; a sweep file defines "
-                             "get_config() (the base) and get_sweep() (the trials)")
+            raise SweepError(
+                f"{path} has no {fn}() function; a sweep file defines "
+                "get_config() (the base) and get_sweep() (the trials)"
+            )
     base = module.get_config()
     trials = [t if isinstance(t, Trial) else Trial(**t) for t in module.get_sweep()]
     if not trials:
@@ -331,8 +397,9 @@ def load_sweep(path: str | Path) -> LoadedSweep:
     _unique(trials)
     for t in trials:
         if not _NAME_OK.match(t.name):
-            raise SweepError(f"trial name {t.name!r} must be letters, digits and ._=+- "
-                             "(it names a directory)")
+            raise SweepError(
+                f"trial name {t.name!r} must be letters, digits and ._=+- (it names a directory)"
+            )
         try:
             config_lib.validate(apply_overrides(base, t.overrides))
         except config_lib.ConfigError as err:
