@@ -184,7 +184,14 @@ def _vocab_error(message: str, vocab_size: int) -> DataError:
 
 
 def load_tokenizer(path: str | os.PathLike, vocab_size: int | None = None) -> Tokenizer:
-    """Load a `.model` file; if `vocab_size` is given it must match the model's."""
+    """Load a `.model` file; if `vocab_size` is given it must match the model's.
+
+    A path 'hf:DIR' is a Hugging Face tokenizer directory (llm_jax.hf.tokenizer).
+    """
+    if str(path).startswith("hf:"):
+        from llm_jax.hf.tokenizer import load_hf_tokenizer
+
+        return load_hf_tokenizer(path, vocab_size)
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(

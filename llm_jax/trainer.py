@@ -143,7 +143,7 @@ class Trainer:
             ]
         if self.primary:
             atomic.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
-            self.prepared.tokenizer.save(os.path.join(workdir, workdir_lib.TOKENIZER_FILE))
+            workdir_lib.save_run_tokenizer(workdir, self.prepared.tokenizer)
         self.step_count = int(jax.device_get(self.state["step"]))
         self.writer = metrics_lib.MetricsWriter(workdir, enabled=self.primary)
         self.writer.truncate_after(self.step_count)

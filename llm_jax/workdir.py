@@ -42,14 +42,28 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         ) from e
 
 
+def save_run_tokenizer(workdir: str, tokenizer) -> None:
+    """Copy the run's tokenizer into `workdir`: tokenizer.model, or an HF tokenizer.json."""
+    from llm_jax.hf.tokenizer import HFTokenizer
+
+    if isinstance(tokenizer, HFTokenizer):
+        tokenizer.save(workdir)  # tokenizer.json and tokenizer_config.json
+    else:
+        tokenizer.save(os.path.join(workdir, TOKENIZER_FILE))
+
+
 def load_run_tokenizer(workdir: str, config: ml_collections.ConfigDict | None = None):
-    """The tokenizer a run trained with: `workdir/tokenizer.model`, written at its start.
+    """The tokenizer a run trained with: `workdir/tokenizer.model` (or, for a Hugging Face
+    tokenizer, `workdir/tokenizer.json`), written at its start.
 
     Workdirs from before that file existed fall back to the data cache (rebuilt from the
     corpus if it is gone), as the trainer found it.
     """
     from llm_jax import tokenizer as tokenizer_lib
+    from llm_jax.hf import tokenizer as hf_tokenizer
 
+    if os.path.exists(os.path.join(workdir, hf_tokenizer.TOKENIZER_JSON)):
+        return hf_tokenizer.load_hf_tokenizer(workdir)
     path = os.path.join(workdir, TOKENIZER_FILE)
     if os.path.exists(path):
         return tokenizer_lib.load_tokenizer(path)
