@@ -33,9 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import scipy.optimize
-import scipy.special
-import scipy.stats
+import threadpoolctl
 
 from llm_jax.errors import UserError
 from llm_jax.scaling import results as results_io
@@ -45,6 +43,7 @@ HUBER_DELTA = 1e-3
 E_GRID = (-1.0, -0.5, 0.0, 0.5, 1.0)
 A_GRID = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
 EXPONENT_GRID = (0.0, 0.5, 1.0, 1.5, 2.0)
+MAXITER = 2000  # L-BFGS iterations per fit (the fits here stop after 100-300)
 
 
 class FitError(UserError, ValueError):
@@ -54,13 +53,14 @@ class FitError(UserError, ValueError):
 # --- the Huber / log-sum-exp fitter shared by approach 3 and the single-variable laws -----
 
 
-def _lse_terms(theta: np.ndarray, log_x: np.ndarray) -> np.ndarray:
-    """Terms of the LSE model, [..., k+1, n]; theta = [e, a_1, alpha_1, ..., a_k, alpha_k]."""
-    theta = np.asarray(theta, dtype=float)
-    e = theta[..., :1, None] + np.zeros(log_x.shape[1])
-    a = theta[..., 1::2, None]
-    alpha = theta[..., 2::2, None]
-    return np.concatenate([e, a - alpha * log_x], axis=-2)
+def _lse_terms(theta_bp: np.ndarray, log_x: np.ndarray) -> np.ndarray:
+    """Terms of the LSE model, [B, k+1, n]; theta rows: [e, a_1, alpha_1, ..., a_k, alpha_k]."""
+    theta_bp = np.asarray(theta_bp, dtype=float)
+    terms = np.empty((len(theta_bp), log_x.shape[0] + 1, log_x.shape[1]))
+    terms[:, 0] = theta_bp[:, :1]
+    np.multiply(theta_bp[:, 2::2, None], log_x, out=terms[:, 1:])
+    np.subtract(theta_bp[:, 1::2, None], terms[:, 1:], out=terms[:, 1:])
+    return terms
 
 
 def _huber(r: np.ndarray, delta: float) -> np.ndarray:
@@ -68,20 +68,29 @@ def _huber(r: np.ndarray, delta: float) -> np.ndarray:
     return np.where(abs_r <= delta, 0.5 * r**2, delta * (abs_r - 0.5 * delta))
 
 
-def _objective(theta: np.ndarray, log_x: np.ndarray, log_loss: np.ndarray, delta: float):
-    """Summed Huber loss of log-loss residuals, and its gradient."""
-    terms = _lse_terms(theta, log_x)  # [k+1, n]
-    top = terms.max(axis=0)
-    exp = np.exp(terms - top)
-    total = exp.sum(axis=0)
-    residual = top + np.log(total) - log_loss
-    weights = exp / total  # d prediction / d term
-    psi = np.clip(residual, -delta, delta)  # d huber / d residual
-    grad = np.empty_like(theta)
-    grad[0] = np.sum(psi * weights[0])
-    grad[1::2] = np.sum(psi * weights[1:], axis=1)
-    grad[2::2] = -np.sum(psi * weights[1:] * log_x, axis=1)
-    return float(np.sum(_huber(residual, delta))), grad
+def _objective(theta_bp, log_x, log_loss, weight_bn, delta: float):
+    """Weighted, summed Huber loss of log-loss residuals of B fits, and its gradient.
+
+    theta_bp: [B, P]; log_x: [k, n]; log_loss: [n]; weight_bn: [B, n] (a bootstrap
+    resample is the full data weighted by how often each point was drawn).
+    Returns values [B] and gradients [B, P].
+    """
+    terms = _lse_terms(theta_bp, log_x)  # [B, k+1, n], reused in place below
+    top_bn = terms.max(axis=1)
+    terms -= top_bn[:, None]
+    np.exp(terms, out=terms)
+    total_bn = terms.sum(axis=1)
+    residual_bn = top_bn + np.log(total_bn) - log_loss
+    # d loss / d term = d huber / d residual (clipped residual) x the term's softmax share
+    psi_bn = weight_bn * np.minimum(np.maximum(residual_bn, -delta), delta)
+    dterm = terms
+    dterm *= (psi_bn / total_bn)[:, None]
+    grad_bp = np.empty_like(theta_bp)
+    grad_bp[:, 0] = dterm[:, 0].sum(axis=-1)
+    grad_bp[:, 1::2] = dterm[:, 1:].sum(axis=-1)
+    grad_bp[:, 2::2] = -(dterm[:, 1:] * log_x).sum(axis=-1)
+    value_b = (weight_bn * _huber(residual_bn, delta)).sum(axis=-1)
+    return value_b, grad_bp
 
 
 def _screen(starts: np.ndarray, log_x, log_loss, delta: float, keep: int) -> np.ndarray:
@@ -89,47 +98,101 @@ def _screen(starts: np.ndarray, log_x, log_loss, delta: float, keep: int) -> np.
     values = []
     for chunk in np.array_split(starts, max(1, len(starts) // 512)):
         terms = _lse_terms(chunk, log_x)  # [g, k+1, n]
-        residual = scipy.special.logsumexp(terms, axis=1) - log_loss
+        top = terms.max(axis=1)
+        np.exp(terms - top[:, None], out=terms)
+        residual = top + np.log(terms.sum(axis=1)) - log_loss
         values.append(_huber(residual, delta).sum(axis=1))
     order = np.argsort(np.concatenate(values), kind="stable")
     return starts[order[:keep]]
 
 
 def _minimize(
-    starts: np.ndarray, log_x, log_loss, delta: float, maxiter: int = 2000
-) -> tuple[np.ndarray, float]:
-    best_theta, best_value = None, math.inf
-    for start in starts:
-        res = scipy.optimize.minimize(
-            _objective,
-            start,
-            args=(log_x, log_loss, delta),
-            jac=True,
-            method="L-BFGS-B",
-            options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-12},
-        )
-        if np.all(np.isfinite(res.x)) and res.fun < best_value:
-            best_theta, best_value = res.x, float(res.fun)
-    return best_theta, best_value
+    theta_bp, log_x, log_loss, weight_bn, delta: float, maxiter: int, memory: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise B independent fits at once: L-BFGS with a backtracking (Armijo) line search.
+
+    One numpy pass evaluates every fit, so B fits cost little more than one (scipy's
+    L-BFGS-B, one fit per call, spent its time in per-iteration Python overhead). Each fit
+    stops, as scipy's does with ftol=1e-15, when a step no longer lowers its objective.
+    Returns the thetas [B, P] and objective values [B].
+    """
+    x = np.array(theta_bp, dtype=float)
+    f, g = _objective(x, log_x, log_loss, weight_bn, delta)
+    s_mbp = np.zeros((memory, *x.shape))
+    y_mbp = np.zeros((memory, *x.shape))
+    rho_mb = np.zeros((memory, len(x)))  # 0 marks an empty or skipped pair: a no-op below
+    gamma = 1.0 / np.maximum(1.0, np.abs(g).max(axis=1))  # first step: at most 1 per param
+    active = np.isfinite(f)
+    for it in range(maxiter):
+        if not active.any():
+            break
+        d = _two_loop(g, s_mbp, y_mbp, rho_mb, gamma, it)
+        slope = (g * d).sum(axis=1)
+        downhill = slope < 0
+        d = np.where(downhill[:, None], d, -g)  # a stale curvature pair: steepest descent
+        slope = np.where(downhill, slope, -(g * g).sum(axis=1))
+        step = np.where(active, 1.0, 0.0)
+        pending = active.copy()
+        x_new, f_new, g_new = x.copy(), f.copy(), g.copy()
+        for _ in range(40):  # halve the step until it lowers f enough
+            trial = x + step[:, None] * d
+            f_t, g_t = _objective(trial[pending], log_x, log_loss, weight_bn[pending], delta)
+            ok = np.isfinite(f_t) & (f_t <= f[pending] + 1e-4 * step[pending] * slope[pending])
+            idx = np.flatnonzero(pending)
+            x_new[idx[ok]], f_new[idx[ok]], g_new[idx[ok]] = trial[idx[ok]], f_t[ok], g_t[ok]
+            pending[idx[ok]] = False
+            step[pending] *= 0.5
+            if not pending.any():
+                break
+        moved = active & ~pending
+        progress = (f - f_new) / np.maximum(np.maximum(np.abs(f), np.abs(f_new)), 1.0)
+        active = moved & (progress > 1e-15) & (np.abs(g_new).max(axis=1) > 1e-12)
+        s, y = x_new - x, g_new - g
+        sy = (s * y).sum(axis=1)
+        good = moved & (sy > 1e-12 * (y * y).sum(axis=1))
+        slot = it % memory
+        s_mbp[slot], y_mbp[slot] = s, y
+        rho_mb[slot] = np.where(good, 1.0 / np.where(good, sy, 1.0), 0.0)
+        gamma = np.where(good, sy / np.maximum((y * y).sum(axis=1), 1e-300), gamma)
+        x, f, g = x_new, f_new, g_new
+    return x, f
+
+
+def _two_loop(g, s_mbp, y_mbp, rho_mb, gamma, it: int) -> np.ndarray:
+    """The L-BFGS direction -H g of every fit from its stored (s, y) pairs, newest first."""
+    memory = len(rho_mb)
+    order = [(it - 1 - j) % memory for j in range(min(it, memory))]
+    q = g.copy()
+    alpha = {}
+    for j in order:
+        alpha[j] = rho_mb[j] * (s_mbp[j] * q).sum(axis=1)
+        q -= alpha[j][:, None] * y_mbp[j]
+    r = gamma[:, None] * q
+    for j in reversed(order):
+        beta = rho_mb[j] * (y_mbp[j] * r).sum(axis=1)
+        r += s_mbp[j] * (alpha[j] - beta)[:, None]
+    return -r
 
 
 def _fit_lse(log_x, log_loss, *, n_starts, n_boot, seed, delta):
     """Best theta over the grid of starts, and bootstrap thetas ([n_boot, P])."""
-    k = log_x.shape[0]
+    k, n = log_x.shape
     grid = [E_GRID] + [A_GRID, EXPONENT_GRID] * k
     starts = np.array(list(itertools.product(*grid)), dtype=float)
-    theta, value = _minimize(
-        _screen(starts, log_x, log_loss, delta, n_starts), log_x, log_loss, delta
-    )
-    rng = np.random.default_rng(seed)
-    boot = []
-    n = log_loss.shape[0]
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        # A resample's optimum lies near the full-data one: start there. Few points (a
-        # small sweep) make flat valleys where L-BFGS crawls; the cap bounds the cost.
-        boot.append(_minimize(theta[None], log_x[:, idx], log_loss[idx], delta, 200)[0])
-    return theta, value, np.array(boot).reshape(n_boot, len(theta))
+    with threadpoolctl.threadpool_limits(1):  # tiny arrays: BLAS threads only contend
+        screened = _screen(starts, log_x, log_loss, delta, n_starts)
+        thetas, values = _minimize(
+            screened, log_x, log_loss, np.ones((len(screened), n)), delta, MAXITER
+        )
+        best = int(np.argmin(np.where(np.isfinite(values), values, np.inf)))
+        theta, value = thetas[best], float(values[best])
+        # A resample is the data weighted by how often each point was drawn; its optimum
+        # lies near the full-data one, so every refit starts there.
+        idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+        weight_bn = np.zeros((n_boot, n))
+        np.add.at(weight_bn, (np.arange(n_boot)[:, None], idx), 1.0)
+        boot, _ = _minimize(np.tile(theta, (n_boot, 1)), log_x, log_loss, weight_bn, delta, MAXITER)
+    return theta, value, boot
 
 
 def _intervals(summaries: list[dict], level: float) -> dict[str, list[float]]:
@@ -275,12 +338,19 @@ def predict(fit: dict, n: Sequence[float], d: Sequence[float]) -> np.ndarray:
 
 def _loglog(c: np.ndarray, y: np.ndarray, level: float) -> tuple[float, float, list | None]:
     """Slope and intercept of log y on log C, and the slope's t-interval (>= 3 points)."""
-    reg = scipy.stats.linregress(np.log(c), np.log(y))
+    x, y = np.log(c), np.log(y)
+    dx = x - x.mean()
+    slope = float((dx * (y - y.mean())).sum() / (dx * dx).sum())
+    intercept = float(y.mean() - slope * x.mean())
     ci = None
     if len(c) >= 3:
-        half = scipy.stats.t.ppf(0.5 + level / 2, len(c) - 2) * reg.stderr
-        ci = [reg.slope - half, reg.slope + half]
-    return float(reg.slope), float(reg.intercept), ci
+        residual = y - intercept - slope * x
+        stderr = math.sqrt((residual * residual).sum() / (len(c) - 2) / (dx * dx).sum())
+        import scipy.special  # ~0.3 s to import: only the laws with t-intervals pay it
+
+        half = float(scipy.special.stdtrit(len(c) - 2, 0.5 + level / 2)) * stderr
+        ci = [slope - half, slope + half]
+    return slope, intercept, ci
 
 
 def group_budgets(c: Sequence[float], rel_tol: float = 0.05) -> np.ndarray:
