@@ -1,9 +1,10 @@
 """The `llm-jax` command: a table of subcommands, each a lazily imported `main(argv)`.
 
-To add a subcommand, add a module `llm_jax/cli/<name>.py` with `main(argv) -> int` and
-one line to `COMMANDS`. `argv` is `[prog, *args]` (prog e.g. "llm-jax train"). A
-`UserError` from anywhere below prints one line, `error: ...`, and exits with code 2;
-any other exception is a bug and keeps its traceback.
+To add a subcommand, add a module `llm_jax/cli/<name>.py` (dashes in the name become
+underscores) with `main(argv) -> int` and one line to `COMMANDS`. `argv` is
+`[prog, *args]` (prog e.g. "llm-jax train"). A `UserError` from anywhere below prints
+one line, `error: ...`, and exits with code 2; any other exception is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ COMMANDS: dict[str, str] = {
     "sweep": "run a sweep's trials, resumably; or --collect DIR",
     "fit": "fit a scaling law to a results CSV",
     "plot": "redraw a sweep's plots, or draw one run's curves: DIR",
+    "import-hf": "a Hugging Face GPT-2/Llama checkpoint (or nanoGPT ckpt.pt) as a workdir",
+    "export-hf": "a workdir as a Hugging Face model directory: --workdir W --out DIR",
+    "eval": "perplexity and multiple-choice accuracy on task files: --workdir W --task F",
 }
 
 
@@ -63,7 +67,7 @@ def run(argv: Sequence[str]) -> int:
     tpu_env.quiet_libtpu_without_tpu()  # before any subcommand starts JAX
     configure_logging()
     try:
-        module = importlib.import_module(f"llm_jax.cli.{name}")
+        module = importlib.import_module(f"llm_jax.cli.{name.replace('-', '_')}")
         return int(module.main([f"llm-jax {name}", *rest]) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,260 @@
+"""Hugging Face interop: transformers' own GPT-2 and Llama, imported and exported back.
+
+Reference models are built from configs with random weights (no hub, no network) and
+compared on logits: llm_jax's on the imported workdir, transformers' on the export.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from hf_tokenizers import byte_level_bpe  # noqa: E402
+
+from llm_jax import cli  # noqa: E402
+from llm_jax import workdir as workdir_lib  # noqa: E402
+from llm_jax.hf import convert, io  # noqa: E402
+from llm_jax.hf import safetensors as st  # noqa: E402
+from llm_jax.model import ModelConfig, Transformer  # noqa: E402
+
+VOCAB = 300  # not a multiple of 128: the padded rows are exercised
+LLAMA = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=VOCAB,
+    max_position_embeddings=128,
+    rope_theta=5e5,
+    tie_word_embeddings=False,
+)
+LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=16,  # short, so positions < 64 fall in every band
+)
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer_dir(tmp_path_factory):
+    return byte_level_bpe(tmp_path_factory.mktemp("bpe"))
+
+
+def _tokens(n: int = 48) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, VOCAB, (2, n))
+
+
+def _hf_logits(model, tokens) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor(tokens)).logits.float().numpy()
+
+
+def _our_logits(workdir, tokens) -> np.ndarray:
+    config, params = workdir_lib.restore_params(str(workdir))
+    model = Transformer(ModelConfig.from_config(config.model))
+    logits = model.apply({"params": params}, tokens)
+    return np.asarray(logits)[..., : config.model.vocab_size]
+
+
+def _round_trip(hf_model, tmp_path, tol: float, scan_layers: bool = True, **save_options):
+    """Import, compare logits, export, reload with transformers, compare again."""
+    src, workdir, out = tmp_path / "src", tmp_path / "w", tmp_path / "out"
+    hf_model.save_pretrained(src, **save_options)
+    io.import_hf(str(src), str(workdir), scan_layers=scan_layers)
+    tokens = _tokens()
+    reference = _hf_logits(hf_model, tokens)
+    imported = np.abs(_our_logits(workdir, tokens) - reference).max()
+    io.export_hf(str(workdir), str(out))
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(reloaded) is type(hf_model)
+    exported = np.abs(_hf_logits(reloaded, tokens) - reference).max()
+    assert imported < tol, imported
+    assert exported < tol, exported
+    return imported
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_gpt2_round_trip(tmp_path, scan_layers):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB, resid_pdrop=0.0
+    )
+    model = transformers.GPT2LMHeadModel(config).eval()
+    _round_trip(model, tmp_path, 1e-5, scan_layers)
+
+
+@pytest.mark.parametrize("rope_scaling", [None, LLAMA3_ROPE], ids=["theta5e5", "llama3"])
+def test_llama_round_trip(tmp_path, rope_scaling):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**LLAMA, rope_scaling=rope_scaling)
+    model = transformers.LlamaForCausalLM(config).eval()
+    _round_trip(model, tmp_path, 1e-5)
+    if rope_scaling:
+        imported = workdir_lib.load_config(str(tmp_path / "w")).model
+        assert imported.rope_scaling == "llama3"
+        assert imported.rope_original_max_positions == 16
+
+
+def test_llama_scaling_changes_the_logits(tmp_path):
+    """The llama3 test above would pass vacuously if the scaling did nothing here."""
+    torch.manual_seed(0)
+    plain = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA)).eval()
+    scaled = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(**LLAMA, rope_scaling=LLAMA3_ROPE)
+    )
+    scaled.load_state_dict(plain.state_dict())
+    tokens = _tokens()
+    assert np.abs(_hf_logits(plain, tokens) - _hf_logits(scaled.eval(), tokens)).max() > 1e-3
+
+
+def test_bf16_sharded_llama_round_trip(tmp_path):
+    """bf16 weights in several safetensors shards with an index; bf16 tolerance."""
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA)).to(torch.bfloat16)
+    src = tmp_path / "src"
+    model.save_pretrained(src, max_shard_size="100KB")
+    assert (src / st.INDEX_FILE).is_file()
+    assert len(list(src.glob("*.safetensors"))) > 1
+    io.import_hf(str(src), str(tmp_path / "w"))
+    config = workdir_lib.load_config(str(tmp_path / "w"))
+    assert config.model.param_dtype == "bfloat16"
+    tokens = _tokens()
+    reference = _hf_logits(model.eval(), tokens)
+    # transformers computes in bf16, llm_jax in float32 from the same bf16 weights.
+    scale = np.abs(reference).max()
+    assert np.abs(_our_logits(tmp_path / "w", tokens) - reference).max() < 0.05 * scale
+    io.export_hf(str(tmp_path / "w"), str(tmp_path / "out"))
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert reloaded.dtype == torch.bfloat16
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name  # bit-exact weights
+
+
+class NanoGPTBlock(torch.nn.Module):
+    """nanoGPT's block (model.py): nn.Linear layers, exact GELU, optional biases."""
+
+    def __init__(self, d: int, heads: int, bias: bool):
+        super().__init__()
+        self.ln_1 = torch.nn.LayerNorm(d, bias=bias)
+        self.attn = torch.nn.Module()
+        self.attn.c_attn = torch.nn.Linear(d, 3 * d, bias=bias)
+        self.attn.c_proj = torch.nn.Linear(d, d, bias=bias)
+        self.ln_2 = torch.nn.LayerNorm(d, bias=bias)
+        self.mlp = torch.nn.Module()
+        self.mlp.c_fc = torch.nn.Linear(d, 4 * d, bias=bias)
+        self.mlp.c_proj = torch.nn.Linear(4 * d, d, bias=bias)
+        self.heads = heads
+
+    def forward(self, x):
+        B, T, D = x.shape
+        q, k, v = self.attn.c_attn(self.ln_1(x)).split(D, dim=2)
+        q, k, v = (t.view(B, T, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.attn.c_proj(y.transpose(1, 2).reshape(B, T, D))
+        return x + self.mlp.c_proj(torch.nn.functional.gelu(self.mlp.c_fc(self.ln_2(x))))
+
+
+class NanoGPT(torch.nn.Module):
+    def __init__(self, vocab: int, block_size: int, d: int, layers: int, heads: int, bias: bool):
+        super().__init__()
+        self.transformer = torch.nn.Module()
+        self.transformer.wte = torch.nn.Embedding(vocab, d)
+        self.transformer.wpe = torch.nn.Embedding(block_size, d)
+        self.transformer.h = torch.nn.ModuleList(
+            NanoGPTBlock(d, heads, bias) for _ in range(layers)
+        )
+        self.transformer.ln_f = torch.nn.LayerNorm(d, bias=bias)
+        self.lm_head = torch.nn.Linear(d, vocab, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied
+        for p in self.parameters():  # non-trivial norms and biases too
+            torch.nn.init.normal_(p, std=0.2)
+
+    def forward(self, idx):
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.shape[1]))
+        for block in self.transformer.h:
+            x = block(x)
+        return self.lm_head(self.transformer.ln_f(x))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_nanogpt_matches_torch(tmp_path, bias):
+    torch.manual_seed(0)
+    args = dict(n_layer=2, n_head=4, n_embd=64, block_size=64, bias=bias, vocab_size=VOCAB)
+    model = NanoGPT(VOCAB, 64, 64, 2, 4, bias).eval()
+    state = {"_orig_mod." + k: v for k, v in model.state_dict().items()}  # torch.compile'd
+    torch.save({"model": state, "model_args": args, "iter_num": 0}, tmp_path / "ckpt.pt")
+    config = io.import_nanogpt(str(tmp_path / "ckpt.pt"), str(tmp_path / "w"))
+    assert config.model.mlp == "gelu_exact"
+    assert config.model.attn_bias is bias
+    tokens = _tokens()
+    with torch.no_grad():
+        reference = model(torch.tensor(tokens)).numpy()
+    assert np.abs(_our_logits(tmp_path / "w", tokens) - reference).max() < 1e-4
+
+
+def test_unsupported_configs_are_refused_in_one_line():
+    with pytest.raises(convert.ConvertError, match="model_type 'mistral' is not supported"):
+        convert.model_overrides({"model_type": "mistral"})
+    yarn = dict(LLAMA, model_type="llama", rope_parameters={"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(convert.ConvertError, match="rope_scaling type 'yarn'"):
+        convert.model_overrides(yarn)
+
+
+@pytest.mark.parametrize(
+    "key,value", [("norm_position", "post"), ("positions", "sinusoidal"), ("qk_norm", True)]
+)
+def test_export_refuses_switches_without_hf_equivalent(key, value):
+    config = io.run_config(
+        convert.model_overrides(dict(LLAMA, model_type="llama")), "float32", True
+    )
+    config.model[key] = value
+    with pytest.raises(convert.ConvertError, match=f"config.model.{key}="):
+        convert.family(config.model)
+
+
+def test_extra_tensors_are_refused(tmp_path):
+    """A bias llm_jax's Llama has no place for (attention_bias off, q bias present)."""
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
+    model.save_pretrained(tmp_path / "src")
+    reader = st.TensorReader.from_dir(tmp_path / "src")
+    tensors = [(n, reader.shape(n), reader.read(n).dtype) for n in reader.names()]
+    tensors.append(("model.layers.0.self_attn.q_proj.bias", (64,), np.dtype(np.float32)))
+    src2 = tmp_path / "src2"
+    src2.mkdir()
+    st.write_checkpoint(
+        src2, tensors, lambda n: reader.read(n) if n in reader else np.zeros(64, np.float32)
+    )
+    (src2 / "config.json").write_text((tmp_path / "src" / "config.json").read_text())
+    with pytest.raises(convert.ConvertError, match="q_proj.bias"):
+        io.import_hf(str(src2), str(tmp_path / "w"))
+
+
+def test_cli_import_generate_export(tmp_path, hf_tokenizer_dir, capsys):
+    """The commands as a user runs them, on a GPT-2 with a byte-level BPE tokenizer."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB
+    )
+    src = tmp_path / "src"
+    transformers.GPT2LMHeadModel(config).save_pretrained(src)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (src / name).write_bytes((hf_tokenizer_dir / name).read_bytes())
+    w = str(tmp_path / "w")
+    assert cli.run(["import-hf", str(src), "--workdir", w]) == 0
+    assert cli.run(["import-hf", str(src), "--workdir", w]) == 2  # never over a checkpoint
+    assert "already holds checkpoints" in capsys.readouterr().err
+    argv = ["generate", "--workdir", w, "--prompt", "To be", "--max-new-tokens", "4"]
+    assert cli.run([*argv, "--temperature", "0", "--stream"]) == 0
+    assert capsys.readouterr().out.startswith("--- prompt 1, sample 1 ---\nTo be")
+    assert cli.run(["export-hf", "--workdir", w, "--out", str(tmp_path / "out")]) == 0
+    exported = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert exported["architectures"] == ["GPT2LMHeadModel"]
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert tok.decode(tok("Wherefore art thou")["input_ids"]) == "Wherefore art thou"
