@@ -2,6 +2,8 @@
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,7 +209,7 @@ def test_fit_command_isoflop_table_and_kaplan(tmp_path, capsys):
     assert "a " in text and "budget C=1e+19" in text
     assert cli.run(["fit", str(tmp_path), "--law", "kaplan", "--json", "--bootstrap", "2"]) == 0
     kaplan = json.loads(capsys.readouterr().out)
-    assert set(kaplan) == {"N", "D"} and "alpha" in kaplan["N"]
+    assert {"N", "D", "C"} <= set(kaplan) and "alpha" in kaplan["N"]
     assert set(json.loads((tmp_path / "fit.json").read_text())) == {"isoflop", "kaplan"}
 
 
@@ -215,3 +217,65 @@ def test_fit_command_names_missing_columns(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("N,tokens,loss\n1,2,3\n")
     assert cli.run(["fit", str(tmp_path / "bad.csv")]) == 2
     assert "no column(s) D" in capsys.readouterr().err
+
+
+DEMO_RESULTS = Path(__file__).parent / "data" / "shakespeare_isoflop_results.csv"
+
+
+@pytest.mark.parametrize("n_column", ["N", "N_non_embedding"])
+def test_kaplan_on_the_demo_results(tmp_path, capsys, n_column):
+    # The README demo's own results.csv (an IsoFLOP sweep: loss is not a function of N
+    # alone) once overflowed in a bootstrap refit. Each law is fitted to the lowest loss
+    # per X, and one whose loss does not fall with X is left out with a note.
+    shutil.copy(DEMO_RESULTS, tmp_path / "results.csv")
+    argv = ["fit", str(tmp_path / "results.csv"), "--law", "kaplan", "--n-column", n_column]
+    assert cli.run(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("bootstrap interval") == 1  # one header for all three laws
+    stored = json.loads((tmp_path / "fit.json").read_text())["kaplan"]
+    assert set(stored) - {"notes"} and all(stored[k]["alpha"] > 0 for k in stored if k != "notes")
+    assert "lowest loss at each of" in out
+
+
+def _write_rows(path, rows):
+    path.write_text("name,N,D,loss,status\n" + "".join(f"{','.join(r)}\n" for r in rows))
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"), [("", "line 3 (t1): loss is empty"), ("abc", "loss is 'abc', not a")]
+)
+def test_fit_names_the_row_of_a_bad_cell(tmp_path, capsys, cell, message):
+    rows = [("t0", "1e6", "1e9", "3.0", "done"), ("t1", "2e6", "2e9", cell, "done")]
+    _write_rows(tmp_path / "r.csv", rows + [("t2", "4e6", "1e9", "", "failed")])
+    assert cli.run(["fit", str(tmp_path / "r.csv")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_fit_refuses_a_constant_loss_and_a_fit_without_exponents(tmp_path, capsys):
+    n, d = np.logspace(6, 8, 6), np.logspace(9, 10, 6)
+    _write_csv(tmp_path / "flat.csv", n, d, np.full(6, 3.0))
+    assert cli.run(["fit", str(tmp_path / "flat.csv")]) == 2
+    assert "constant loss" in capsys.readouterr().err
+    # Loss rising with N and D: no positive exponent, so no frontier and no rc 0.
+    n, d = (a.ravel() for a in np.meshgrid(np.logspace(6, 8, 4), np.logspace(9, 11, 4)))
+    _write_csv(tmp_path / "up.csv", n, d, 2 + 0.1 * np.log(n) + 0.1 * np.log(d))
+    assert cli.run(["fit", str(tmp_path / "up.csv")]) == 2
+    assert "no compute-optimal frontier" in capsys.readouterr().err
+    assert not (tmp_path / "fit.json").exists()
+
+
+def test_fit_table_flags_intervals_wider_than_the_estimate():
+    table = fit.format_fit(
+        "chinchilla",
+        {
+            "law": "L",
+            "E": 2.0,
+            "alpha": 0.9,
+            "beta": 0.3,
+            "n_boot": 10,
+            "ci": {"E": [1.9, 2.1], "alpha": [-2.0, 3.8], "beta": [0.25, 0.35]},
+        },
+    )
+    flagged = [line.split()[0] for line in table.splitlines() if " ! " in line]
+    assert flagged == ["alpha"] and "do not determine" in table
+    assert "G " not in table

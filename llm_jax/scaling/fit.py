@@ -201,10 +201,15 @@ def _intervals(summaries: list[dict], level: float) -> dict[str, list[float]]:
     out = {}
     for key in summaries[0]:
         values = np.array([s[key] for s in summaries], dtype=float)
-        values = values[np.isfinite(values)]  # a, b, G are NaN where a resample has no optimum
+        values = values[np.isfinite(values)]  # NaN/inf where a resample has no optimum
         if len(values) >= len(summaries) / 2:
             out[key] = np.percentile(values, [50 * (1 - level), 50 * (1 + level)]).tolist()
     return out
+
+
+def _exp(v: float) -> float:
+    """e^v, inf past float range: a degenerate resample must not abort the whole fit."""
+    return math.exp(v) if v < 709.0 else math.inf
 
 
 def _positive(name: str, values) -> np.ndarray:
@@ -237,14 +242,17 @@ def fit_power_law(
     )
 
     def summary(t):
-        return {"E": math.exp(t[0]), "A": math.exp(t[1]), "alpha": float(t[2])}
+        return {"E": _exp(t[0]), "A": _exp(t[1]), "alpha": float(t[2])}
 
+    exact = len(np.unique(x)) <= len(theta)  # the curve passes through every point
     return {
         "law": "L(X) = E + A / X^alpha",
         **summary(theta),
-        "ci": _intervals([summary(t) for t in boot], level),
+        "ci": {} if exact else _intervals([summary(t) for t in boot], level),
+        "notes": [f"{len(x)} points for 3 parameters: an exact fit, no interval"] if exact else [],
         "level": level,
         "n_points": int(len(x)),
+        "n_boot": n_boot,
         "objective": value,
     }
 
@@ -269,7 +277,7 @@ def compute_optimal(fit: dict, compute: Sequence[float] | float) -> dict[str, np
 
 def _parametric_summary(theta: np.ndarray) -> dict[str, float]:
     e, a, alpha, b, beta = (float(v) for v in theta)
-    s = {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
+    s = {"E": _exp(e), "A": _exp(a), "B": _exp(b), "alpha": alpha, "beta": beta}
     if alpha > 0 and beta > 0:
         s["a"] = beta / (alpha + beta)
         s["b"] = alpha / (alpha + beta)
@@ -533,65 +541,187 @@ def fit_envelope(
 
 
 def load_points(path: str | Path, n_column: str = "N") -> dict[str, np.ndarray]:
-    """N, D, loss (and C, budget where present) of the finished rows of a results table."""
-    rows = [r for r in results_io.read_results(path) if r.get("status") in (None, "done")]
+    """N, D, loss (and C, budget where present) of the finished rows of a results table.
+
+    An empty or non-numeric N, D or loss cell in a finished row is an error naming the row.
+    """
+    table = results_io.read_results(path)
+    rows = [(i + 2, r) for i, r in enumerate(table) if r.get("status") in (None, "done")]
     if not rows:
         raise FitError(f"{path}: no finished rows to fit")
-    missing = [k for k in (n_column, "D", "loss") if k not in rows[0]]
+    missing = [k for k in (n_column, "D", "loss") if k not in rows[0][1]]
     if missing:
         raise FitError(
             f"{path} has no column(s) {', '.join(missing)}; a results table needs "
-            f"columns N, D, loss (it has: {', '.join(rows[0])})"
+            f"columns N, D, loss (it has: {', '.join(rows[0][1])})"
         )
-    rows = [
-        r for r in rows if all(isinstance(r.get(k), (int, float)) for k in (n_column, "D", "loss"))
-    ]
+    for line, r in rows:
+        for key in (n_column, "D", "loss"):
+            value = r[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                what = "is empty" if value is None else f"is {value!r}, not a number"
+                raise FitError(
+                    f"{path} line {line} ({r.get('name') or 'unnamed'}): {key} {what}; "
+                    "fix or delete that row"
+                )
     points = {
-        "N": np.array([r[n_column] for r in rows], float),
-        "D": np.array([r["D"] for r in rows], float),
-        "loss": np.array([r["loss"] for r in rows], float),
+        "N": np.array([r[n_column] for _, r in rows], float),
+        "D": np.array([r["D"] for _, r in rows], float),
+        "loss": np.array([r["loss"] for _, r in rows], float),
     }
     for key in ("C", "budget"):
-        if rows and all(isinstance(r.get(key), (int, float)) for r in rows):
-            points[key] = np.array([r[key] for r in rows], float)
+        if all(isinstance(r.get(key), (int, float)) for _, r in rows):
+            points[key] = np.array([r[key] for _, r in rows], float)
     return points
+
+
+def _lowest_per_value(x: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest loss at each distinct x."""
+    values = np.unique(x)
+    return values, np.array([loss[x == v].min() for v in values])
+
+
+def fit_kaplan(points: dict[str, np.ndarray], *, n_boot: int = 100, level: float = 0.95) -> dict:
+    """Kaplan et al.'s L(N), L(D), L(C) on a table's rows: {X: power-law fit, "notes": [...]}.
+
+    Kaplan's laws describe the best loss at each X (L(N): each size trained near
+    convergence; L(C): the compute frontier), so when X repeats (an IsoFLOP sweep trains
+    each size on several budgets) each law is fitted to the lowest loss at each X value,
+    with C grouped into budgets. A law whose fitted alpha is not positive (the loss does
+    not fall with X in the table) is left out with a note; none left is an error.
+    """
+    out: dict = {"notes": []}
+    columns = {"N": points["N"], "D": points["D"]}
+    columns["C"] = points.get(
+        "budget", group_budgets(points.get("C", 6 * points["N"] * points["D"]))
+    )
+    for key, x in columns.items():
+        xs, best = _lowest_per_value(x, points["loss"])
+        if len(xs) < 3:
+            out["notes"].append(f"L({key}): {len(xs)} distinct {key} values (3 needed)")
+            continue
+        fit = fit_power_law(xs, best, n_boot=n_boot, level=level)
+        fit["law"] = f"L({key}) = E + A / {key}^alpha"
+        if len(xs) < len(x):
+            fit["points"] = f"the lowest loss at each of {len(xs)} {key} values ({len(x)} rows)"
+        if not (fit["alpha"] > 0 and all(math.isfinite(fit[k]) for k in ("E", "A"))):
+            out["notes"].append(
+                f"L({key}): left out, the fitted alpha is {fit['alpha']:.3g} (the lowest "
+                f"loss does not fall with {key} in this table)"
+            )
+            continue
+        out[key] = fit
+    if len(out) == 1:
+        raise FitError("no Kaplan law fits this table: " + "; ".join(out["notes"]))
+    return out
 
 
 def run_law(
     points: dict[str, np.ndarray], law: str, *, n_boot: int = 100, level: float = 0.95
 ) -> dict:
-    """Fit `law` (chinchilla | kaplan | isoflop) to loaded points."""
-    if law == "chinchilla":
-        return fit_parametric(points["N"], points["D"], points["loss"], n_boot=n_boot, level=level)
-    if law == "isoflop":
-        budget = points.get("budget")
-        if budget is None:
-            budget = group_budgets(points.get("C", 6 * points["N"] * points["D"]))
-        return fit_isoflop(points["N"], points["D"], points["loss"], budget, level=level)
-    out = {}
-    for key in ("N", "D", "C"):
-        if key in points and len(np.unique(points[key])) >= 3:
-            out[key] = fit_power_law(points[key], points["loss"], n_boot=n_boot, level=level)
-    if not out:
-        raise FitError("no column among N, D, C has 3 distinct values to fit L(X)")
-    return out
-
-
-def format_fit(law: str, fit: dict) -> str:
-    """A readable table of a fit's estimates and intervals."""
+    """Fit `law` (chinchilla | kaplan | isoflop) to loaded points; a fit without usable
+    exponents is a FitError (the message says why)."""
+    if np.ptp(points["loss"]) == 0:
+        raise FitError(
+            f"every row has loss {points['loss'][0]:.6g}: a constant loss has no scaling to fit"
+        )
     if law == "kaplan":
-        return "\n\n".join(format_fit(f"L({k})", v) for k, v in fit.items())
-    pct = f"{100 * fit.get('level', 0.95):.0f}%"
-    lines = [f"{law}: {fit['law']}"]
-    if "n_points" in fit:
-        lines[0] += f"  ({fit['n_points']} points)"
-    lines.append(f"  {'':8s}{'estimate':>12s}   {pct} interval")
+        return fit_kaplan(points, n_boot=n_boot, level=level)
+    if law == "chinchilla":
+        fit = fit_parametric(points["N"], points["D"], points["loss"], n_boot=n_boot, level=level)
+        if not math.isfinite(fit["a"]):
+            raise FitError(
+                f"the L(N, D) fit has alpha={fit['alpha']:.3g}, beta={fit['beta']:.3g}: the "
+                "loss does not fall with both N and D in this table, so there is no "
+                "compute-optimal frontier; vary N and D more widely"
+            )
+        return fit
+    budget = points.get("budget")
+    if budget is None:
+        budget = group_budgets(points.get("C", 6 * points["N"] * points["D"]))
+    fit = fit_isoflop(points["N"], points["D"], points["loss"], budget, level=level)
+    if fit["a"] is None:
+        raise FitError("no IsoFLOP exponents: " + "; ".join(fit["notes"]))
+    return fit
+
+
+# What the printed tables call each estimate (G, the frontier's prefactor, is in the JSON).
+_ROWS = {
+    "E": "irreducible loss",
+    "A": "",
+    "B": "",
+    "alpha": "",
+    "beta": "",
+    "a": "N_opt ∝ C^a",
+    "b": "D_opt ∝ C^b",
+}
+
+
+def _meaningless(key: str, estimate: float, lo: float, hi: float) -> bool:
+    """An interval that does not pin the estimate down: wider than the estimate itself
+    (prefactors A, B, being scales: spanning more than 100x)."""
+    if key in ("A", "B"):
+        return not (lo > 0 and hi / lo <= 100)
+    return hi - lo > abs(estimate)
+
+
+def _estimate_rows(fit: dict) -> tuple[list[str], bool]:
+    rows, flagged = [], False
     ci = fit.get("ci", {})
-    for key in ("E", "A", "B", "alpha", "beta", "a", "b", "G"):
+    for key, meaning in _ROWS.items():
         if fit.get(key) is None:
             continue
-        interval = "[{:.4g}, {:.4g}]".format(*ci[key]) if key in ci else "-"
-        lines.append(f"  {key:8s}{fit[key]:12.4g}   {interval}")
+        interval, flag = "-", ""
+        if key in ci:
+            lo, hi = ci[key]
+            interval = f"[{lo:.4g}, {hi:.4g}]"
+            if _meaningless(key, fit[key], lo, hi):
+                flag, flagged = " !", True
+        rows.append(f"  {key:8s}{fit[key]:12.4g}{flag:2s} {interval:24s}{meaning}".rstrip())
+    return rows, flagged
+
+
+def _interval_kind(fit: dict) -> str:
+    pct = f"{100 * fit.get('level', 0.95):.0f}%"
+    return f"{pct} bootstrap interval" if "n_boot" in fit else f"{pct} t-interval"
+
+
+def format_fit(law: str, fit: dict, title: str | None = None) -> str:
+    """A readable table of a fit's estimates and intervals; one column header per table.
+
+    `law`: chinchilla | kaplan | isoflop | envelope; `title` replaces the law's name.
+    Intervals that leave an estimate undetermined are flagged with "!".
+    """
+    parts = fit if law == "kaplan" else {"": fit}
+    laws = {k: v for k, v in parts.items() if k != "notes"}
+    first = next(iter(laws.values()), {})
+    formula = "L(X) = E + A / X^alpha, X = " + ", ".join(laws) if law == "kaplan" else first["law"]
+    lines = [f"{title or law}: {formula}"]
+    lines.append(f"  {'':8s}{'estimate':>12s}   {_interval_kind(first)}")
+    any_flag = False
+    for f in laws.values():
+        if law == "kaplan":
+            lines.append(f" {f['law']}  ({f.get('points', str(f['n_points']) + ' points')})")
+        elif "n_points" in f:
+            lines[0] += f"  ({f['n_points']} points)"
+        rows, flagged = _estimate_rows(f)
+        lines += rows
+        any_flag |= flagged
+        lines += _frontier_lines(f)
+    if any_flag:
+        lines.append(
+            "  !: the interval is wider than the estimate (A, B: spans over 100x); the "
+            "data do not determine it"
+        )
+    notes = [*fit.get("notes", [])]
+    if law == "kaplan":
+        notes += [f"{k}: {n}" for k, f in laws.items() for n in f.get("notes", [])]
+    lines += [f"  note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def _frontier_lines(fit: dict) -> list[str]:
+    lines = []
     if fit.get("frontier"):
         lines.append("  compute-optimal frontier (C = 6ND):")
         lines.append(f"  {'C':>10s}{'N_opt':>11s}{'D_opt':>11s}{'D/N':>8s}")
@@ -605,8 +735,7 @@ def format_fit(law: str, fit: dict) -> str:
                 f"  budget C={b['C']:.3g}: N_opt={b['N_opt']:.3g} "
                 f"D_opt={b['D_opt']:.3g} loss={b['loss_opt']:.4f}"
             )
-    lines += [f"  note: {n}" for n in fit.get("notes", [])]
-    return "\n".join(lines)
+    return lines
 
 
 def update_fit_json(path: str | Path, law: str, fit: dict) -> None:
