@@ -1,7 +1,7 @@
 """The base config, the model presets, derived sizes and validation.
 
-Every run is described by one `ml_collections.ConfigDict` with five sections:
-`model`, `data`, `train`, `checkpoint`, `mesh`. `default_config()` holds every
+Every run is described by one `ml_collections.ConfigDict` with six sections:
+`model`, `data`, `train`, `checkpoint`, `eval`, `mesh`. `default_config()` holds every
 key with a default that suits a newcomer; experiment files under
 `experiments/configs/` start from it and override a few values, usually by
 naming a model preset (`apply_preset`).
@@ -195,7 +195,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.hf_max_documents = 0  # 0: all
     d.val_fraction = 0.01  # files/hf without a val split: share of documents held out
     d.on_decode_error = "error"  # error | replace (undecodable bytes -> U+FFFD, counted)
-    d.tokenizer_path = ""  # '' trains one on the training split; else a .model file
+    # '' trains one on the training split; else a .model file, or 'hf:DIR' for a Hugging
+    # Face tokenizer (DIR holds tokenizer.json; needs the hf extra)
+    d.tokenizer_path = ""
     d.tokenizer_type = "bpe"  # bpe | unigram
     d.tokenizer_max_chars = 20_000_000  # characters of training text fed to SentencePiece
     d.cache_dir = ""  # '' : $LLM_JAX_CACHE or ~/.cache/llm_jax (shared by a sweep)
@@ -230,6 +232,10 @@ def default_config() -> ml_collections.ConfigDict:
     k.every = 100
     k.keep = 2
     k.async_save = True
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.tasks = ()  # task files evaluated at the end of training (llm_jax/evaluate.py)
+    e.batch_size = 8  # rows per evaluation batch
 
     c.mesh = h = ml_collections.ConfigDict()
     h.data = -1  # -1: all devices left after the others
