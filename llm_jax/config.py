@@ -17,13 +17,37 @@ import ast
 import importlib.util
 import math
 import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ml_collections
 
 from llm_jax.errors import UserError
+
+# The model's categorical switches: ModelConfig (llm_jax/model.py) types its fields with
+# these, and validate() accepts exactly their values.
+Positions = Literal["sinusoidal", "learned", "rope", "none"]
+RopeScaling = Literal["", "llama3"]
+NormKind = Literal["layernorm", "rmsnorm"]
+NormPosition = Literal["pre", "post"]
+MlpKind = Literal["relu", "gelu", "gelu_exact", "swiglu"]
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+ParamDtype = Literal["float32", "bfloat16"]
+Remat = Literal["none", "full", "save_dots", "save_qkv", "save_proj"]
+AttentionImpl = Literal["auto", "xla", "cudnn"]
+MODEL_CHOICES = {
+    "positions": Positions,
+    "rope_scaling": RopeScaling,
+    "norm": NormKind,
+    "norm_position": NormPosition,
+    "mlp": MlpKind,
+    "dtype": ComputeDtype,
+    "param_dtype": ParamDtype,
+    "remat": Remat,
+    "attention_impl": AttentionImpl,
+}
 
 # Model shapes users know. Each entry overrides `config.model` fields.
 _GPT2 = dict(
@@ -161,11 +185,18 @@ def default_config() -> ml_collections.ConfigDict:
     m.max_seq_len = 256  # context length: size of learned positions and of the KV cache
     m.positions = "rope"  # sinusoidal | learned | rope | none
     m.rope_theta = 10000.0
+    # RoPE frequency scaling: "" (none) | llama3 (Llama 3.1: long wavelengths divided by
+    # the factor, short ones kept, the band between interpolated)
+    m.rope_scaling = ""
+    m.rope_scaling_factor = 8.0
+    m.rope_low_freq_factor = 1.0
+    m.rope_high_freq_factor = 4.0
+    m.rope_original_max_positions = 8192
     m.norm = "rmsnorm"  # layernorm | rmsnorm
     m.norm_eps = 1e-6
     m.norm_bias = False  # LayerNorm bias (ignored by rmsnorm)
     m.norm_position = "pre"  # pre | post ("Add & Norm")
-    m.mlp = "swiglu"  # relu | gelu | swiglu
+    m.mlp = "swiglu"  # relu | gelu (tanh form, GPT-2) | gelu_exact (erf, nanoGPT) | swiglu
     m.mlp_bias = False
     m.attn_bias = False
     m.qk_norm = False
@@ -178,7 +209,8 @@ def default_config() -> ml_collections.ConfigDict:
     m.dtype = "float32"  # compute dtype; bfloat16 on accelerators
     m.param_dtype = "float32"
     m.scan_layers = True  # nn.scan over layers: compile time independent of depth
-    m.remat = "none"  # none | full | save_dots
+    # none | full | save_dots | save_qkv (keep q, k, v) | save_proj (keep every projection)
+    m.remat = "none"
     m.attention_impl = "auto"  # auto (cudnn on GPU, xla elsewhere) | xla | cudnn
 
     c.data = d = ml_collections.ConfigDict()
@@ -230,7 +262,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.checkpoint = k = ml_collections.ConfigDict()
     k.every = 100
-    k.keep = 2
+    k.keep = 2  # latest checkpoints kept
+    k.keep_every = 0  # >0: also keep every checkpoint at a multiple of this step, forever
     k.async_save = True
 
     c.eval = e = ml_collections.ConfigDict()
@@ -293,6 +326,20 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
             f"get_config() of {path} returned {type(config).__name__}, "
             "not an ml_collections.ConfigDict"
         )
+    return config
+
+
+def with_defaults(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A config read back from a run (config.json), keys added since filled with defaults.
+
+    Keys the current code no longer has (e.g. from an older version) are dropped.
+    """
+    config = default_config()
+    for section, values in stored.items():
+        if section in config and isinstance(values, Mapping):
+            for key, value in values.items():
+                if key in config[section]:
+                    config[section][key] = _coerce(f"{section}.{key}", config[section][key], value)
     return config
 
 
@@ -384,14 +431,7 @@ def padded_vocab(m: ml_collections.ConfigDict) -> int:
 # --- validation ---------------------------------------------------------------------------
 
 _CHOICES = {
-    "model.positions": ("sinusoidal", "learned", "rope", "none"),
-    "model.norm": ("layernorm", "rmsnorm"),
-    "model.norm_position": ("pre", "post"),
-    "model.mlp": ("relu", "gelu", "swiglu"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "model.param_dtype": ("float32", "bfloat16"),
-    "model.remat": ("none", "full", "save_dots"),
-    "model.attention_impl": ("auto", "xla", "cudnn"),
+    **{f"model.{key}": typing.get_args(kind) for key, kind in MODEL_CHOICES.items()},
     "data.source": ("shakespeare", "files", "hf"),
     "data.format": ("", "txt", "jsonl", "parquet", "csv"),
     "data.txt_document": ("file", "line"),
@@ -423,8 +463,58 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
     return config[section][key]
 
 
+_RANGES = (
+    # (key, low, high, low inclusive, high inclusive); None: unbounded
+    ("train.min_lr_ratio", 0.0, 1.0, True, True),
+    ("train.b1", 0.0, 1.0, True, False),
+    ("train.b2", 0.0, 1.0, True, False),
+    ("train.eps", 0.0, None, False, None),
+    ("train.weight_decay", 0.0, None, True, None),
+    ("train.warmup_steps", 0, None, True, None),
+    ("train.decay_fraction", 0.0, 1.0, False, True),
+    ("train.grad_clip", 0.0, None, True, None),
+    ("train.seed", 0, None, True, None),
+    ("train.z_loss", 0.0, None, True, None),
+    ("train.tokens", 0, None, True, None),
+    ("data.val_fraction", 0.0, 1.0, False, False),
+    ("data.val_batch_size", 0, None, True, None),
+    ("model.dropout", 0.0, 1.0, True, False),
+    ("checkpoint.keep_every", 0, None, True, None),
+)
+
+
+def _interval(low, high, low_in, high_in) -> str:
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low}"
+    return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def _in_range(value, low, high, low_in, high_in) -> bool:
+    above = value >= low if low_in else value > low
+    below = high is None or (value <= high if high_in else value < high)
+    return above and below
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+    d = config.data
+    if d.path and d.source == "shakespeare":
+        d.source = "files"  # a path means local files; the default source is not a choice
+    if d.path and d.source == "hf":
+        raise ConfigError(
+            "config.data.path is set but data.source='hf'; clear data.path or use "
+            "data.source='files'"
+        )
+    for key, low, high, low_in, high_in in _RANGES:
+        value = _get(config, key)
+        if not _in_range(value, low, high, low_in, high_in):
+            raise ConfigError(
+                f"config.{key} must be {_interval(low, high, low_in, high_in)} (got {value})"
+            )
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Check the config; raise ConfigError naming the key and the fix. Returns the config."""
+    _check_ranges(config)
     for key, choices in _CHOICES.items():
         value = _get(config, key)
         if value not in choices:
@@ -451,8 +541,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"config.data.seq_len={config.data.seq_len} exceeds config.model.max_seq_len="
             f"{m.max_seq_len}; raise max_seq_len or shorten seq_len"
         )
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"config.model.dropout must be in [0, 1) (got {m.dropout})")
     t = config.train
     if t.steps <= 0 and t.tokens <= 0:
         raise ConfigError("set config.train.steps or config.train.tokens to a positive number")

@@ -35,9 +35,39 @@ Ignored as small: norms, biases, softmax, activations, the embedding lookup, the
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import ml_collections
 
 from llm_jax import config as config_lib
+
+
+class ParamCounts(NamedTuple):
+    """Parameter counts of a model config (see the module docstring)."""
+
+    total: int
+    non_embedding: int  # Kaplan's N
+    embedding: int
+    vocab_padding: int
+
+
+class LayerParams(NamedTuple):
+    """Parameters of one Transformer layer."""
+
+    attention: int
+    mlp: int
+    norms: int
+    total: int
+
+
+class FlopsPerToken(NamedTuple):
+    """Training (forward + backward) FLOPs per token (see the module docstring)."""
+
+    six_n: int
+    matmuls: int
+    attention: int
+    lm_head: int
+    detailed: int  # the count reported in metrics, MFU, plans and sweeps
 
 
 def _norm_params(model_cfg: ml_collections.ConfigDict, dim: int) -> int:
@@ -55,7 +85,7 @@ def _matrix_params_per_layer(model_cfg: ml_collections.ConfigDict) -> dict[str, 
     )
 
 
-def layer_params(model_cfg: ml_collections.ConfigDict) -> dict[str, int]:
+def layer_params(model_cfg: ml_collections.ConfigDict) -> LayerParams:
     """Parameters of one Transformer layer: attention, mlp, norms and their sum."""
     D, H = model_cfg.d_model, model_cfg.n_heads
     G, K = config_lib.n_kv_heads(model_cfg), config_lib.head_dim(model_cfg)
@@ -70,21 +100,21 @@ def layer_params(model_cfg: ml_collections.ConfigDict) -> dict[str, int]:
     if model_cfg.mlp_bias:
         mlp += (2 * F if model_cfg.mlp == "swiglu" else F) + D
     norms = 2 * _norm_params(model_cfg, D)
-    return dict(attention=attention, mlp=mlp, norms=norms, total=attention + mlp + norms)
+    return LayerParams(attention, mlp, norms, total=attention + mlp + norms)
 
 
-def param_counts(model_cfg: ml_collections.ConfigDict) -> dict[str, int]:
+def param_counts(model_cfg: ml_collections.ConfigDict) -> ParamCounts:
     """total, non_embedding (Kaplan's N), embedding, vocab_padding (see module docstring)."""
     D, V = model_cfg.d_model, model_cfg.vocab_size
     vocab_matrices = 1 if model_cfg.tie_embeddings else 2
-    non_embedding = model_cfg.n_layers * layer_params(model_cfg)["total"]
+    non_embedding = model_cfg.n_layers * layer_params(model_cfg).total
     if model_cfg.norm_position == "pre":
         non_embedding += _norm_params(model_cfg, D)
     embedding = vocab_matrices * V * D
     if model_cfg.positions == "learned":
         embedding += model_cfg.max_seq_len * D
     padding = vocab_matrices * (config_lib.padded_vocab(model_cfg) - V) * D
-    return dict(
+    return ParamCounts(
         total=non_embedding + embedding,
         non_embedding=non_embedding,
         embedding=embedding,
@@ -92,18 +122,15 @@ def param_counts(model_cfg: ml_collections.ConfigDict) -> dict[str, int]:
     )
 
 
-def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> dict[str, int]:
-    """Training (forward + backward) FLOPs per token at context `seq_len`.
-
-    Keys: six_n, matmuls, attention, lm_head, detailed (see the module docstring).
-    """
+def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> FlopsPerToken:
+    """Training (forward + backward) FLOPs per token at context `seq_len`."""
     L = model_cfg.n_layers
     H, K = model_cfg.n_heads, config_lib.head_dim(model_cfg)
     matmuls = 6 * L * sum(_matrix_params_per_layer(model_cfg).values())
     attention = 12 * L * seq_len * H * K
     lm_head = 6 * model_cfg.d_model * config_lib.padded_vocab(model_cfg)
-    return dict(
-        six_n=6 * param_counts(model_cfg)["non_embedding"],
+    return FlopsPerToken(
+        six_n=6 * param_counts(model_cfg).non_embedding,
         matmuls=matmuls,
         attention=attention,
         lm_head=lm_head,

@@ -6,7 +6,7 @@ pre or post, MLP (relu | gelu | swiglu), attention with MHA/GQA/MQA and optional
 qk-norm, tied or untied embeddings, dropout, dtypes, nn.scan over layers, remat.
 
 Usage:
-    model = Transformer(config=config.model)
+    model = Transformer(ModelConfig.from_config(config.model))
     params = model.init(rng, tokens_BxL)['params']          # boxed with logical axes
     logits_BxLxV = model.apply({'params': params}, tokens_BxL)
 
@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.ad_checkpoint import checkpoint_name
 
 from llm_jax import config as config_lib
 
@@ -49,13 +49,29 @@ from llm_jax import config as config_lib
 # unlike -inf it stays finite under temperature scaling and 0 * logit in a loss.
 PAD_LOGIT = -1e9
 
+# Logical axes of activations: named apart from the parameters' (`embed`, `heads`, ...) so
+# the rules table maps each without depending on its order (llm_jax/sharding.py).
+ACTIVATION_EMBED = ("activation_batch", "activation_length", "activation_embed")
+ACTIVATION_HEADS = {
+    "heads": ("activation_batch", "activation_length", "activation_heads", "activation_kv"),
+    "kv_heads": ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv"),
+}
+_ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,  # tanh approximation, as GPT-2 (and HF's "gelu_new")
+    "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),  # erf, as torch's nn.GELU()
+}
+
 
 @dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """`config.model` with derived sizes resolved; frozen and hashable for Linen."""
+class ModelConfig:
+    """`config.model` with derived sizes resolved: frozen, hashable, what Linen holds.
+
+    Built once at the boundary (`ModelConfig.from_config(config.model)`); every field is
+    documented in llm_jax/config.py.
+    """
 
     vocab_size: int
-    vocab_multiple: int
     padded_vocab: int
     d_model: int
     n_layers: int
@@ -64,13 +80,18 @@ class ModelSpec:
     head_dim: int
     d_ff: int
     max_seq_len: int
-    positions: str
+    positions: config_lib.Positions
     rope_theta: float
-    norm: str
+    rope_scaling: config_lib.RopeScaling
+    rope_scaling_factor: float
+    rope_low_freq_factor: float
+    rope_high_freq_factor: float
+    rope_original_max_positions: int
+    norm: config_lib.NormKind
     norm_eps: float
     norm_bias: bool
-    norm_position: str
-    mlp: str
+    norm_position: config_lib.NormPosition
+    mlp: config_lib.MlpKind
     mlp_bias: bool
     attn_bias: bool
     qk_norm: bool
@@ -80,17 +101,15 @@ class ModelSpec:
     init_std: float
     scaled_residual_init: bool
     dropout: float
-    dtype: str
-    param_dtype: str
+    dtype: config_lib.ComputeDtype
+    param_dtype: config_lib.ParamDtype
     scan_layers: bool
-    remat: str
-    attention_impl: str
+    remat: config_lib.Remat
+    attention_impl: config_lib.AttentionImpl
 
     @classmethod
-    def from_config(cls, model_cfg: ml_collections.ConfigDict | ModelSpec) -> ModelSpec:
-        """Resolve a `config.model` ConfigDict (a ModelSpec passes through)."""
-        if isinstance(model_cfg, ModelSpec):
-            return model_cfg
+    def from_config(cls, model_cfg: ml_collections.ConfigDict) -> ModelConfig:
+        """Resolve a `config.model` ConfigDict (derived sizes filled in)."""
         derived = dict(
             n_kv_heads=config_lib.n_kv_heads(model_cfg),
             head_dim=config_lib.head_dim(model_cfg),
@@ -107,30 +126,30 @@ class ModelSpec:
 
 def _param(module: nn.Module, name: str, shape: tuple, axes: tuple, init) -> jax.Array:
     """A parameter carrying logical axis names, cast to the compute dtype."""
-    spec = module.spec
+    cfg = module.config
     value = module.param(
-        name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(spec.param_dtype)
+        name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(cfg.param_dtype)
     )
-    return value.astype(spec.dtype)
+    return value.astype(cfg.dtype)
 
 
-def _init_std(spec: ModelSpec, residual_output: bool) -> float:
+def _init_std(cfg: ModelConfig, residual_output: bool) -> float:
     # Output projections feed the residual stream 2 * n_layers times; scaling their init
     # keeps the stream's variance independent of depth (GPT-2).
-    if residual_output and spec.scaled_residual_init:
-        return spec.init_std / math.sqrt(2 * spec.n_layers)
-    return spec.init_std
+    if residual_output and cfg.scaled_residual_init:
+        return cfg.init_std / math.sqrt(2 * cfg.n_layers)
+    return cfg.init_std
 
 
 class Norm(nn.Module):
     """LayerNorm or RMSNorm over the last axis, computed in float32."""
 
-    spec: ModelSpec
+    config: ModelConfig
     axis_name: str = "embed"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        s = self.spec
+        s = self.config
         dim = x.shape[-1]
         x32 = x.astype(jnp.float32)
         if s.norm == "layernorm":
@@ -173,15 +192,33 @@ def sinusoidal_embedding(positions_BxL: jax.Array, d_model: int) -> jax.Array:
     return pe_BxLxCx2.reshape(*positions_BxL.shape, -1)[..., :d_model]
 
 
-def apply_rope(x_BxLxNxK: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.Array:
+def rope_frequencies(cfg: ModelConfig) -> jax.Array:
+    """Inverse frequencies [K/2] of the rotary embedding: theta^(-2i/K).
+
+    With `rope_scaling='llama3'` (Llama 3.1) long wavelengths are divided by the factor,
+    short ones kept, and the band between interpolated smoothly, as HF's "llama3" type.
+    """
+    half = cfg.head_dim // 2
+    inv_freq_C = cfg.rope_theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    if cfg.rope_scaling != "llama3":
+        return inv_freq_C
+    factor, low, high = cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    old_context = cfg.rope_original_max_positions
+    wavelen_C = 2 * math.pi / inv_freq_C
+    smooth_C = (old_context / wavelen_C - low) / (high - low)
+    between_C = (1 - smooth_C) * inv_freq_C / factor + smooth_C * inv_freq_C
+    scaled_C = jnp.where(wavelen_C > old_context / low, inv_freq_C / factor, inv_freq_C)
+    in_band_C = (wavelen_C >= old_context / high) & (wavelen_C <= old_context / low)
+    return jnp.where(in_band_C, between_C, scaled_C)
+
+
+def apply_rope(x_BxLxNxK: jax.Array, positions_BxL: jax.Array, inv_freq_C: jax.Array) -> jax.Array:
     """Rotary embedding (Su et al. 2021), half-split layout as in HF Llama / GPT-NeoX.
 
-    Pair (i, i + K/2) is rotated by angle p * theta^(-2i/K), so q.k depends on positions
-    only through their difference.
+    Pair (i, i + K/2) is rotated by angle p * inv_freq[i] (see `rope_frequencies`), so
+    q.k depends on positions only through their difference.
     """
-    half = x_BxLxNxK.shape[-1] // 2
-    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angle_BxLx1xC = (positions_BxL.astype(jnp.float32)[..., None] * inv_freq)[:, :, None, :]
+    angle_BxLx1xC = (positions_BxL.astype(jnp.float32)[..., None] * inv_freq_C)[:, :, None, :]
     sin, cos = jnp.sin(angle_BxLx1xC), jnp.cos(angle_BxLx1xC)
     x1, x2 = jnp.split(x_BxLxNxK.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -216,30 +253,30 @@ def attention_mask(
     return mask_BxLxS[:, None]
 
 
-def choose_attention_impl(spec: ModelSpec, decode: bool = False) -> str:
+def choose_attention_impl(cfg: ModelConfig, decode: bool = False) -> str:
     """'cudnn' or 'xla' for jax.nn.dot_product_attention; raises if forced cudnn can't run."""
     on_gpu = jax.default_backend() == "gpu"
-    half = jnp.dtype(spec.dtype) in (jnp.bfloat16, jnp.float16)
+    half = jnp.dtype(cfg.dtype) in (jnp.bfloat16, jnp.float16)
     reasons = [
         why
         for bad, why in [
             (not on_gpu, f"the backend is {jax.default_backend()}, not gpu"),
-            (not half, f"model.dtype={spec.dtype}; cuDNN attention needs bfloat16 or float16"),
+            (not half, f"model.dtype={cfg.dtype}; cuDNN attention needs bfloat16 or float16"),
             (
-                spec.head_dim % 8 or spec.head_dim > 128,
-                f"head_dim={spec.head_dim}; cuDNN needs a multiple of 8 and <= 128",
+                cfg.head_dim % 8 or cfg.head_dim > 128,
+                f"head_dim={cfg.head_dim}; cuDNN needs a multiple of 8 and <= 128",
             ),
         ]
         if bad
     ]
-    if spec.attention_impl == "cudnn" and reasons:
+    if cfg.attention_impl == "cudnn" and reasons:
         raise ValueError(
             "config.model.attention_impl='cudnn' cannot run: "
             + "; ".join(reasons)
             + ". Set config.model.attention_impl='auto'."
         )
     # Decoding attends one query at a time: memory-bound, nothing for a fused kernel to win.
-    if decode or spec.attention_impl == "xla":
+    if decode or cfg.attention_impl == "xla":
         return "xla"
     return "cudnn" if not reasons else "xla"
 
@@ -250,7 +287,7 @@ def choose_attention_impl(spec: ModelSpec, decode: bool = False) -> str:
 class Attention(nn.Module):
     """Multi-head attention with grouped KV heads (G = H: MHA, G = 1: MQA) and a KV cache."""
 
-    spec: ModelSpec
+    config: ModelConfig
     decode: bool = False
 
     @nn.compact
@@ -261,7 +298,7 @@ class Attention(nn.Module):
         mask_Bx1xLxS: jax.Array | None,
         cache_slot: jax.Array | None,
     ) -> jax.Array:
-        s = self.spec
+        s = self.config
         D, H, G, K = s.d_model, s.n_heads, s.n_kv_heads, s.head_dim
         normal = nn.initializers.normal(_init_std(s, residual_output=False))
         zeros = nn.initializers.zeros
@@ -274,8 +311,9 @@ class Attention(nn.Module):
             if s.qk_norm and name != "value":
                 y_BxLxNxK = Norm(s, axis_name="kv", name=name + "_norm")(y_BxLxNxK)
             if s.positions == "rope" and name != "value":
-                y_BxLxNxK = apply_rope(y_BxLxNxK, positions_BxL, s.rope_theta)
-            return nn.with_logical_constraint(y_BxLxNxK, ("batch", "length", head_axis, "kv"))
+                y_BxLxNxK = apply_rope(y_BxLxNxK, positions_BxL, rope_frequencies(s))
+            y_BxLxNxK = checkpoint_name(y_BxLxNxK, f"{name}_proj")
+            return nn.with_logical_constraint(y_BxLxNxK, ACTIVATION_HEADS[head_axis])
 
         q_BxLxHxK = project("query", H, "heads")
         k_BxLxGxK = project("key", G, "kv_heads")
@@ -297,7 +335,7 @@ class Attention(nn.Module):
             is_causal=mask_Bx1xLxS is None and s.causal,
             implementation=choose_attention_impl(s, self.decode),
         )
-        out_BxLxHxK = nn.with_logical_constraint(out_BxLxHxK, ("batch", "length", "heads", "kv"))
+        out_BxLxHxK = nn.with_logical_constraint(out_BxLxHxK, ACTIVATION_HEADS["heads"])
 
         w_HxKxD = _param(
             self,
@@ -309,13 +347,14 @@ class Attention(nn.Module):
         y_BxLxD = jnp.einsum("BLHK,HKD->BLD", out_BxLxHxK, w_HxKxD)
         if s.attn_bias:
             y_BxLxD += _param(self, "out_bias", (D,), ("embed",), zeros)
-        return y_BxLxD
+        return checkpoint_name(y_BxLxD, "attn_out")
 
     def _append_to_cache(
         self, name: str, new_BxLxGxK: jax.Array, cache_slot: jax.Array
     ) -> jax.Array:
         # Created with the input's shape when init_cache traces a max_len-long input.
-        cached = self.variable("cache", name, jnp.zeros, new_BxLxGxK.shape, new_BxLxGxK.dtype)
+        init = nn.with_logical_partitioning(jnp.zeros, ACTIVATION_HEADS["kv_heads"])
+        cached = self.variable("cache", name, init, new_BxLxGxK.shape, new_BxLxGxK.dtype)
         cached.value = jax.lax.dynamic_update_slice(
             cached.value, new_BxLxGxK.astype(cached.value.dtype), (0, cache_slot, 0, 0)
         )
@@ -323,13 +362,13 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: relu / gelu (tanh approximation, as GPT-2) / swiglu."""
+    """Position-wise feed-forward: relu / gelu (tanh form, GPT-2) / gelu_exact (erf) / swiglu."""
 
-    spec: ModelSpec
+    config: ModelConfig
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-        s = self.spec
+        s = self.config
         D, F = s.d_model, s.d_ff
         normal = nn.initializers.normal(_init_std(s, residual_output=False))
         zeros = nn.initializers.zeros
@@ -340,13 +379,15 @@ class MLP(nn.Module):
             )
             if s.mlp_bias:
                 h_BxLxF += _param(self, name + "_bias", (F,), ("mlp",), zeros)
-            return h_BxLxF
+            return checkpoint_name(h_BxLxF, f"mlp_{name}")
 
         if s.mlp == "swiglu":
             h_BxLxF = jax.nn.silu(up("gate")) * up("up")
         else:
-            h_BxLxF = (jax.nn.relu if s.mlp == "relu" else jax.nn.gelu)(up("up"))
-        h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "mlp"))
+            h_BxLxF = _ACTIVATIONS[s.mlp](up("up"))
+        h_BxLxF = nn.with_logical_constraint(
+            h_BxLxF, ("activation_batch", "activation_length", "activation_mlp")
+        )
         y_BxLxD = jnp.einsum(
             "BLF,FD->BLD",
             h_BxLxF,
@@ -360,13 +401,13 @@ class MLP(nn.Module):
         )
         if s.mlp_bias:
             y_BxLxD += _param(self, "down_bias", (D,), ("embed",), zeros)
-        return y_BxLxD
+        return checkpoint_name(y_BxLxD, "mlp_down")
 
 
 class Block(nn.Module):
     """One layer. pre: x + f(norm(x)); post ("Add & Norm", 2017): norm(x + f(x))."""
 
-    spec: ModelSpec
+    config: ModelConfig
     deterministic: bool = True
     decode: bool = False
 
@@ -378,7 +419,7 @@ class Block(nn.Module):
         mask_Bx1xLxS: jax.Array | None,
         cache_slot: jax.Array | None,
     ):
-        s = self.spec
+        s = self.config
         drop = nn.Dropout(s.dropout, deterministic=self.deterministic)
         sublayers = [
             (
@@ -395,14 +436,18 @@ class Block(nn.Module):
                 x_BxLxD = x_BxLxD + drop(fn(norm(x_BxLxD)))
             else:
                 x_BxLxD = norm(x_BxLxD + drop(fn(x_BxLxD)))
-            x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
+            x_BxLxD = nn.with_logical_constraint(x_BxLxD, ACTIVATION_EMBED)
         return x_BxLxD, None  # (carry, output) for nn.scan
 
 
+_PROJECTIONS = ("query_proj", "key_proj", "value_proj", "attn_out", "mlp_gate", "mlp_up")
 _REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole layer in the backward pass
     # keep the weight matmuls' outputs, recompute the rest (attention scores, elementwise)
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # named saves (checkpoint_name tags above): q, k, v only, or every projection
+    "save_qkv": jax.checkpoint_policies.save_only_these_names(*_PROJECTIONS[:3]),
+    "save_proj": jax.checkpoint_policies.save_only_these_names(*_PROJECTIONS, "mlp_down"),
 }
 
 
@@ -410,20 +455,9 @@ _REMAT_POLICIES = {
 
 
 class Transformer(nn.Module):
-    """Decoder-only Transformer. `config` is `config.model` (turned into a ModelSpec)."""
+    """Decoder-only Transformer: `Transformer(ModelConfig.from_config(config.model))`."""
 
-    config: Any
-
-    def __post_init__(self):
-        # Linen attributes must be hashable; a ConfigDict is not, so freeze it here while
-        # keeping `Transformer(config=config.model)` as the constructor.
-        object.__setattr__(self, "config", ModelSpec.from_config(self.config))
-        super().__post_init__()
-
-    @property
-    def spec(self) -> ModelSpec:
-        """The resolved model config (also what `_param` reads)."""
-        return self.config
+    config: ModelConfig
 
     @nn.compact
     def __call__(
@@ -442,7 +476,7 @@ class Transformer(nn.Module):
         to the 'cache' collection (see the module docstring) and attends over it; there
         positions default to the cache slots, so a left-padded batch passes its own.
         """
-        s = self.spec
+        s = self.config
         B, L = tokens_BxL.shape
         if decode:
             positions_BxL, mask_Bx1xLxS, cache_slot = self._decode_inputs(
@@ -483,7 +517,7 @@ class Transformer(nn.Module):
             )
             x_BxLxD += _lookup(pos_PxD, positions_BxL, None)
         x_BxLxD = nn.Dropout(s.dropout, deterministic=deterministic)(x_BxLxD)
-        x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
+        x_BxLxD = nn.with_logical_constraint(x_BxLxD, ACTIVATION_EMBED)
 
         x_BxLxD = self._layers(
             x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot, deterministic, decode
@@ -506,13 +540,15 @@ class Transformer(nn.Module):
             logits_BxLxV = jnp.einsum(
                 "BLD,DV->BLV", x_BxLxD, head_DxV, preferred_element_type=jnp.float32
             )
-        logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ("batch", "length", "vocab"))
+        logits_BxLxV = nn.with_logical_constraint(
+            logits_BxLxV, ("activation_batch", "activation_length", "activation_vocab")
+        )
         real_V = jnp.arange(s.padded_vocab) < s.vocab_size
         return jnp.where(real_V, logits_BxLxV, PAD_LOGIT)
 
     def _decode_inputs(self, B: int, L: int, positions_BxL, segment_ids_BxL):
         """Advance the cache's index and segment ids; return positions, mask, write slot."""
-        if not self.spec.causal:
+        if not self.config.causal:
             raise ValueError("decode=True needs a causal model (config.model.causal=True)")
         index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
         if segment_ids_BxL is None:
@@ -536,7 +572,7 @@ class Transformer(nn.Module):
         return positions_BxL, mask_Bx1xLxS, start
 
     def _layers(self, x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot, deterministic, decode):
-        s = self.spec
+        s = self.config
         block = Block
         if s.remat != "none" and not decode:  # nothing to save memory for without a backward
             block = nn.remat(Block, policy=_REMAT_POLICIES[s.remat], prevent_cse=not s.scan_layers)
@@ -560,11 +596,6 @@ class Transformer(nn.Module):
         return x_BxLxD
 
 
-def build_model(model_cfg: ml_collections.ConfigDict | ModelSpec) -> Transformer:
-    """The Transformer for `config.model` (same as `Transformer(config=model_cfg)`)."""
-    return Transformer(config=model_cfg)
-
-
 def unstack_layers(params: dict, n_layers: int) -> dict:
     """Params of a `scan_layers` model in the unscanned layout: 'layers' -> 'layer_<i>'.
 
@@ -581,22 +612,20 @@ def unstack_layers(params: dict, n_layers: int) -> dict:
     return out
 
 
-def init_cache(
-    model_cfg: ml_collections.ConfigDict | ModelSpec, batch: int, max_len: int | None = None
-) -> dict:
+def init_cache(cfg: ModelConfig, batch: int, max_len: int | None = None) -> dict:
     """An empty 'cache' collection for `batch` rows of `max_len` slots (default max_seq_len).
 
     Shapes come from tracing the decode path abstractly (no parameter memory); all
     slots start empty (segment 0) and index 0. Pass it as {'params': p, 'cache': cache}.
     """
-    spec = ModelSpec.from_config(model_cfg)
-    max_len = max_len or spec.max_seq_len
-    if spec.positions == "learned" and max_len > spec.max_seq_len:
+    max_len = max_len or cfg.max_seq_len
+    if cfg.positions == "learned" and max_len > cfg.max_seq_len:
         raise ValueError(
             f"max_len={max_len} exceeds the learned position table "
-            f"(model.max_seq_len={spec.max_seq_len})"
+            f"(model.max_seq_len={cfg.max_seq_len})"
         )
-    model = Transformer(config=spec)
+    model = Transformer(cfg)
     tokens_BxS = jnp.zeros((batch, max_len), jnp.int32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens_BxS, decode=True))
-    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes["cache"])
+    cache = nn.meta.unbox(shapes["cache"])  # the slots carry logical axes; zeros do not
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), cache)

@@ -461,7 +461,7 @@ def plan(
 
     seq_len, batch = config.data.seq_len, config.train.batch_size
     tokens = batch * seq_len
-    model_flops = float(flops_lib.flops_per_token(config.model, seq_len)["detailed"] * tokens)
+    model_flops = float(flops_lib.flops_per_token(config.model, seq_len).detailed * tokens)
     peak = topology.chip.peak_flops * topology.num_chips
     at_peak = model_flops / peak
     return PlanReport(
@@ -470,7 +470,7 @@ def plan(
         chip=topology.chip.generation,
         devices=topology.num_chips,
         mesh=mesh_sizes,
-        params_total=flops_lib.param_counts(config.model)["total"],
+        params_total=flops_lib.param_counts(config.model).total,
         params_allocated=sum(leaf.size for leaf in params),
         params_per_device=params_per_device,
         state_bytes_per_device=state_bytes,

@@ -34,11 +34,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from llm_jax.errors import UserError
-from llm_jax.model import ModelSpec, Transformer, init_cache, unstack_layers
+from llm_jax.model import ModelConfig, Transformer, init_cache, unstack_layers
 
 NEG_INF = -jnp.inf  # filtered-out logits; `categorical` and `argmax` never pick them
 
@@ -220,28 +219,27 @@ class Sampler:
 
     def __init__(
         self,
-        model_cfg: ml_collections.ConfigDict | ModelSpec,
+        cfg: ModelConfig,
         sampling: SamplingConfig,
         eos_id: int | None,
     ):
-        spec = ModelSpec.from_config(model_cfg)
         # Decoding runs unscanned (see model.unstack_layers); params are converted per call.
-        self.spec = dataclasses.replace(spec, scan_layers=False)
-        self._unstack = jax.jit(functools.partial(unstack_layers, n_layers=spec.n_layers))
+        self.cfg = dataclasses.replace(cfg, scan_layers=False)
+        self._unstack = jax.jit(functools.partial(unstack_layers, n_layers=cfg.n_layers))
         self.sampling = sampling
         self.eos_id = -1 if eos_id is None or eos_id < 0 else int(eos_id)
-        self.model = Transformer(config=self.spec)
+        self.model = Transformer(self.cfg)
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("max_new_tokens",))
         self._decode = jax.jit(self._decode_impl, donate_argnames=("state",))
 
     def _sample(self, keys_B: jax.Array, step: jax.Array, logits_BxV: jax.Array) -> jax.Array:
         step_keys_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, step)
-        return sample_tokens(step_keys_B, logits_BxV, self.sampling, self.spec.vocab_size)
+        return sample_tokens(step_keys_B, logits_BxV, self.sampling, self.cfg.vocab_size)
 
     def _prefill_impl(self, params, tokens_BxL, lengths_B, keys_B, max_new_tokens: int):
         batch, length = tokens_BxL.shape
         positions_BxL, segment_ids_BxL = left_pad_layout(lengths_B, length)
-        cache = init_cache(self.spec, batch, length + max_new_tokens)
+        cache = init_cache(self.cfg, batch, length + max_new_tokens)
         logits_BxLxV, variables = self.model.apply(
             {"params": params, "cache": cache},
             tokens_BxL,
@@ -306,7 +304,7 @@ class Sampler:
         Yields after every `chunk_size` decode steps (0: once, at the end). A row's tokens stop
         before its EOS; the last yield is the result.
         """
-        prompts = [fit_prompt(p, self.spec.max_seq_len, max_new_tokens, truncate) for p in prompts]
+        prompts = [fit_prompt(p, self.cfg.max_seq_len, max_new_tokens, truncate) for p in prompts]
         tokens_BxL, lengths_B = left_pad(prompts)
         params = self._unstack(params)  # a copy of scanned params, for this call's duration
         state = self._prefill(params, tokens_BxL, lengths_B, keys_B, max_new_tokens=max_new_tokens)
@@ -325,21 +323,15 @@ class Sampler:
         return tokens[: tokens.index(self.eos_id)] if self.eos_id in tokens else tokens
 
 
-def sampler_for(
-    model_cfg: ml_collections.ConfigDict | ModelSpec, sampling: SamplingConfig, eos_id: int | None
-) -> Sampler:
-    """The `Sampler` shared by every caller with this model shape, setting and EOS id."""
-    return _shared_sampler(ModelSpec.from_config(model_cfg), sampling, eos_id)
-
-
 @functools.lru_cache(maxsize=8)
-def _shared_sampler(spec: ModelSpec, sampling: SamplingConfig, eos_id: int | None) -> Sampler:
-    return Sampler(spec, sampling, eos_id)
+def sampler_for(cfg: ModelConfig, sampling: SamplingConfig, eos_id: int | None) -> Sampler:
+    """The `Sampler` shared by every caller with this model shape, setting and EOS id."""
+    return Sampler(cfg, sampling, eos_id)
 
 
 def generate(
     params,
-    model_cfg: ml_collections.ConfigDict,
+    cfg: ModelConfig,
     prompts: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
@@ -356,7 +348,7 @@ def generate(
     """
     rows = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
     keys_B = row_keys(seed, [p for p, _ in rows], [s for _, s in rows])
-    sampler = sampler_for(model_cfg, sampling, eos_id)
+    sampler = sampler_for(cfg, sampling, eos_id)
     *_, new_tokens = sampler.stream(
         params, [prompts[p] for p, _ in rows], keys_B, max_new_tokens, truncate=truncate
     )

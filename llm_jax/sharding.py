@@ -26,27 +26,34 @@ from llm_jax.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Order matters: flax gives each mesh axis to the first rule that claims it within an
-# array, so an activation [batch, length, embed] shards batch over (data, fsdp) and
-# leaves embed whole, while a parameter [embed, heads, kv] (no batch axis) shards its
-# embed rows over fsdp.
+# Parameters and activations use separate logical names (`embed` vs `activation_embed`),
+# so each rule stands alone: no entry depends on its place in the table.
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
-    # Data parallelism: examples split over every replica group, fsdp included (ZeRO-3
-    # shards params over fsdp but still feeds each fsdp shard its own examples).
-    ("batch", ("data", "fsdp")),
+    # Activations. Data parallelism: examples split over every replica group, fsdp
+    # included (ZeRO-3 shards params over fsdp but still feeds each shard its own examples).
+    ("activation_batch", ("data", "fsdp")),
     # Megatron-style tensor parallelism: attention heads, MLP hidden units and vocab
     # columns split over `tensor`, so each matmul's output (or input) dim is local.
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    # Replicated: d_model of the residual stream, the head width, the sequence (no
+    # context parallelism).
+    ("activation_embed", None),
+    ("activation_kv", None),
+    ("activation_length", None),
+    # Parameters: the same tensor-parallel split, and FSDP: d_model rows split over `fsdp`,
+    # gathered just before use.
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
     ("vocab", "tensor"),
-    # FSDP: parameters' d_model rows split over `fsdp`, gathered just before use.
     ("embed", "fsdp"),
-    # Replicated: the head width (too small to split), the scanned layer axis (each
-    # step of the scan needs its whole layer), and the sequence (no context parallelism).
+    # Replicated: the head width (too small to split) and the scanned layer axis (each step
+    # of the scan needs its whole layer).
     ("kv", None),
     ("layers", None),
-    ("length", None),
 )
 
 
@@ -147,7 +154,9 @@ def logical_to_sharding(
 
 def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> NamedSharding:
     """Sharding of an int [batch, length] array (tokens, targets, segment ids)."""
-    return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", "length"), rules))
+    return NamedSharding(
+        mesh, nn.logical_to_mesh_axes(("activation_batch", "activation_length"), rules)
+    )
 
 
 # --- processes ------------------------------------------------------------------------------

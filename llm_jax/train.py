@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from llm_jax import config as config_lib
 from llm_jax import optim
 from llm_jax import sharding as sharding_lib
-from llm_jax.model import Transformer
+from llm_jax.model import ModelConfig, Transformer
 
 # --- the step -----------------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ def _eval_step_fn(model: Transformer):
 
 def abstract_params(model_cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:
     """The params as ShapeDtypeStructs carrying their NamedShardings (for restoring)."""
-    model = Transformer(config=model_cfg)
+    model = Transformer(ModelConfig.from_config(model_cfg))
     boxed = jax.eval_shape(
         lambda key: model.init(key, jnp.zeros((1, 8), jnp.int32))["params"], jax.random.key(0)
     )
@@ -161,7 +161,7 @@ def abstract_params(model_cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
 def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> TrainSetup:
     """The jitted step and the abstract, sharded train state, without allocating arrays."""
-    model = Transformer(config=config.model)
+    model = Transformer(ModelConfig.from_config(config.model))
     total_steps = config_lib.train_steps(config)
     optimizer, schedule = optim.make_optimizer(config.train, total_steps)
     init_tokens = jnp.zeros((1, 8), jnp.int32)  # parameter shapes do not depend on these

@@ -10,6 +10,7 @@ import jax
 import ml_collections
 
 from llm_jax import checkpoint as ckpt_lib
+from llm_jax import config as config_lib
 from llm_jax import sharding as sharding_lib
 
 CONFIG_FILE = "config.json"  # the resolved config, written at the start of every run
@@ -34,8 +35,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raise ckpt_lib.CheckpointError(f"{path} not found: is {workdir!r} a training workdir?")
     try:
         with open(path, encoding="utf-8") as f:
-            return ml_collections.ConfigDict(json.load(f))
-    except (ValueError, UnicodeDecodeError) as e:
+            stored = json.load(f)
+        return config_lib.with_defaults(stored)
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
         raise ckpt_lib.CheckpointError(
             f"{path} is not valid JSON ({e}); rerun `llm-jax train` with the run's config to "
             "rewrite it"

@@ -18,7 +18,7 @@ def preset(name, **overrides):
 
 def initialised_count(m):
     # eval_shape: shapes only, so even llama3-8b costs no memory.
-    model = model_lib.Transformer(config=m)
+    model = model_lib.Transformer(model_lib.ModelConfig.from_config(m))
     shapes = jax.eval_shape(
         lambda: nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     )
@@ -29,8 +29,8 @@ def initialised_count(m):
 def test_param_count_equals_initialised_params_for_every_preset(name):
     m = preset(name)
     counts = flops.param_counts(m)
-    assert counts["total"] + counts["vocab_padding"] == initialised_count(m)
-    assert counts["total"] == counts["non_embedding"] + counts["embedding"]
+    assert counts.total + counts.vocab_padding == initialised_count(m)
+    assert counts.total == counts.non_embedding + counts.embedding
 
 
 VARIANTS = [
@@ -44,8 +44,8 @@ VARIANTS = [
 def test_param_count_equals_initialised_params_for_switch_variants(overrides):
     m = preset("tiny", vocab_size=300, **overrides)  # 300 real rows, 384 initialised
     counts = flops.param_counts(m)
-    assert counts["vocab_padding"] == (84 * 64) * (1 if m.tie_embeddings else 2)
-    assert counts["total"] + counts["vocab_padding"] == initialised_count(m)
+    assert counts.vocab_padding == (84 * 64) * (1 if m.tie_embeddings else 2)
+    assert counts.total + counts.vocab_padding == initialised_count(m)
 
 
 @pytest.mark.parametrize(
@@ -59,19 +59,19 @@ def test_param_count_equals_initialised_params_for_switch_variants(overrides):
     ],
 )
 def test_total_matches_published_sizes(name, total):
-    assert flops.param_counts(preset(name))["total"] == total
+    assert flops.param_counts(preset(name)).total == total
 
 
 def test_non_embedding_count_ignores_vocab_and_tying():
     tied = flops.param_counts(preset("llama-150m", tie_embeddings=True))
     untied = flops.param_counts(preset("llama-150m", tie_embeddings=False))
     bigger_vocab = flops.param_counts(preset("llama-150m", vocab_size=64000))
-    assert tied["non_embedding"] == untied["non_embedding"] == bigger_vocab["non_embedding"]
-    assert untied["embedding"] == 2 * tied["embedding"] == 2 * 32000 * 768
+    assert tied.non_embedding == untied.non_embedding == bigger_vocab.non_embedding
+    assert untied.embedding == 2 * tied.embedding == 2 * 32000 * 768
 
 
 def xla_train_flops_per_token(m, batch, seq_len):
-    model = model_lib.Transformer(config=m)
+    model = model_lib.Transformer(model_lib.ModelConfig.from_config(m))
     tokens = jnp.zeros((batch, seq_len), jnp.int32)
     params = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), tokens)["params"]))
 
@@ -94,24 +94,24 @@ def test_detailed_flops_agree_with_xla_cost_analysis():
     ours_short = flops.flops_per_token(m, short)
     # XLA also counts what the formula ignores (norms, softmax, SwiGLU, the loss: a few
     # percent at this tiny width, less for real models), so it may exceed ours by <= 6%.
-    assert ours_long["detailed"] <= xla_long <= 1.06 * ours_long["detailed"]
+    assert ours_long.detailed <= xla_long <= 1.06 * ours_long.detailed
     # The attention term alone is what grows with the context: the per-token difference
     # between two lengths checks it (full, not causal-halved, counting) within 10%.
-    ours_growth = ours_long["attention"] - ours_short["attention"]
+    ours_growth = ours_long.attention - ours_short.attention
     assert ours_growth == pytest.approx(xla_long - xla_short, rel=0.10)
     # 6N alone misses the attention and output layer: far off at this size.
-    assert ours_long["six_n"] < 0.9 * xla_long
+    assert ours_long.six_n < 0.9 * xla_long
 
 
 def test_training_flops_is_six_n_d():
     assert flops.training_flops(124e6, 10e9) == pytest.approx(6 * 124e6 * 10e9)
     m = preset("gpt2-small")
     per_token = flops.flops_per_token(m, 1024)
-    n = flops.param_counts(m)["non_embedding"]
-    assert per_token["six_n"] == 6 * n == flops.training_flops(n, 1)
+    n = flops.param_counts(m).non_embedding
+    assert per_token.six_n == 6 * n == flops.training_flops(n, 1)
     # PaLM's 12*L*H*Q*T: at 1024 context attention adds 22% to GPT-2 small's 6N
     # (N = 85,056,000 non-embedding parameters).
     assert n == 85_056_000
-    assert per_token["attention"] == 12 * 12 * 12 * 64 * 1024
-    assert per_token["attention"] / per_token["six_n"] == pytest.approx(0.222, abs=0.001)
-    assert per_token["lm_head"] == 6 * 768 * 50304  # padded vocab: those columns are computed
+    assert per_token.attention == 12 * 12 * 12 * 64 * 1024
+    assert per_token.attention / per_token.six_n == pytest.approx(0.222, abs=0.001)
+    assert per_token.lm_head == 6 * 768 * 50304  # padded vocab: those columns are computed

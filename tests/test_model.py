@@ -45,7 +45,7 @@ def tiny(**overrides):
 
 @functools.cache
 def _build(spec):
-    model = model_lib.Transformer(config=spec)
+    model = model_lib.Transformer(spec)
     tokens = jnp.zeros((1, 8), jnp.int32)
     params = jax.jit(lambda k: nn.meta.unbox(model.init(k, tokens)["params"]))(jax.random.key(0))
     decode = jax.jit(functools.partial(model.apply, decode=True, mutable=["cache"]))
@@ -54,7 +54,7 @@ def _build(spec):
 
 def build(m):
     """(model, params, jitted apply, jitted decode apply) for config.model `m`, cached."""
-    return _build(model_lib.ModelSpec.from_config(m))
+    return _build(model_lib.ModelConfig.from_config(m))
 
 
 def random_tokens(shape, seed=1):
@@ -162,10 +162,11 @@ def test_sinusoidal_matches_paper_formula():
 
 def test_rope_dot_product_depends_only_on_relative_position():
     q, k = jax.random.normal(jax.random.key(0), (2, 1, 1, 1, 16))
+    inv_freq = model_lib.rope_frequencies(model_lib.ModelConfig.from_config(tiny(head_dim=16)))
 
     def score(pq, pk):
-        rq = model_lib.apply_rope(q, jnp.array([[pq]]), 10000.0)
-        rk = model_lib.apply_rope(k, jnp.array([[pk]]), 10000.0)
+        rq = model_lib.apply_rope(q, jnp.array([[pq]]), inv_freq)
+        rk = model_lib.apply_rope(k, jnp.array([[pk]]), inv_freq)
         return float((rq * rk).sum())
 
     assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-4)
@@ -174,9 +175,67 @@ def test_rope_dot_product_depends_only_on_relative_position():
     assert abs(score(3, 1) - score(3, 2)) > 1e-3
 
 
+def test_llama3_rope_scaling_follows_the_published_rule():
+    """Llama 3.1's rule, written out per frequency: long wavelengths / factor, short kept,
+    the band between interpolated."""
+    m = tiny(
+        head_dim=64,
+        rope_theta=500000.0,
+        rope_scaling="llama3",
+        rope_scaling_factor=8.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_positions=8192,
+    )
+    scaled = np.asarray(model_lib.rope_frequencies(model_lib.ModelConfig.from_config(m)))
+    plain = 500000.0 ** (-np.arange(32) / 32)
+    expected = []
+    for f in plain:
+        wavelen = 2 * np.pi / f
+        if wavelen < 8192 / 4.0:
+            expected.append(f)
+        elif wavelen > 8192 / 1.0:
+            expected.append(f / 8.0)
+        else:
+            smooth = (8192 / wavelen - 1.0) / (4.0 - 1.0)
+            expected.append((1 - smooth) * f / 8.0 + smooth * f)
+    np.testing.assert_allclose(scaled, expected, rtol=1e-5)
+    assert (scaled < plain * 0.99).any() and (scaled == np.float32(plain)).any()
+
+
+def test_gelu_exact_is_the_erf_form():
+    from scipy.special import erf
+
+    x = np.linspace(-4, 4, 81, dtype=np.float32)
+    exact = np.asarray(model_lib._ACTIVATIONS["gelu_exact"](jnp.asarray(x)))
+    np.testing.assert_allclose(exact, 0.5 * x * (1 + erf(x / np.sqrt(2))), atol=1e-6)
+    tanh_form = np.asarray(model_lib._ACTIVATIONS["gelu"](jnp.asarray(x)))
+    assert np.abs(exact - tanh_form).max() > 1e-4  # the two forms differ
+
+
+@pytest.mark.parametrize("remat", ["save_qkv", "save_proj"])
+def test_named_remat_policies_give_the_same_gradients(remat):
+    tokens = random_tokens((B, 8))
+
+    def grads(m):
+        model, params, _, _ = build(m)
+
+        def loss(p):
+            logp = jax.nn.log_softmax(model.apply({"params": p}, tokens))
+            return -jnp.take_along_axis(logp, tokens[..., None], -1).mean()
+
+        return jax.jit(jax.grad(loss))(params)
+
+    plain, named = grads(tiny()), grads(tiny(remat=remat))
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(named), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_gqa_equals_mha_with_repeated_kv_heads():
     _, params, gqa_apply, _ = build(tiny(**POSITION_CONFIGS[2]))  # 4 query, 2 kv heads
-    mha = model_lib.Transformer(config=tiny(positions="rope", n_kv_heads=4))
+    mha = model_lib.Transformer(
+        model_lib.ModelConfig.from_config(tiny(positions="rope", n_kv_heads=4))
+    )
     # Each kv head serves n_heads / n_kv_heads consecutive query heads.
     attn = dict(params["layers"]["attn"])
     for name in ("key", "value"):
@@ -191,7 +250,7 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
 
 
 def _block(norm, where):
-    spec = model_lib.ModelSpec.from_config(tiny(norm=norm, norm_position=where))
+    spec = model_lib.ModelConfig.from_config(tiny(norm=norm, norm_position=where))
     block = model_lib.Block(spec)
     positions = jnp.broadcast_to(jnp.arange(6), (2, 6))
     x = jnp.zeros((2, 6, 32))
@@ -221,7 +280,7 @@ def test_pre_norm_block_keeps_the_residual_path_untouched():
 
 
 def param_shapes(m):
-    model = model_lib.Transformer(config=m)
+    model = model_lib.Transformer(model_lib.ModelConfig.from_config(m))
     return jax.eval_shape(
         lambda: nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     )
@@ -234,7 +293,9 @@ def test_final_norm_only_for_pre_norm():
 
 def test_scan_and_loop_layers_agree():
     _, params, apply, _ = build(tiny(**POSITION_CONFIGS[1]))
-    looped = model_lib.Transformer(config=tiny(positions="learned", scan_layers=False))
+    looped = model_lib.Transformer(
+        model_lib.ModelConfig.from_config(tiny(positions="learned", scan_layers=False))
+    )
     loop_params = {k: v for k, v in params.items() if k != "layers"}
     for i in range(2):
         loop_params[f"layer_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["layers"])
@@ -247,7 +308,7 @@ def test_scan_and_loop_layers_agree():
 
 
 def test_params_carry_logical_axes():
-    model = model_lib.Transformer(config=tiny(n_kv_heads=2))
+    model = model_lib.Transformer(model_lib.ModelConfig.from_config(tiny(n_kv_heads=2)))
     boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     specs = nn.get_partition_spec(boxed["params"])
     assert tuple(specs["token_embed"]) == ("vocab", "embed")
@@ -266,10 +327,10 @@ def test_residual_init_is_scaled():
 
 
 def test_forced_cudnn_on_cpu_is_a_clear_error():
-    forced = model_lib.Transformer(config=tiny(attention_impl="cudnn"))
+    forced = model_lib.Transformer(model_lib.ModelConfig.from_config(tiny(attention_impl="cudnn")))
     with pytest.raises(ValueError, match="cudnn.*backend is cpu.*float32"):
         jax.eval_shape(forced.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-    assert model_lib.choose_attention_impl(model_lib.ModelSpec.from_config(tiny())) == "xla"
+    assert model_lib.choose_attention_impl(model_lib.ModelConfig.from_config(tiny())) == "xla"
 
 
 # --- segments and the decode path --------------------------------------------------------
@@ -291,7 +352,7 @@ def test_packed_documents_equal_each_alone():
 def decode_stepwise(m, tokens, positions, segments, prefill=5):
     """Logits from a prefill of `prefill` tokens, then one token per call."""
     model, params, _, decode = build(m)
-    cache = model_lib.init_cache(m, tokens.shape[0], 16)
+    cache = model_lib.init_cache(model_lib.ModelConfig.from_config(m), tokens.shape[0], 16)
     outs = []
     for start, stop in [(0, prefill)] + [(t, t + 1) for t in range(prefill, tokens.shape[1])]:
         logits, state = decode(
@@ -337,12 +398,16 @@ def test_left_padded_prompt_matches_unpadded(overrides):
 
 
 def test_cache_layout():
-    cache = model_lib.init_cache(tiny(n_kv_heads=2), batch=3, max_len=16)
+    cache = model_lib.init_cache(
+        model_lib.ModelConfig.from_config(tiny(n_kv_heads=2)), batch=3, max_len=16
+    )
     assert cache["layers"]["attn"]["key"].shape == (2, 3, 16, 2, 8)  # [layers, B, S, G, K]
     assert cache["segment_ids"].shape == (3, 16) and int(cache["index"]) == 0
     assert not cache["segment_ids"].any()  # every slot starts empty
-    loop = model_lib.init_cache(tiny(scan_layers=False, dtype="bfloat16"), 1, 8)
+    loop = model_lib.init_cache(
+        model_lib.ModelConfig.from_config(tiny(scan_layers=False, dtype="bfloat16")), 1, 8
+    )
     assert loop["layer_1"]["attn"]["value"].shape == (1, 8, 4, 8)
     assert loop["layer_1"]["attn"]["value"].dtype == jnp.bfloat16
     with pytest.raises(ValueError, match="learned position table"):
-        model_lib.init_cache(tiny(positions="learned"), 1, 64)
+        model_lib.init_cache(model_lib.ModelConfig.from_config(tiny(positions="learned")), 1, 64)

@@ -9,7 +9,7 @@ import pytest
 
 from llm_jax import config as config_lib
 from llm_jax import optim
-from llm_jax.model import Transformer
+from llm_jax.model import ModelConfig, Transformer
 
 
 def _train_cfg(**overrides):
@@ -46,7 +46,7 @@ def _params(preset):
     config = config_lib.apply_preset(config_lib.default_config(), preset)
     config.model.update(d_model=32, n_heads=2, n_kv_heads=0, d_ff=64, vocab_size=64)
     shapes = jax.eval_shape(
-        lambda: Transformer(config=config.model).init(
+        lambda: Transformer(ModelConfig.from_config(config.model)).init(
             jax.random.key(0), jnp.zeros((1, 8), jnp.int32)
         )["params"]
     )

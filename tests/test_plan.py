@@ -121,8 +121,8 @@ def test_gpt2_small_fits_on_one_host(gpt2_reports, name, chip):
 def test_parameter_count_is_llm_jax_flops(gpt2_reports):
     counts = flops.param_counts(_config("gpt2-small", 128, 16).model)
     report = gpt2_reports["v5p-8"]
-    assert report.params_total == counts["total"]
-    assert report.params_allocated == counts["total"] + counts["vocab_padding"]
+    assert report.params_total == counts.total
+    assert report.params_allocated == counts.total + counts.vocab_padding
 
 
 @needs_libtpu
@@ -135,7 +135,7 @@ def test_xla_flops_agree_with_the_model_count():
     # The model count ignores norms, softmax, the loss and the optimizer: a few %.
     assert 0.95 < ratio < 1.10, ratio
     assert report.model_flops_per_step == (
-        flops.flops_per_token(config.model, 256)["detailed"] * 16 * 256
+        flops.flops_per_token(config.model, 256).detailed * 16 * 256
     )
     assert report.step_seconds_at_peak == pytest.approx(
         report.model_flops_per_step / (4 * plan.CHIPS["v5p"].peak_flops)

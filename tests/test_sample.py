@@ -12,7 +12,7 @@ import pytest
 
 from llm_jax import config as cfg
 from llm_jax import sample
-from llm_jax.model import Transformer, init_cache
+from llm_jax.model import ModelConfig, Transformer, init_cache
 from llm_jax.sample import SamplingConfig
 
 VOCAB = 8  # real tokens of the small-vocabulary tests; 8 more columns are padding
@@ -134,7 +134,7 @@ def _tiny(**overrides):
     m = cfg.default_config().model
     m.update(d_model=32, n_layers=2, n_heads=4, vocab_size=61, vocab_multiple=32, max_seq_len=32)
     m.update(overrides)
-    init = jax.jit(Transformer(config=m).init)
+    init = jax.jit(Transformer(ModelConfig.from_config(m)).init)
     return m, nn.unbox(init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
 
 
@@ -151,12 +151,14 @@ def test_cached_logits_equal_full_forward(overrides):
     """A left-padded batch: prefill the prompts, then feed 5 more tokens one at a time; each
     row's logits equal those of a full forward over that row alone, at every position."""
     m, params = _tiny(**overrides)
-    model = Transformer(config=m)
+    model = Transformer(ModelConfig.from_config(m))
     continuation_BxT = np.array([[3, 4, 5, 6, 7], [50, 1, 2, 2, 9], [0, 11, 22, 33, 44]])
     tokens_BxL, lengths_B = sample.left_pad(PROMPTS)
     positions_BxL, segment_ids_BxL = sample.left_pad_layout(lengths_B, tokens_BxL.shape[1])
     decode = jax.jit(functools.partial(model.apply, decode=True, mutable=["cache"]))
-    cache = init_cache(m, len(PROMPTS), tokens_BxL.shape[1] + continuation_BxT.shape[1])
+    cache = init_cache(
+        ModelConfig.from_config(m), len(PROMPTS), tokens_BxL.shape[1] + continuation_BxT.shape[1]
+    )
     logits, variables = decode(
         {"params": params, "cache": cache},
         tokens_BxL,
@@ -197,7 +199,7 @@ def _generate(prompts, sampling=GREEDY, eos_id=None, seed=0, num_samples=1, new_
     m, params = _tiny(**ROPE_GQA)
     return sample.generate(
         params,
-        m,
+        ModelConfig.from_config(m),
         prompts,
         max_new_tokens=new_tokens,
         sampling=sampling,
@@ -211,7 +213,7 @@ def test_greedy_is_the_argmax_of_a_full_forward_and_deterministic():
     m, params = _tiny(**ROPE_GQA)
     out = [samples[0] for samples in _generate(PROMPTS)]
     assert out == [samples[0] for samples in _generate(PROMPTS)]
-    full = jax.jit(Transformer(config=m).apply)
+    full = jax.jit(Transformer(ModelConfig.from_config(m)).apply)
     for prompt, new in zip(PROMPTS, out, strict=True):
         assert len(new) == 8
         logits_LxV = np.asarray(full({"params": params}, np.array([prompt + new])))[0]
@@ -237,7 +239,7 @@ def test_padding_does_not_change_a_sampled_continuation():
     included, since each row's randomness depends only on (seed, prompt, sample)."""
     m, params = _tiny(**ROPE_GQA)
     together = _generate(PROMPTS, NUCLEUS, seed=3, num_samples=2, new_tokens=10)
-    alone = sample.sampler_for(m, NUCLEUS, None).stream(
+    alone = sample.sampler_for(ModelConfig.from_config(m), NUCLEUS, None).stream(
         params, [PROMPTS[1]] * 2, sample.row_keys(3, [1, 1], [0, 1]), 10
     )
     assert list(alone)[-1] == together[1]
@@ -257,7 +259,7 @@ def test_streaming_yields_growing_prefixes_of_the_same_result():
     rows = [(p, s) for p in range(3) for s in range(2)]
     keys_B = sample.row_keys(3, [p for p, _ in rows], [s for _, s in rows])
     chunks = list(
-        sample.sampler_for(m, NUCLEUS, None).stream(
+        sample.sampler_for(ModelConfig.from_config(m), NUCLEUS, None).stream(
             params, [PROMPTS[p] for p, _ in rows], keys_B, 10, chunk_size=4
         )
     )

@@ -39,7 +39,7 @@ def test_shapes_hit_target_size_within_tolerance(vocab, target, head_dim, aspect
     assert abs(shape["N"] / target - 1) <= tolerance
     config = sweep.apply_overrides(base, {k: v for k, v in shape.items() if "." in k})
     config_lib.validate(config)
-    assert flops.param_counts(config.model)["total"] == shape["N"]
+    assert flops.param_counts(config.model).total == shape["N"]
     d_model = config.model.d_model
     assert d_model % head_dim == 0 and config.model.n_heads * head_dim == d_model
     # On the depth-to-width family: d_model / n_layers within 2x of the aspect ratio.
@@ -60,7 +60,7 @@ def test_isoflop_tokens_match_the_budget():
     for t in trials:
         config = sweep.apply_overrides(base, t.overrides)
         tokens_per_step = config.train.batch_size * config.data.seq_len
-        per_token = flops.flops_per_token(config.model, config.data.seq_len)["detailed"]
+        per_token = flops.flops_per_token(config.model, config.data.seq_len).detailed
         # D = C / FLOPs-per-token, rounded to whole steps.
         step_flops = tokens_per_step * per_token
         assert abs(config.train.tokens * per_token - t.tags["budget"]) <= step_flops
@@ -81,7 +81,7 @@ def test_isoflop_sizes_per_budget_and_six_n_convention():
     assert len(trials) == 5
     t = trials[0]
     config = sweep.apply_overrides(base, t.overrides)
-    six_n = flops.flops_per_token(config.model, config.data.seq_len)["six_n"]
+    six_n = flops.flops_per_token(config.model, config.data.seq_len).six_n
     assert config.train.tokens * six_n == pytest.approx(1e18, rel=0.01)
 
 

@@ -57,14 +57,16 @@ def test_param_and_batch_shardings_follow_the_rules():
     mqa = train.abstract_params(tiny(n_kv_heads=1), mesh)
     assert mqa["layers"]["attn"]["key"].sharding.spec == P(None, "fsdp", None, None)
     # Logical specs (not boxed params) work too.
-    spec = sharding.logical_to_sharding(mesh, {"x": P("batch", "length", "mlp")})
+    spec = sharding.logical_to_sharding(
+        mesh, {"x": P("activation_batch", "activation_length", "activation_mlp")}
+    )
     assert spec["x"].spec == P(("data", "fsdp"), None, "tensor")
 
 
 def test_sharded_forward_equals_single_device(capfd):
     m = tiny(positions="learned")
     mesh = sharding.make_mesh(mesh_cfg(2, 2, 2))
-    model = model_lib.Transformer(config=m)
+    model = model_lib.Transformer(model_lib.ModelConfig.from_config(m))
     shardings = jax.tree.map(lambda s: s.sharding, train.abstract_params(m, mesh))
     init = jax.jit(
         lambda k: nn.meta.unbox(model.init(k, jnp.zeros((1, 8), jnp.int32)))["params"],

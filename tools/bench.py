@@ -90,7 +90,7 @@ def main(argv=None) -> None:
             times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
     tokens_per_s = args.batch * args.seq_len / step_s
-    per_token = flops_lib.flops_per_token(config.model, args.seq_len)["detailed"]
+    per_token = flops_lib.flops_per_token(config.model, args.seq_len).detailed
     tflops = tokens_per_s * per_token / 1e12
     device = jax.devices()[0]
     peak = metrics_lib.peak_flops(device.device_kind)
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
         ("device", f"{jax.device_count()} x {device.device_kind}"),
         (
             "model",
-            f"{args.preset} ({flops_lib.param_counts(config.model)['total'] / 1e6:.1f}M "
+            f"{args.preset} ({flops_lib.param_counts(config.model).total / 1e6:.1f}M "
             f"params), {args.dtype}, attention={args.attention}, remat={args.remat}, "
             f"scan={not args.no_scan}",
         ),

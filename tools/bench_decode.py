@@ -24,7 +24,7 @@ import numpy as np
 
 from llm_jax import config as config_lib
 from llm_jax import sample
-from llm_jax.model import Transformer
+from llm_jax.model import ModelConfig, Transformer
 
 BUCKET = 32
 
@@ -73,9 +73,11 @@ def main() -> None:
         vocab_size=512,
         max_seq_len=args.prompt_len + args.new_tokens,
     )
-    model = Transformer(config=m)
+    model = Transformer(ModelConfig.from_config(m))
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    sampler = sample.Sampler(m, sample.SamplingConfig(temperature=0.0), eos_id=None)
+    sampler = sample.Sampler(
+        ModelConfig.from_config(m), sample.SamplingConfig(temperature=0.0), eos_id=None
+    )
 
     @jax.jit
     def forward(params, tokens_BxL, last):

@@ -27,6 +27,7 @@ import ml_collections
 from llm_jax import sample, sharding
 from llm_jax.cli import args as args_lib
 from llm_jax.errors import UsageError
+from llm_jax.model import ModelConfig
 from llm_jax.sample import SamplingConfig
 
 STREAM_CHUNK = 8  # decode steps between prints when streaming
@@ -157,7 +158,7 @@ def _print_streamed(
     out: TextIO, texts, prompts, config, params, tokenizer, sampling, args, max_new_tokens: int
 ) -> None:
     """One sample at a time, printed every STREAM_CHUNK tokens."""
-    sampler = sample.sampler_for(config.model, sampling, tokenizer.eos_id)
+    sampler = sample.sampler_for(ModelConfig.from_config(config.model), sampling, tokenizer.eos_id)
     for p, (text, prompt) in enumerate(zip(texts, prompts, strict=True)):
         for s in range(args.num_samples):
             out.write(_header(p, s) + text)

@@ -146,7 +146,7 @@ def shape_for_params(
 
         def count_at(k: int, n_layers: int = n_layers) -> int:
             m = _shape_config(base_model, k * head_dim, n_layers, head_dim)
-            return flops_lib.param_counts(m)[count]
+            return getattr(flops_lib.param_counts(m), count)
 
         if count_at(1) > target * (1 + tolerance) and candidates:
             break
@@ -179,9 +179,9 @@ def shape_for_params(
         "model.n_kv_heads": 0,
         "model.head_dim": 0,
         "model.d_ff": 0,
-        "N": counts[count],
-        "N_total": counts["total"],
-        "N_non_embedding": counts["non_embedding"],
+        "N": getattr(counts, count),
+        "N_total": counts.total,
+        "N_non_embedding": counts.non_embedding,
     }
 
 
@@ -250,7 +250,9 @@ def sized_trial(
     batch = rules.batch_size(config, shape["N_non_embedding"])
     tokens_per_step = batch * config.data.seq_len
     if budget is not None:
-        tokens = budget / flops_lib.flops_per_token(config.model, config.data.seq_len)[flops]
+        tokens = budget / getattr(
+            flops_lib.flops_per_token(config.model, config.data.seq_len), flops
+        )
     steps = max(1, round(tokens / tokens_per_step))
     overrides.update(
         {
@@ -356,13 +358,13 @@ def plan(config: ml_collections.ConfigDict) -> dict[str, float]:
     counts = flops_lib.param_counts(config.model)
     steps = config_lib.train_steps(config)
     tokens = steps * config.train.batch_size * config.data.seq_len
-    per_token = flops_lib.flops_per_token(config.model, config.data.seq_len)["detailed"]
+    per_token = flops_lib.flops_per_token(config.model, config.data.seq_len).detailed
     return {
-        "N": counts["total"],
-        "N_non_embedding": counts["non_embedding"],
+        "N": counts.total,
+        "N_non_embedding": counts.non_embedding,
         "steps": steps,
         "tokens": tokens,
-        "C": flops_lib.training_flops(counts["total"], tokens),
+        "C": flops_lib.training_flops(counts.total, tokens),
         "C_detailed": float(per_token * tokens),
     }
 
