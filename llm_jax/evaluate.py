@@ -17,8 +17,8 @@ split, lengths to a power of two) so a handful of compilations serve a whole tas
 lm-evaluation-harness adapter (llm_jax/lm_eval_adapter.py) uses the same `Scorer`.
 
 `run_tasks(config, workdir, params, mesh)` is the hook the trainer calls at the end of a
-run with `config.eval.tasks`; it writes `workdir/eval.json`, which sweep collection turns
-into results.csv columns `eval/<task>/<metric>`.
+run with `config.eval.tasks`; it writes `workdir/eval.json` (llm_jax/eval_results.py),
+which sweep collection turns into results.csv columns `eval/<task>/<metric>`.
 """
 
 from __future__ import annotations
@@ -37,12 +37,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from llm_jax import atomic
 from llm_jax import sharding as sharding_lib
 from llm_jax.errors import UserError
+from llm_jax.eval_results import columns, write_results
 from llm_jax.model import ModelConfig, Transformer
 
-EVAL_FILE = "eval.json"
 _MIN_BUCKET = 16  # shortest padded length: fewer distinct shapes, fewer compilations
 
 
@@ -283,35 +282,6 @@ def evaluate(scorer: Scorer, tokenizer, tasks: Sequence[Task]) -> dict[str, dict
         else:
             results[task.name] = perplexity(scorer, tokenizer, task.documents)
     return results
-
-
-def write_results(workdir: str, step: int | None, results: dict) -> None:
-    """`workdir/eval.json`: {'step': ..., 'tasks': {task: {metric: value}}}."""
-    atomic.write_json(os.path.join(workdir, EVAL_FILE), {"step": step, "tasks": results}, indent=1)
-
-
-def columns(results: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Results as flat `eval/<task>/<metric>` columns (for results.csv)."""
-    return {f"eval/{t}/{k}": v for t, metrics in results.items() for k, v in metrics.items()}
-
-
-def read_columns(workdir: str | os.PathLike) -> dict[str, float]:
-    """The `columns` of `workdir/eval.json` ({} if there is none)."""
-    try:
-        with open(os.path.join(workdir, EVAL_FILE), encoding="utf-8") as f:
-            return columns(json.load(f)["tasks"])
-    except (OSError, ValueError, KeyError):
-        return {}
-
-
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    """The results as aligned text: task, metric, value."""
-    lines = [f"{'task':<24} {'metric':<14} {'value':>12}"]
-    for task, metrics in results.items():
-        for metric, value in metrics.items():
-            text = f"{value:>12,}" if isinstance(value, int) else f"{value:>12.4f}"
-            lines.append(f"{task:<24} {metric:<14} {text}")
-    return "\n".join(lines)
 
 
 def run_tasks(

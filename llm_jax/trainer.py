@@ -246,6 +246,15 @@ class Trainer:
         self.window.restart_clock(self.step_count)
         return scores
 
+    def evaluate_tasks(self) -> dict[str, float]:
+        """The end-of-training evaluation on config.eval.tasks (eval.json, eval/... columns)."""
+        from llm_jax import evaluate as evaluate_lib  # only runs that name tasks use it
+
+        params = self.state["params"]
+        return evaluate_lib.run_tasks(
+            self.config, self.workdir, params, self.setup.mesh, self.step_count
+        )
+
     def save(self, force: bool) -> None:
         """Checkpoint the state and every host's data position (on the interval, or now)."""
         s = self.step_count
@@ -263,6 +272,8 @@ class Trainer:
         with self.setup.context(), ckpt_lib.PreemptionGuard() as guard:
             self._loop(guard)
         self.result["step"] = self.step_count
+        if not self.result["preempted"] and self.step_count >= self.setup.total_steps:
+            self.result.update(self.evaluate_tasks())
         return self.result
 
     def _loop(self, guard: ckpt_lib.PreemptionGuard) -> None:

@@ -14,7 +14,7 @@ pytest.importorskip("tokenizers")
 
 from hf_tokenizers import byte_level_bpe, shakespeare_texts
 
-from llm_jax import cli, evaluate
+from llm_jax import cli, eval_results, evaluate
 from llm_jax import config as config_lib
 from llm_jax import sharding as sharding_lib
 from llm_jax import workdir as workdir_lib
@@ -134,10 +134,10 @@ def test_eval_command_writes_eval_json(run, tmp_path, capsys):
     assert cli.run(["eval", "--workdir", workdir, "--task", str(choice), "--task", str(text)]) == 0
     table = capsys.readouterr().out
     assert "choice" in table and "bits_per_byte" in table
-    saved = json.loads((Path(workdir, evaluate.EVAL_FILE)).read_text())
+    saved = json.loads((Path(workdir, eval_results.EVAL_FILE)).read_text())
     assert set(saved["tasks"]) == {"choice", "text"}
     assert saved["tasks"]["choice"]["n"] == 4
-    columns = evaluate.read_columns(workdir)
+    columns = eval_results.read_columns(workdir)
     assert columns["eval/choice/acc"] == saved["tasks"]["choice"]["acc"]
 
 
@@ -167,4 +167,26 @@ def test_run_tasks_hook(run, tmp_path):
     config.eval.tasks = (str(task),)
     columns = evaluate.run_tasks(config, workdir, params, _mesh(), step=7)
     assert set(columns) == {"eval/mc/acc", "eval/mc/acc_norm", "eval/mc/n"}
-    assert json.loads((Path(workdir, evaluate.EVAL_FILE)).read_text())["step"] == 7
+    assert json.loads((Path(workdir, eval_results.EVAL_FILE)).read_text())["step"] == 7
+
+
+def test_training_ends_with_eval_and_sweeps_collect_it(tmp_path):
+    """config.eval.tasks: the trainer evaluates at the last step; results.csv gets columns."""
+    from tiny_run import tiny_config, write_corpus
+
+    from llm_jax.scaling import collect, results
+    from llm_jax.trainer import train_and_evaluate
+
+    task = tmp_path / "mc.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    for lr in (1e-3, 3e-3):
+        config = tiny_config(write_corpus(tmp_path / "corpus"), tmp_path / "cache")
+        config.train.lr = lr
+        config.eval.tasks = (str(task),)
+        train_and_evaluate(config, str(tmp_path / "sweep" / f"lr{lr}"))
+    saved = json.loads((tmp_path / "sweep" / "lr0.001" / eval_results.EVAL_FILE).read_text())
+    assert saved["step"] == config.train.steps and saved["tasks"]["mc"]["n"] == 4
+    rows, columns = collect.collect_rows(tmp_path / "sweep")
+    assert columns[-3:] == ["eval/mc/acc", "eval/mc/acc_norm", "eval/mc/n"]
+    assert all(r["eval/mc/n"] == 4 for r in rows)
+    assert "eval/mc/acc" not in results.swept_columns(rows)

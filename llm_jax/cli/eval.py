@@ -40,7 +40,7 @@ def main(argv: Sequence[str]) -> int:
         raise UsageError(f"--workdir {args.workdir} is not a directory")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    from llm_jax import evaluate
+    from llm_jax import eval_results, evaluate
     from llm_jax import sharding as sharding_lib
     from llm_jax import workdir as workdir_lib
 
@@ -54,6 +54,6 @@ def main(argv: Sequence[str]) -> int:
     tokenizer = workdir_lib.load_run_tokenizer(args.workdir, config)
     scorer = evaluate.Scorer(config.model, params, mesh, args.batch_size)
     results = evaluate.evaluate(scorer, tokenizer, tasks)
-    evaluate.write_results(args.workdir, args.step, results)
-    print(evaluate.format_table(results))
+    eval_results.write_results(args.workdir, args.step, results)
+    print(eval_results.format_table(results))
     return 0

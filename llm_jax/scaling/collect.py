@@ -16,6 +16,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from llm_jax import eval_results
 from llm_jax import flops as flops_lib
 from llm_jax import metrics as metrics_lib
 from llm_jax.scaling import fit as fitting
@@ -56,6 +57,7 @@ def _row(trial_dir: Path) -> dict:
         )
     if train:
         row["train_loss"] = train[-1]["train/loss"]
+    row.update(eval_results.read_columns(trial_dir))  # end-of-training eval, if any
     return row
 
 
@@ -67,8 +69,9 @@ def collect_rows(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
     keys = dict.fromkeys(
         k for r in rows for k in r if k != "name" and k not in results_io.MEASURED_COLUMNS
     )
-    swept = [k for k in keys if len({repr(r.get(k)) for r in rows}) > 1]
-    return rows, ["name", *swept, *results_io.MEASURED_COLUMNS]
+    evals = [k for k in keys if k.startswith(eval_results.COLUMN_PREFIX)]
+    swept = [k for k in keys if k not in evals and len({repr(r.get(k)) for r in rows}) > 1]
+    return rows, ["name", *swept, *results_io.MEASURED_COLUMNS, *evals]
 
 
 def _constant(values: np.ndarray) -> bool:

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llm_jax import atomic
+from llm_jax import atomic, eval_results
 from llm_jax.errors import UserError
 from llm_jax.metrics import read_metrics
 
@@ -54,7 +54,13 @@ def swept_columns(rows: list[dict]) -> list[str]:
     """The swept-value columns of a results table (everything but name and the measured)."""
     if not rows:
         return []
-    return [k for k in rows[0] if k != "name" and k not in MEASURED_COLUMNS]
+    return [
+        k
+        for k in rows[0]
+        if k != "name"
+        and k not in MEASURED_COLUMNS
+        and not k.startswith(eval_results.COLUMN_PREFIX)
+    ]
 
 
 class ResultsError(UserError, ValueError):
