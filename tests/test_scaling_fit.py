@@ -138,6 +138,19 @@ def test_isoflop_drops_a_profile_that_is_not_u_shaped():
     assert "vertex" in got["notes"][0] and got["a"] == pytest.approx(TRUE_A, abs=0.02)
 
 
+def test_isoflop_leaves_a_poorly_fitted_budget_out_of_the_exponents():
+    n, d, loss, budget = isoflop_points([1e18, 1e19, 1e20, 1e21], sizes=7)
+    bad = budget == 1e19
+    loss[bad] += np.array([0.0, 0.08, -0.02, 0.08, -0.02, 0.08, 0.0])  # zig-zag: R² < 0.9
+    got = fit.fit_isoflop(n, d, loss, budget)
+    poor = {b["C"]: b["poor_fit"] for b in got["budgets"]}
+    assert poor == {1e18: False, 1e19: True, 1e20: False, 1e21: False}
+    entry = next(b for b in got["budgets"] if b["C"] == 1e19)
+    assert not entry["kept"] and entry["r2"] < fit.POOR_FIT_R2 and "N_opt" in entry
+    assert "poor parabola fit" in got["notes"][0]
+    assert got["a"] == pytest.approx(TRUE_A, abs=0.02)
+
+
 def test_isoflop_needs_two_usable_budgets():
     n, d, loss, budget = isoflop_points([1e19])
     got = fit.fit_isoflop(n, d, loss, budget)

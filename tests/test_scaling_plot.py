@@ -102,3 +102,29 @@ def test_ablation_plot_for_lr_sweeps(tmp_path):
 def test_plot_command_without_results_names_the_fix(tmp_path, capsys):
     assert cli.run(["plot", str(tmp_path)]) == 2
     assert "llm-jax sweep" in capsys.readouterr().err
+
+
+def test_plot_command_draws_one_training_runs_curves(tmp_path, capsys):
+    # A workdir as `llm-jax train` leaves it: train rows with lr and grad norm, val rows.
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        for step in range(10, 210, 10):
+            tokens = step * 1024
+            row = {"step": step, "tokens": tokens, "flops": 6e4 * tokens, "lr": 1e-3}
+            f.write(json.dumps({**row, "train/loss": 6 / step**0.2, "grad_norm": 1 / step}) + "\n")
+            if step % 50 == 0:
+                f.write(json.dumps({**row, "val/loss": 6.1 / step**0.2}) + "\n")
+    assert cli.run(["plot", str(tmp_path)]) == 0
+    _assert_png(tmp_path / "plots" / "run.png")
+    assert capsys.readouterr().out.strip().endswith("run.png")
+
+
+def test_isoflop_plot_marks_a_poor_fit_and_optimal_plot_an_unreliable_exponent(tmp_path):
+    rows = _make_sweep_dir(tmp_path)
+    n, d, loss, c = (np.array([r[k] for r in rows]) for k in ("N", "D", "loss", "budget"))
+    loss[c == 1e17] += [0.0, 0.3, -0.05, 0.25, 0.1]  # a zig-zag profile: a poor parabola
+    iso = fit.fit_isoflop(n, d, loss, c)
+    poor = [b for b in iso["budgets"] if b["poor_fit"]]
+    assert [b["C"] for b in poor] == [1e17] and "poor fit (excluded)" in plot._budget_label(poor[0])
+    assert "no interval" in plot._unreliable(iso, "a")  # a line through the 2 budgets left
+    _assert_png(plot.plot_isoflop(iso, tmp_path / "iso.png"))
+    _assert_png(plot.plot_optimal({"isoflop": iso}, tmp_path / "opt.png"))

@@ -32,7 +32,7 @@ def _row(trial_dir: Path) -> dict:
     row = {"name": trial_dir.name, **info.get("tags", {}), **info.get("overrides", {})}
     if config:  # what the trainer ran, not what the sweep planned
         counts = flops_lib.param_counts(ml_collections.ConfigDict(config["model"]))
-        row.update(N=counts["total"], N_non_embedding=counts["non_embedding"])
+        row.update(N=counts.total, N_non_embedding=counts.non_embedding)
     else:
         row.update(N=plan.get("N"), N_non_embedding=plan.get("N_non_embedding"))
     status = results_io.trial_status(trial_dir, plan.get("steps"))
@@ -99,9 +99,9 @@ def fit_sweep(sweep_dir: Path, rows: list[dict], n_boot: int = 100) -> dict:
     }
     kaplan = {}
     if _constant(d) and len(set(n)) >= 3:
-        kaplan["N"] = lambda: fitting.fit_power_law(n, loss, n_boot=n_boot)
+        kaplan["N"] = lambda: fitting.fit_power_law(n, loss, n_boot=n_boot, name="N")
     if _constant(n) and len(set(d)) >= 3:
-        kaplan["D"] = lambda: fitting.fit_power_law(d, loss, n_boot=n_boot)
+        kaplan["D"] = lambda: fitting.fit_power_law(d, loss, n_boot=n_boot, name="D")
     for law, run in attempts.items():
         if run is None:
             continue
@@ -112,7 +112,7 @@ def fit_sweep(sweep_dir: Path, rows: list[dict], n_boot: int = 100) -> dict:
     if "envelope" in fits:  # Kaplan's L(C): a power law on the compute frontier
         env = fits["envelope"]["envelope"]
         kaplan["C"] = lambda: fitting.fit_power_law(
-            [p["C"] for p in env], [p["loss"] for p in env], n_boot=n_boot
+            [p["C"] for p in env], [p["loss"] for p in env], n_boot=n_boot, name="C"
         )
     for key, run in kaplan.items():
         try:
@@ -147,7 +147,7 @@ def summarize(sweep_dir: Path, rows: list[dict], fits: dict, plots: Sequence[Pat
     }
     for law, title in titles.items():
         if law in fits:
-            print(f"\n{fitting.format_fit(title if law != 'kaplan' else law, fits[law])}")
+            print(f"\n{fitting.format_fit(law, fits[law], title)}")
     for note in fits.get("notes", []):
         print(f"note: {note}")
     print(

@@ -231,8 +231,10 @@ def fit_power_law(
     seed: int = 0,
     n_starts: int = 4,
     delta: float = HUBER_DELTA,
+    name: str = "X",
 ) -> dict:
-    """Fit L(X) = E + A / X^alpha (Huber on log-loss, L-BFGS from a grid), with intervals."""
+    """Fit L(X) = E + A / X^alpha (Huber on log-loss, L-BFGS from a grid), with intervals;
+    `name` is X's name in the returned law."""
     x, loss = _positive("X", x), _positive("loss", loss)
     if len(np.unique(x)) < 3:
         raise FitError(f"a power law needs at least 3 distinct X values (got {len(np.unique(x))})")
@@ -246,7 +248,7 @@ def fit_power_law(
 
     exact = len(np.unique(x)) <= len(theta)  # the curve passes through every point
     return {
-        "law": "L(X) = E + A / X^alpha",
+        "law": f"L({name}) = E + A / {name}^alpha",
         **summary(theta),
         "ci": {} if exact else _intervals([summary(t) for t in boot], level),
         "notes": [f"{len(x)} points for 3 parameters: an exact fit, no interval"] if exact else [],
@@ -318,7 +320,12 @@ def fit_parametric(
         log_x, np.log(loss), n_starts=n_starts, n_boot=n_boot, seed=seed, delta=delta
     )
     out = {"law": "L(N, D) = E + A/N^alpha + B/D^beta", **_parametric_summary(theta)}
-    out["ci"] = _intervals([_parametric_summary(t) for t in boot], level)
+    summaries = [_parametric_summary(t) for t in boot]
+    out["ci"] = _intervals(summaries, level)
+    # N_opt = G (C/6)^a of each resample with an optimum: the frontier's bootstrap band.
+    out["frontier_boot"] = [
+        [s["G"], s["a"]] for s in summaries if math.isfinite(s["a"]) and math.isfinite(s["G"])
+    ]
     out.update(
         level=level, n_points=int(len(loss)), n_boot=n_boot, huber_delta=delta, objective=value
     )
@@ -361,6 +368,24 @@ def _loglog(c: np.ndarray, y: np.ndarray, level: float) -> tuple[float, float, l
     return slope, intercept, ci
 
 
+def loglog_band(c, y, c_line, level: float = 0.95) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pointwise t-band of the log-log line through (c, y), evaluated at c_line; None with
+    fewer than 3 points (a line through 2 points has no error estimate)."""
+    if len(c) < 3:
+        return None
+    import scipy.special  # ~0.3 s to import: only plots and t-intervals pay it
+
+    x, logy, x_line = np.log(c), np.log(y), np.log(c_line)
+    dx = x - x.mean()
+    slope = (dx * (logy - logy.mean())).sum() / (dx * dx).sum()
+    fitted = logy.mean() + slope * (x_line - x.mean())
+    residual = logy - logy.mean() - slope * dx
+    s = math.sqrt((residual**2).sum() / (len(c) - 2))
+    half = float(scipy.special.stdtrit(len(c) - 2, 0.5 + level / 2)) * s
+    half = half * np.sqrt(1 / len(c) + (x_line - x.mean()) ** 2 / (dx * dx).sum())
+    return np.exp(fitted - half), np.exp(fitted + half)
+
+
 def group_budgets(c: Sequence[float], rel_tol: float = 0.05) -> np.ndarray:
     """Label each run with its IsoFLOP budget: C values within rel_tol of each other share one."""
     c = np.asarray(c, dtype=float)
@@ -374,6 +399,62 @@ def group_budgets(c: Sequence[float], rel_tol: float = 0.05) -> np.ndarray:
     return labels
 
 
+POOR_FIT_R2 = 0.9  # an IsoFLOP parabola explaining less of its budget's loss is a poor fit
+
+
+def _parabola_note(c: float, bn, bl, coef, vertex: float, r2: float) -> str | None:
+    """Why a budget's parabola cannot give its optimum, or None when it can."""
+    if coef[0] <= 0:
+        return f"budget C={c:.3g}: dropped, the parabola opens downward"
+    if not math.log(bn[0]) <= vertex <= math.log(bn[-1]):
+        return (
+            f"budget C={c:.3g}: dropped, the parabola's vertex (N={math.exp(vertex):.3g}) "
+            "lies outside the sizes tried: the profile is not U-shaped; add sizes around "
+            "its lowest point"
+        )
+    loss_opt = float(np.polyval(coef, vertex))
+    rms = math.sqrt(float(((bl - np.polyval(coef, np.log(bn))) ** 2).mean()))
+    if r2 < POOR_FIT_R2:
+        why = f"R² {r2:.2f} < {POOR_FIT_R2}"
+    elif loss_opt > bl.min() + 2 * rms:
+        why = f"its minimum {loss_opt:.4f} lies above the run at {bl.min():.4f}"
+    else:
+        return None
+    return f"budget C={c:.3g}: poor parabola fit ({why}), left out of a and b"
+
+
+def _isoflop_budget(c: float, bn, bd, bl) -> tuple[dict, str | None]:
+    """One budget's parabola, vertex and R² (sizes sorted); a note when it is not kept."""
+    entry = {"C": float(c), "N": bn.tolist(), "D": bd.tolist(), "loss": bl.tolist()}
+    entry.update(kept=False, poor_fit=False)
+    if len(np.unique(bn)) < 3:
+        return entry, f"budget C={c:.3g}: dropped, {len(np.unique(bn))} sizes (a parabola needs 3)"
+    best = int(np.argmin(bl))
+    if best in (0, len(bl) - 1):
+        side, fix = ("smallest", "smaller") if best == 0 else ("largest", "larger")
+        return entry, (
+            f"budget C={c:.3g}: dropped, lowest loss at the {side} model "
+            f"(N={bn[best]:.3g}), so the optimum lies outside the grid; add {fix} sizes"
+        )
+    log_n = np.log(bn)
+    coef = np.polyfit(log_n, bl, 2)
+    residual = bl - np.polyval(coef, log_n)
+    r2 = 1.0 - float((residual**2).sum() / max(((bl - bl.mean()) ** 2).sum(), 1e-300))
+    vertex = -coef[1] / (2 * coef[0]) if coef[0] != 0 else math.inf
+    entry.update(parabola=coef.tolist(), r2=r2)
+    note = _parabola_note(c, bn, bl, coef, vertex, r2)
+    if note is None or "poor" in note:
+        line = np.polyfit(log_n, np.log(bd), 1)
+        entry.update(
+            kept=note is None,
+            poor_fit=note is not None,
+            N_opt=math.exp(vertex),
+            D_opt=math.exp(np.polyval(line, vertex)),
+            loss_opt=float(np.polyval(coef, vertex)),
+        )
+    return entry, note
+
+
 def fit_isoflop(
     n: Sequence[float],
     d: Sequence[float],
@@ -385,8 +466,13 @@ def fit_isoflop(
     """Chinchilla approach 2: a parabola in log N per budget, its vertex N_opt(C).
 
     D_opt at the vertex comes from the budget's own log D - log N line, so it holds for any
-    FLOP count convention the sweep used. Returns a, b (N_opt ∝ C^a, D_opt ∝ C^b), per-budget
-    details, and `notes` for every budget dropped.
+    FLOP count convention the sweep used. A budget is left out of a and b, with a note,
+    when its parabola cannot locate the optimum: fewer than 3 sizes, lowest loss at an
+    edge size, no vertex inside the sizes, or a poor fit (R² < POOR_FIT_R2, or the
+    fitted minimum above the lowest observed loss by more than twice the parabola's RMS
+    residual: the star would sit above a run; such a budget keeps its vertex, marked
+    `poor_fit`, for plots). Returns a, b (N_opt ∝ C^a, D_opt ∝ C^b), per-budget details
+    (with R²) and the notes.
     """
     n, d, loss = _positive("N", n), _positive("D", d), _positive("loss", loss)
     budget = _positive("budget", budget)
@@ -394,51 +480,10 @@ def fit_isoflop(
     for c in np.unique(budget):
         sel = budget == c
         order = np.argsort(n[sel])
-        bn, bd, bl = n[sel][order], d[sel][order], loss[sel][order]
-        entry = {
-            "C": float(c),
-            "N": bn.tolist(),
-            "D": bd.tolist(),
-            "loss": bl.tolist(),
-            "kept": False,
-        }
+        entry, note = _isoflop_budget(c, n[sel][order], d[sel][order], loss[sel][order])
         budgets.append(entry)
-        if len(np.unique(bn)) < 3:
-            notes.append(
-                f"budget C={c:.3g}: dropped, {len(np.unique(bn))} sizes (a parabola needs 3)"
-            )
-            continue
-        best = int(np.argmin(bl))
-        if best in (0, len(bl) - 1):
-            side = "smallest" if best == 0 else "largest"
-            fix = "smaller" if best == 0 else "larger"
-            notes.append(
-                f"budget C={c:.3g}: dropped, lowest loss at the {side} model "
-                f"(N={bn[best]:.3g}), so the optimum lies outside the grid; "
-                f"add {fix} sizes"
-            )
-            continue
-        log_n = np.log(bn)
-        coef = np.polyfit(log_n, bl, 2)
-        if coef[0] <= 0:
-            notes.append(f"budget C={c:.3g}: dropped, the parabola opens downward")
-            continue
-        vertex = -coef[1] / (2 * coef[0])
-        if not log_n[0] <= vertex <= log_n[-1]:
-            notes.append(
-                f"budget C={c:.3g}: dropped, the parabola's vertex (N="
-                f"{math.exp(vertex):.3g}) lies outside the sizes tried: the profile "
-                "is not U-shaped; add sizes around its lowest point"
-            )
-            continue
-        line = np.polyfit(log_n, np.log(bd), 1)
-        entry.update(
-            kept=True,
-            parabola=coef.tolist(),
-            N_opt=math.exp(vertex),
-            D_opt=math.exp(np.polyval(line, vertex)),
-            loss_opt=float(np.polyval(coef, vertex)),
-        )
+        if note:
+            notes.append(note)
     out = {
         "law": "N_opt ∝ C^a, D_opt ∝ C^b (IsoFLOP parabolas)",
         "budgets": budgets,
@@ -451,6 +496,8 @@ def fit_isoflop(
     if len(kept) < 2:
         notes.append(f"{len(kept)} usable budget(s): a and b need at least 2")
         return out
+    if len(kept) == 2:
+        notes.append("2 usable budgets: a and b are a line through 2 points, with no interval")
     c = np.array([b["C"] for b in kept])
     out["a"], out["log_G_n"], a_ci = _loglog(c, np.array([b["N_opt"] for b in kept]), level)
     out["b"], out["log_G_d"], b_ci = _loglog(c, np.array([b["D_opt"] for b in kept]), level)
@@ -458,7 +505,8 @@ def fit_isoflop(
     return out
 
 
-def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+def smooth_curve(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over `window` values (the first values average over what there is)."""
     if window <= 1 or len(values) < window:
         return values
     kernel = np.ones(window) / window
@@ -490,7 +538,7 @@ def fit_envelope(
         f, t, lo = (np.asarray(cv[k], dtype=float) for k in ("flops", "tokens", "loss"))
         ok = np.isfinite(f) & np.isfinite(lo) & (f > 0)
         if ok.sum() >= 2:
-            runs.append((float(cv["N"]), np.log(f[ok]), t[ok], _smooth(lo[ok], smooth)))
+            runs.append((float(cv["N"]), np.log(f[ok]), t[ok], smooth_curve(lo[ok], smooth)))
     if len({r[0] for r in runs}) < 2:
         raise FitError("the envelope needs training curves of at least 2 model sizes")
     lo_c, hi_c = min(r[1][0] for r in runs), max(r[1][-1] for r in runs)
@@ -600,8 +648,7 @@ def fit_kaplan(points: dict[str, np.ndarray], *, n_boot: int = 100, level: float
         if len(xs) < 3:
             out["notes"].append(f"L({key}): {len(xs)} distinct {key} values (3 needed)")
             continue
-        fit = fit_power_law(xs, best, n_boot=n_boot, level=level)
-        fit["law"] = f"L({key}) = E + A / {key}^alpha"
+        fit = fit_power_law(xs, best, n_boot=n_boot, level=level, name=key)
         if len(xs) < len(x):
             fit["points"] = f"the lowest loss at each of {len(xs)} {key} values ({len(x)} rows)"
         if not (fit["alpha"] > 0 and all(math.isfinite(fit[k]) for k in ("E", "A"))):

@@ -5,9 +5,10 @@
 - `plot_optimal`: N_opt and D_opt vs C, the fitted laws, extrapolated 100x beyond the data.
 - `plot_parametric`: loss predicted by the L(N, D) fit vs observed.
 - `plot_ablation`: final loss vs learning rate, one line per variant (mean and range over seeds).
+- `plot_run`: one training workdir's train/val loss, learning rate and gradient norm.
 
-`plot_sweep(DIR)` draws every plot the sweep's results support into DIR/plots/;
-`main(argv)` is `llm-jax plot DIR`.
+`plot_sweep(DIR)` draws every plot the sweep's results support into DIR/plots/
+(`llm-jax plot DIR`; on a training workdir, `llm-jax plot` draws `plot_run`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import ticker
+from matplotlib.lines import Line2D
 
 from llm_jax import metrics as metrics_lib
 from llm_jax.scaling import fit as fitting
@@ -29,168 +32,342 @@ from llm_jax.scaling import results as results_io
 
 LOSS_LABEL = "loss (nats / token)"
 EXTRAPOLATE = 100.0  # draw fitted laws this far beyond the largest budget
+BUDGET_STYLES = ("-", "--", ":", "-.")
+OPT = ("N_opt", "D_opt")
+SMOOTH = 5  # training-curve plots: trailing mean over this many logged steps
 
 
 def _colors(values: Sequence[float], cmap: str = "viridis") -> dict[float, tuple]:
-    """One colour per distinct value, ordered by size."""
+    """One colour per distinct value, in order along a sequential colormap (no pale end)."""
     distinct = sorted(set(values))
     cm = plt.get_cmap(cmap)
-    return {v: cm(i / max(1, len(distinct) - 1) * 0.9) for i, v in enumerate(distinct)}
+    return {v: cm(0.85 * i / max(1, len(distinct) - 1)) for i, v in enumerate(distinct)}
+
+
+def _count(x: float) -> str:
+    """12k, 1.4M, 2.5B: parameter and token counts for labels."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _count_axis(axis, decades: float = 1.0) -> None:
+    """Log-axis labels 10k, 20k, 50k (1-2-5 steps; decades only over a wide range), without
+    minor labels that would collide."""
+    subs = (1.0, 2.0, 5.0) if decades < 2.5 else (1.0,)
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda x, _: _count(x)))
+    axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
 def plot_curves(curves: Sequence[dict], path: str | Path) -> Path:
-    """Training loss vs tokens and vs FLOPs; `curves`: dicts with N, tokens, flops, loss."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    """Training loss (smoothed) vs tokens, a panel per IsoFLOP budget, and vs FLOPs, all
+    runs together; colour by size N (sequential colormap), line style by budget.
+
+    `curves`: dicts with N, tokens, flops, loss and optionally budget. The y range starts
+    below the lowest loss and stops where the slowest curve has done a tenth of its
+    training, so the first steps' loss (~log vocab) does not flatten the rest.
+    """
+    budgets = sorted({c.get("budget") for c in curves if c.get("budget")}) or [None]
+    fig, axes = plt.subplots(
+        1, len(budgets) + 1, figsize=(4 * len(budgets) + 5, 4.5), sharey=True, squeeze=False
+    )
+    axes = axes[0]
     colors = _colors([c["N"] for c in curves])
-    labelled = set()
-    for c in curves:
-        label = None if c["N"] in labelled else f"N = {c['N']:.3g}"
-        labelled.add(c["N"])
-        for ax, x in zip(axes, ("tokens", "flops"), strict=True):
-            ax.plot(
-                c[x],
-                c["loss"],
-                color=colors[c["N"]],
-                lw=1,
-                alpha=0.8,
-                label=label if ax is axes[0] else None,
-            )
-    axes[0].set_xlabel("tokens seen")
-    axes[1].set_xlabel("training compute C (FLOPs)")
+    style = {b: BUDGET_STYLES[i % len(BUDGET_STYLES)] for i, b in enumerate(budgets)}
+    smoothed = [fitting.smooth_curve(np.asarray(c["loss"], float), SMOOTH) for c in curves]
+    for c, loss in zip(curves, smoothed, strict=True):
+        panel = axes[budgets.index(c.get("budget"))] if c.get("budget") in budgets else axes[0]
+        color, ls = colors[c["N"]], style.get(c.get("budget"), "-")
+        panel.plot(c["tokens"], loss, color=color, lw=1.3)
+        axes[-1].plot(c["flops"], loss, color=color, ls=ls, lw=1.3)
+    top = max(loss[len(loss) // 10] for loss in smoothed)
+    bottom = min(loss.min() for loss in smoothed)
+    axes[0].set_ylim(bottom - 0.05 * (top - bottom), top)
     axes[0].set_ylabel(f"training {LOSS_LABEL}")
+    for ax, b in zip(axes, budgets, strict=False):
+        ax.set_xlabel("tokens seen D")
+        if b is not None:
+            ax.set_title(f"budget C = {b:.2g} FLOPs", fontsize=10)
+    axes[-1].set_xlabel("training compute C (FLOPs)")
+    axes[-1].set_title(
+        "all runs" + (" (line style: budget)" if len(budgets) > 1 else ""), fontsize=10
+    )
     for ax in axes:
         ax.set_xscale("log")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(title="parameters", fontsize=8)
-    fig.suptitle("Training curves")
+    handles = [
+        Line2D([], [], color=colors[n], lw=2, label=f"N = {_count(n)}") for n in sorted(colors)
+    ]
+    if len(budgets) > 1:
+        handles += [
+            Line2D([], [], color="black", ls=style[b], label=f"C = {b:.2g}") for b in budgets
+        ]
+    axes[-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle(f"Training curves (trailing mean over {SMOOTH} logged steps)")
+    fig.tight_layout()
     return _save(fig, path)
 
 
+def _budget_label(b: dict) -> str:
+    label = f"C = {b['C']:.2g}"
+    if "r2" in b:
+        label += f": R² {b['r2']:.2f}"
+    if b.get("poor_fit"):
+        label += ", poor fit (excluded)"
+    elif not b["kept"]:
+        label += ", dropped (no interior optimum)"
+    return label
+
+
 def plot_isoflop(isoflop: dict, path: str | Path) -> Path:
-    """Loss vs N per budget with the fitted parabolas; optima starred, dropped budgets hollow."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    """Loss vs N per budget with the fitted parabolas and their optima (stars).
+
+    Every run is drawn. A budget left out of the exponents keeps its points; a poor fit
+    (fit.POOR_FIT_R2 rule) draws a dashed parabola and a hollow star.
+    """
+    fig, ax = plt.subplots(figsize=(8.5, 5))
     colors = _colors([b["C"] for b in isoflop["budgets"]], "plasma")
     for b in isoflop["budgets"]:
         color = colors[b["C"]]
-        face = color if b["kept"] else "none"
-        ax.scatter(
-            b["N"],
-            b["loss"],
-            facecolors=face,
-            edgecolors=[color],
-            zorder=3,
-            label=f"C = {b['C']:.2g} FLOPs" + ("" if b["kept"] else " (dropped)"),
-        )
-        if b["kept"]:
-            log_n = np.linspace(math.log(min(b["N"])), math.log(max(b["N"])), 100)
-            ax.plot(np.exp(log_n), np.polyval(b["parabola"], log_n), color=color, lw=1.2)
+        ax.scatter(b["N"], b["loss"], color=color, zorder=3, s=25, label=_budget_label(b))
+        if "parabola" not in b:
+            continue
+        log_n = np.linspace(math.log(min(b["N"])), math.log(max(b["N"])), 100)
+        ls = "-" if b["kept"] else "--"
+        ax.plot(np.exp(log_n), np.polyval(b["parabola"], log_n), color=color, lw=1.2, ls=ls)
+        if "N_opt" in b:
             ax.scatter(
                 [b["N_opt"]],
                 [b["loss_opt"]],
                 marker="*",
-                s=180,
-                color=color,
-                edgecolors="black",
+                s=220,
+                facecolors=color if b["kept"] else "white",
+                edgecolors=color if not b["kept"] else "black",
+                linewidths=1.2,
                 zorder=4,
             )
+    ax.scatter([], [], marker="*", s=120, color="grey", edgecolors="black", label="fitted optimum")
+    ax.scatter([], [], marker="*", s=120, facecolors="white", edgecolors="grey", label="poor fit")
     ax.set_xscale("log")
+    _count_axis(ax.xaxis)
     ax.set_xlabel("parameters N")
     ax.set_ylabel(f"final validation {LOSS_LABEL}")
-    title = "IsoFLOP curves (stars: fitted optima)"
+    title = "IsoFLOP profiles (Chinchilla approach 2)"
     if isoflop.get("a") is not None:
-        title += f"\nN_opt ∝ C^{isoflop['a']:.2f}, D_opt ∝ C^{isoflop['b']:.2f}"
-    ax.set_title(title)
+        title += f"\nN_opt ∝ C^{_exponent(isoflop, 'a')}, D_opt ∝ C^{_exponent(isoflop, 'b')}"
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), title="budget (FLOPs)")
+    fig.text(
+        0.01,
+        -0.02,
+        f"Poor fit: parabola R² < {fitting.POOR_FIT_R2}, or its minimum above the lowest run "
+        "by over 2x its RMS residual; such budgets are left out of a and b.",
+        fontsize=7,
+        color="dimgrey",
+    )
+    fig.tight_layout()
     return _save(fig, path)
+
+
+def _unreliable(fit: dict, key: str) -> str:
+    """Why an exponent cannot be trusted ('' when it can): no interval, or a wide one."""
+    ci = (fit.get("ci") or {}).get(key)
+    if ci is None:
+        return "unreliable: no interval"
+    return "unreliable: interval wider than the value" if ci[1] - ci[0] > abs(fit[key]) else ""
+
+
+def _exponent(fit: dict, key: str) -> str:
+    ci = (fit.get("ci") or {}).get(key)
+    return f"{fit[key]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def _line(ax, c_line, y, c_max, color, label, unreliable):
+    """A fitted law: solid over the data, dotted beyond (extrapolation); faint if unreliable."""
+    k = max(1, int((c_line <= c_max * 1.0001).sum()))
+    alpha = 0.35 if unreliable else 1.0
+    ax.plot(c_line[:k], y[:k], color=color, alpha=alpha, label=label)
+    ax.plot(c_line[k - 1 :], y[k - 1 :], color=color, alpha=alpha, ls=":")
+
+
+def _loglog_law(axes, f, pts, keys, c_line, c_max, color, name):
+    """Approach 1 or 2: optima, their log-log lines and t-bands, per panel."""
+    c = np.array([p["C"] for p in pts])
+    for i, (ax, key, exp) in enumerate(zip(axes, keys, ("a", "b"), strict=True)):
+        y = np.array([p[key] for p in pts])
+        bad = _unreliable(f, exp)
+        ax.scatter(c, y, color=color, zorder=3, s=22, label=f"{name} optima" if i == 0 else None)
+        label = f"{name}: {OPT[i]} ∝ C^{_exponent(f, exp)}" + (f" ({bad})" if bad else "")
+        log_g = ("log_G_n", "log_G_d")[i]
+        _line(ax, c_line, np.exp(f[log_g]) * c_line ** f[exp], c_max, color, label, bad)
+        band = None if bad else fitting.loglog_band(c, y, c_line, f.get("level", 0.95))
+        if band is not None:
+            ax.fill_between(c_line, *band, color=color, alpha=0.15, lw=0)
 
 
 def plot_optimal(fits: dict, path: str | Path) -> Path:
-    """N_opt(C) and D_opt(C): the optima each approach found and its fitted law, extrapolated.
+    """N_opt(C) and D_opt(C): each approach's optima and fitted law, with uncertainty.
 
     `fits` maps law names to results: `isoflop` (approach 2), `envelope` (approach 1),
-    `chinchilla` (approach 3); any subset.
+    `chinchilla` (approach 3); any subset. Bands: 95% t-bands of the log-log lines
+    (approaches 1, 2), the bootstrap resamples' frontiers (approach 3). Laws are solid over
+    the budgets trained and dotted beyond (extrapolation, shaded); an exponent whose
+    interval is wider than itself is drawn faint and labelled unreliable, without a band.
+    Envelope points left out of approach 1 and budgets left out of approach 2 are grey.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    spans = []
-    for name, marker, color in (("isoflop", "o", "C0"), ("envelope", ".", "C1")):
-        f = fits.get(name)
-        if not f or f.get("a") is None:
-            continue
-        pts = (
-            [b for b in f["budgets"] if b["kept"]]
-            if name == "isoflop"
-            else [p for p in f["envelope"] if p.get("interior", True)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    iso, env, f3 = (fits.get(k) or {} for k in ("isoflop", "envelope", "chinchilla"))
+    c_data = [b["C"] for b in iso.get("budgets", [])] + [p["C"] for p in env.get("envelope", [])]
+    if not c_data and f3.get("frontier"):
+        c_data = [p["C"] for p in f3["frontier"]]
+    c_max = max(c_data)
+    c_line = np.logspace(math.log10(min(c_data)), math.log10(c_max * EXTRAPOLATE), 80)
+    if iso.get("a") is not None:
+        kept = [b for b in iso["budgets"] if b["kept"]]
+        _loglog_law(
+            axes, iso, kept, ("N_opt", "D_opt"), c_line, c_max, "C0", "approach 2 (IsoFLOP)"
         )
-        c = np.array([p["C"] for p in pts])
-        spans.append(c)
-        c_line = np.logspace(math.log10(c.min()), math.log10(c.max() * EXTRAPOLATE), 50)
-        for ax, key, exp, log_g in ((axes[0], "N", "a", "log_G_n"), (axes[1], "D", "b", "log_G_d")):
-            y = [p[f"{key}_opt"] if name == "isoflop" else p[key] for p in pts]
-            label = "approach 2 (IsoFLOP)" if name == "isoflop" else "approach 1 (envelope)"
-            ax.scatter(c, y, marker=marker, color=color, zorder=3, label=f"{label} optima")
-            ax.plot(
-                c_line,
-                np.exp(f[log_g]) * c_line ** f[exp],
-                color=color,
-                ls="--",
-                label=f"{label}: ∝ C^{f[exp]:.3f}",
-            )
-    f3 = fits.get("chinchilla")
-    if f3 and f3.get("frontier") and math.isfinite(f3.get("a", math.nan)):
-        c_all = np.concatenate(spans) if spans else np.array([p["C"] for p in f3["frontier"]])
-        c_line = np.logspace(math.log10(c_all.min()), math.log10(c_all.max() * EXTRAPOLATE), 50)
-        opt = fitting.compute_optimal(f3, c_line)
-        for ax, key, exp in ((axes[0], "N_opt", "a"), (axes[1], "D_opt", "b")):
-            ax.plot(c_line, opt[key], color="C2", label=f"approach 3 (L(N,D)): ∝ C^{f3[exp]:.3f}")
-    if spans:
-        for ax in axes:
-            ax.axvspan(
-                np.concatenate(spans).max(),
-                ax.get_xlim()[1],
-                color="grey",
-                alpha=0.08,
-                label="extrapolation",
-            )
-    axes[0].set_ylabel("compute-optimal parameters N_opt")
-    axes[1].set_ylabel("compute-optimal tokens D_opt")
+        out = [b for b in iso["budgets"] if b.get("poor_fit")]
+        for ax, key in zip(axes, ("N_opt", "D_opt"), strict=True):
+            if out:
+                ax.scatter(
+                    [b["C"] for b in out],
+                    [b[key] for b in out],
+                    facecolors="none",
+                    edgecolors="grey",
+                    zorder=3,
+                    label=f"approach 2: {len(out)} poor-fit budget(s), excluded"
+                    if ax is axes[0]
+                    else None,
+                )
+    if env.get("a") is not None:
+        inner = [p for p in env["envelope"] if p.get("interior", True)]
+        _loglog_law(axes, env, inner, ("N", "D"), c_line, c_max, "C1", "approach 1 (envelope)")
+        edge = [p for p in env["envelope"] if not p.get("interior", True)]
+        for ax, key in zip(axes, ("N", "D"), strict=True):
+            if edge:
+                ax.scatter(
+                    [p["C"] for p in edge],
+                    [p[key] for p in edge],
+                    color="lightgrey",
+                    s=12,
+                    zorder=2,
+                    label=f"approach 1: {len(edge)} of {len(env['envelope'])} envelope "
+                    "points left out (won at a size edge)"
+                    if ax is axes[0]
+                    else None,
+                )
+    if f3.get("frontier") and math.isfinite(f3.get("a") or math.nan):
+        _parametric_frontier(axes, f3, c_line, c_max)
     for ax in axes:
+        ax.axvspan(c_max, c_line[-1], color="grey", alpha=0.08, lw=0)
+        ax.text(
+            c_max * 1.15,
+            0.95,
+            "extrapolation",
+            transform=ax.get_xaxis_transform(),
+            fontsize=8,
+            color="dimgrey",
+        )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xlim(c_line[0], c_line[-1])
         ax.set_xlabel("training compute C (FLOPs)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Compute-optimal model size and data")
+    for ax in axes:
+        lo, hi = ax.get_ylim()
+        _count_axis(ax.yaxis, math.log10(hi / lo))
+        ax.grid(False, which="minor")
+    axes[0].set_ylabel("compute-optimal parameters N_opt")
+    axes[1].set_ylabel("compute-optimal tokens D_opt")
+    fig.suptitle("Compute-optimal model size and data (shaded: 95% bands)")
+    fig.tight_layout()
+    _legend_by_approach(fig, axes)
     return _save(fig, path)
 
 
-def plot_parametric(n, d, loss, fit: dict, path: str | Path) -> Path:
-    """Loss predicted by the L(N, D) fit against the observed loss, coloured by N."""
-    loss = np.asarray(loss, float)
+def _legend_by_approach(fig, axes) -> None:
+    """One legend below the panels, a column per approach (labels start "approach k")."""
+    columns: dict[str, list] = defaultdict(list)
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            columns[label.split(" (")[0].split(":")[0]].append((handle, label))
+    order = ("optima", "N_opt ∝", "D_opt ∝")  # then what was left out
+    for col in columns.values():
+        col.sort(key=lambda e: next((i for i, k in enumerate(order) if k in e[1]), len(order)))
+    rows = max(map(len, columns.values()))
+    blank = (Line2D([], [], alpha=0), "")
+    entries = [e for col in columns.values() for e in col + [blank] * (rows - len(col))]
+    handles, labels = zip(*entries, strict=True)
+    fig.legend(
+        handles, labels, fontsize=8, loc="upper center", ncol=len(columns), bbox_to_anchor=(0.5, 0)
+    )
+
+
+def _parametric_frontier(axes, f3, c_line, c_max):
+    """Approach 3's frontier N_opt = G (C/6)^a and D_opt = C / (6 N_opt), with its band."""
+    opt = fitting.compute_optimal(f3, c_line)
+    boot = np.array(f3.get("frontier_boot") or [], dtype=float).reshape(-1, 2)
+    for ax, key, exp in zip(axes, OPT, ("a", "b"), strict=True):
+        bad = _unreliable(f3, exp)
+        label = f"approach 3 (L(N, D)): {key} ∝ C^{_exponent(f3, exp)}" + (
+            f" ({bad})" if bad else ""
+        )
+        _line(ax, c_line, opt[key], c_max, "C2", label, bad)
+        if len(boot) >= 10 and not bad:
+            n_opt = boot[:, :1] * (c_line / 6) ** boot[:, 1:]
+            y = n_opt if key == "N_opt" else (c_line / 6) / n_opt
+            level = f3.get("level", 0.95)
+            lo, hi = np.percentile(y, [50 * (1 - level), 50 * (1 + level)], axis=0)
+            ax.fill_between(c_line, lo, hi, color="C2", alpha=0.15, lw=0)
+
+
+def plot_parametric(n, d, loss, fit: dict, path: str | Path, names=None, label: int = 3) -> Path:
+    """Loss predicted by the L(N, D) fit against the observed loss, coloured by N; the
+    `label` largest residuals carry their trial names."""
+    n, loss = np.asarray(n, float), np.asarray(loss, float)
     pred = fitting.predict(fit, n, d)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    sc = ax.scatter(loss, pred, c=np.log10(np.asarray(n, float)), cmap="viridis", zorder=3)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(loss, pred, c=np.log10(n), cmap="viridis", zorder=3)
     fig.colorbar(sc, ax=ax, label="log10 N")
     lims = [min(loss.min(), pred.min()), max(loss.max(), pred.max())]
     ax.plot(lims, lims, color="grey", ls="--", label="predicted = observed")
+    if names is not None:
+        for i in np.argsort(-np.abs(pred - loss))[:label]:
+            right = loss[i] > (loss.min() + loss.max()) / 2  # label inwards, off the frame
+            ax.annotate(
+                str(names[i]),
+                (loss[i], pred[i]),
+                xytext=(-6 if right else 6, -3),
+                textcoords="offset points",
+                ha="right" if right else "left",
+                va="top",
+                fontsize=7,
+            )
     ax.set_xlabel(f"observed {LOSS_LABEL}")
     ax.set_ylabel(f"predicted {LOSS_LABEL}")
     ax.set_title(
+        "Chinchilla approach 3: parametric fit L(N, D)"
+        + (f" (named: the {label} largest residuals)" if names is not None else "")
+        + "\n"
         f"L = {fit['E']:.3g} + {fit['A']:.3g}/N^{fit['alpha']:.3f}"
         f" + {fit['B']:.3g}/D^{fit['beta']:.3f}",
         fontsize=10,
     )
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -223,6 +400,41 @@ def plot_ablation(
     return _save(fig, path)
 
 
+def plot_run(workdir: str | Path, path: str | Path | None = None) -> Path:
+    """One training run's curves from its metrics.jsonl (default: WORKDIR/plots/run.png):
+    train and validation loss vs tokens and vs FLOPs, learning rate and gradient norm."""
+    workdir = Path(workdir)
+    rows = metrics_lib.read_metrics(workdir / "metrics.jsonl")
+    train, val = results_io.curve(rows), results_io.curve(rows, "val/loss")
+    if len(train["step"]) + len(val["step"]) < 2:
+        raise results_io.ResultsError(
+            f"{workdir}/metrics.jsonl has fewer than 2 logged losses: nothing to plot yet"
+        )
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    for ax, x, label in zip(
+        axes[0], ("tokens", "flops"), ("tokens seen D", "training compute C (FLOPs)"), strict=True
+    ):
+        ax.plot(train[x], train["loss"], lw=1, color="C0", label="train")
+        ax.plot(val[x], val["loss"], marker="o", ms=4, color="C3", label="validation")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(LOSS_LABEL)
+        ax.legend(fontsize=8)
+    axes[0, 1].sharey(axes[0, 0])
+    for ax, key, label in zip(
+        axes[1], ("lr", "grad_norm"), ("learning rate", "gradient norm"), strict=True
+    ):
+        cv = results_io.curve(rows, key)
+        ax.plot(cv["step"], cv["loss"], lw=1, color="C2")
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+    for ax in axes.flat:
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"Training run {workdir.resolve().name}")
+    fig.tight_layout()
+    return _save(fig, path or workdir / results_io.PLOTS_DIR / "run.png")
+
+
 def load_curves(sweep_dir: str | Path, rows: Sequence[dict]) -> list[dict]:
     """Training curves of the finished trials of a sweep, each tagged with its N."""
     curves = []
@@ -233,7 +445,7 @@ def load_curves(sweep_dir: str | Path, rows: Sequence[dict]) -> list[dict]:
             metrics_lib.read_metrics(Path(sweep_dir) / r["name"] / "metrics.jsonl")
         )
         if len(cv["step"]) >= 2:
-            curves.append({"name": r["name"], "N": float(r["N"]), **cv})
+            curves.append({"name": r["name"], "N": float(r["N"]), "budget": r.get("budget"), **cv})
     return curves
 
 
@@ -260,6 +472,7 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
                 [r["loss"] for r in done],
                 fits["chinchilla"],
                 out / "parametric_fit.png",
+                names=[r["name"] for r in done],
             )
         )
     swept = results_io.swept_columns(rows)
