@@ -7,34 +7,87 @@ every host, the model config, the step). Saves are asynchronous: `save` returns
 once the arrays are copied off the device, and the files are committed in the
 background; a half-written checkpoint is never visible as the latest one.
 
+Every checkpoint's `meta` also holds a fingerprint of each saved array (a position-weighted
+sum of its bits, computed on the device), verified on restore: `restore_latest` walks the
+checkpoints newest first and takes the first that reads and verifies, saying in one line
+which it skipped and why (a truncated, zero-filled, partly deleted or bit-flipped one) and
+moving those aside into `<workdir>/corrupt_checkpoints/`.
+
 Restoring takes an abstract target (`jax.ShapeDtypeStruct`s carrying the new
 shardings), so a checkpoint written on one mesh restores onto another. Before
 reading any array the saved shapes are compared with the target's; a checkpoint
 of another model shape is refused with a `CheckpointError` naming the config keys
 that differ.
 
+Keep policy: the `keep` latest checkpoints, plus every multiple of `keep_every` steps
+forever (Orbax preservation policies), so later work can branch from them.
+
 `PreemptionGuard` turns SIGTERM/SIGINT (a preemptible TPU VM being reclaimed, a
 SLURM time limit, Ctrl-C) into a flag the train loop polls, so it can save and
-exit cleanly between steps.
+exit cleanly between steps. `train` installs it at process start, so a signal during
+data preparation or compilation is a clean stop too. On multi-host runs the loop also
+asks JAX's preemption sync point, fed by the runtime's own SIGTERM notice, at every step.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
-import signal
+import shutil
+import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from llm_jax.errors import UserError
+from llm_jax.preemption import PreemptionGuard
+
+__all__ = ["Checkpointer", "CheckpointError", "PreemptionGuard", "any_host", "fingerprints"]
 
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be used for this run; the message names the fix."""
+
+
+CORRUPT_DIR = "corrupt_checkpoints"  # next to checkpoints/: those that failed to restore
+log = logging.getLogger(__name__)
+
+
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+    """A uint32 that any single flipped bit of `x` changes: sum of bits x odd weights."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        bits_N = x.astype(jnp.uint32).reshape(-1)
+    else:
+        width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+        bits_N = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32).reshape(-1)
+    index_N = jnp.arange(bits_N.size, dtype=jnp.uint32)
+    return jnp.sum(bits_N * (index_N * jnp.uint32(2 * 2654435761 % 2**32) + 1), dtype=jnp.uint32)
+
+
+@functools.lru_cache(maxsize=4)
+def _fingerprinter(mesh: jax.sharding.Mesh | None):
+    """One jitted function per mesh, its results replicated (readable on every host)."""
+    out = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(lambda xs: [_leaf_fingerprint(x) for x in xs], out_shardings=out)
+
+
+def fingerprints(state: Any) -> dict[str, int]:
+    """Path -> fingerprint of every array of `state` (a collective on multi-host runs)."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    arrays = [x for _, x in leaves]
+    sharding = getattr(arrays[0], "sharding", None) if arrays else None
+    mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
+    values = jax.device_get(_fingerprinter(mesh)(arrays))
+    return {_path_str(p): int(v) for (p, _), v in zip(leaves, values, strict=True)}
 
 
 def _path_str(path) -> str:
@@ -65,11 +118,15 @@ class Checkpointer:
         keep: int = 2,
         async_save: bool = True,
         read_only: bool = False,
+        keep_every: int = 0,
     ):
         self.directory = os.path.abspath(directory)
+        keep_policies = [policies.LatestN(n=keep)]
+        if keep_every:
+            keep_policies.append(policies.EveryNSteps(interval_steps=keep_every))
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=every,
-            max_to_keep=keep,
+            preservation_policy=policies.AnyPreservationPolicy(keep_policies),
             create=not read_only,
             enable_async_checkpointing=async_save,
             read_only=read_only,
@@ -99,6 +156,7 @@ class Checkpointer:
             return False
         if step in self._manager.all_steps():
             return False
+        meta = {**meta, "checksums": fingerprints(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         return self._manager.save(step, args=args, force=True)
 
@@ -153,6 +211,79 @@ class Checkpointer:
             ) from e
         return restored["state"], restored["meta"]
 
+    def restore_latest(
+        self, abstract_state: Any, model: dict[str, Any] | None = None
+    ) -> tuple[int, Any, dict[str, Any]] | None:
+        """(step, state, meta) of the newest checkpoint that restores and verifies.
+
+        None when there is no checkpoint. Newer ones that fail are moved to
+        `corrupt_checkpoints/` next to the checkpoints, with one warning line each. When
+        none restores, CheckpointError lists them all (nothing is moved then). A
+        checkpoint of another model shape is refused at once (see `check_shapes`).
+        """
+        failures: list[tuple[int, str]] = []
+        for step in reversed(self.steps()):
+            try:
+                self.check_shapes(step, abstract_state, model)
+            except CheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001 - unreadable metadata: a corrupt checkpoint
+                failures.append((step, _first_line(e)))
+                continue
+            state, meta, why = self._read_verified(step, abstract_state)
+            if any_host(bool(why)):
+                failures.append((step, why or "failed on another host"))
+                continue
+            for bad, reason in failures:
+                self._move_aside(bad, reason, step)
+            if failures:
+                self._manager.reload()
+            return step, state, meta
+        if not failures:
+            return None
+        found = "; ".join(f"step {s}: {why}" for s, why in failures)
+        raise CheckpointError(
+            f"none of the {len(failures)} checkpoints in {self.directory} restores ({found}); "
+            "move that directory aside to start over"
+        )
+
+    def _read_verified(self, step: int, abstract_state: Any) -> tuple[Any, Any, str]:
+        """(state, meta, '') of a good checkpoint, else (None, None, why it is not)."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        )
+        try:
+            restored = self._manager.restore(step, args=args)
+        except Exception as e:  # noqa: BLE001 - any read failure means this one is unusable
+            return None, None, _first_line(e)
+        state, meta = restored["state"], restored["meta"]
+        expected = meta.get("checksums") if isinstance(meta, dict) else None
+        if expected is not None:
+            got = fingerprints(state)
+            bad = [k for k in expected if got.get(k) != expected[k]]
+            if bad:
+                return None, None, f"checksum mismatch in {', '.join(bad[:3])}"
+        return state, meta, ""
+
+    def _move_aside(self, step: int, why: str, fallback: int) -> None:
+        """Move a failed checkpoint out of the manager's sight (kept for inspection)."""
+        source = os.path.join(self.directory, str(step))
+        target = os.path.join(
+            os.path.dirname(self.directory), CORRUPT_DIR, f"{step}-{int(time.time())}"
+        )
+        if jax.process_index() == 0 and os.path.exists(source):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(source, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint-aside-{step}")
+        log.warning(
+            "warning: checkpoint %s does not restore (%s); moved to %s, resuming from step %d",
+            source,
+            why,
+            target,
+            fallback,
+        )
+
     def restore_subtree(
         self, step: int, abstract: dict[str, Any], model: dict[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -179,6 +310,11 @@ class Checkpointer:
         self._manager.close()
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}".rstrip(": ")
+
+
 # --- per-host data-iterator state -----------------------------------------------------------
 
 
@@ -202,34 +338,3 @@ def any_host(flag: bool) -> bool:
     if jax.process_count() == 1:
         return flag
     return bool(multihost_utils.process_allgather(np.array([flag], np.int32)).max())
-
-
-class PreemptionGuard:
-    """While active, SIGTERM and SIGINT set `requested` instead of killing the process.
-
-    A second SIGINT restores the default behaviour (so Ctrl-C twice still stops a
-    stuck run). Use as a context manager; the previous handlers come back on exit.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.requested: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, _frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        self.requested = signal.Signals(signum).name
-
-    def __enter__(self) -> PreemptionGuard:
-        for sig in self.SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals stay as they are
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)

@@ -19,7 +19,9 @@ Public API (the trainer codes against these):
 Caches live under `data.cache_dir`, else `$LLM_JAX_CACHE`, else `~/.cache/llm_jax`:
 `tokenizers/<key>.model` keyed by (corpus identity, tokenizer settings) and
 `tokens/<key>/{train.bin, val.bin, manifest.json}` keyed by (corpus identity, the
-tokenizer's sha256). A cache folder is built under a temporary name and renamed into
+tokenizer's sha256). The manifest holds each split's BLAKE2b hash, verified (one
+streaming pass) whenever a cache is opened: a cache that fails is rebuilt, as is a
+cached tokenizer that does not load. A cache folder is built under a temporary name and renamed into
 place, so an interrupted preparation never leaves a folder that looks valid; a file lock
 makes concurrent trials wait for one builder instead of all building.
 
@@ -56,6 +58,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from llm_jax import atomic
 from llm_jax.corpus import Corpus
 from llm_jax.tokenizer import EOS_ID, DataError, Tokenizer, load_tokenizer, train_tokenizer
 
@@ -135,7 +138,10 @@ def _get_tokenizer(config: ml_collections.ConfigDict, corpus: Corpus, root: Path
     path = root / "tokenizers" / f"{key}.model"
     with _file_lock(path):
         if path.is_file():
-            return load_tokenizer(path, vocab_size)
+            try:
+                return load_tokenizer(path, vocab_size)
+            except DataError as e:
+                log.warning("warning: cached tokenizer %s is damaged (%s); rebuilding it", path, e)
         log.info("training a %s tokenizer (vocab %d) for %s", d.tokenizer_type, vocab_size, path)
         tokenizer = train_tokenizer(
             corpus.documents("train"), vocab_size, d.tokenizer_type, d.tokenizer_max_chars
@@ -144,18 +150,42 @@ def _get_tokenizer(config: ml_collections.ConfigDict, corpus: Corpus, root: Path
     return tokenizer
 
 
+def _file_hash(path: Path) -> str:
+    """BLAKE2b of a file, read in 8 MiB blocks (about 1 GB/s on one core)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _read_manifest(folder: Path) -> dict | None:
-    """The manifest of a complete cache folder, else None."""
+    """The manifest of a complete, intact cache folder, else None (with a warning if the
+    folder exists but fails its checks)."""
+    if not (folder / "manifest.json").exists():
+        return None
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         itemsize = np.dtype(manifest["dtype"]).itemsize
         for split in ("train", "val"):
             info = manifest["splits"][split]
-            if (folder / info["file"]).stat().st_size != info["tokens"] * itemsize:
-                return None
+            path = folder / info["file"]
+            if path.stat().st_size != info["tokens"] * itemsize:
+                raise ValueError(f"{path} has the wrong size")
+            if "blake2b" in info and _file_hash(path) != info["blake2b"]:
+                raise ValueError(f"{path} fails its checksum")
+        if not all("blake2b" in manifest["splits"][s] for s in ("train", "val")):
+            _add_checksums(folder, manifest)  # a cache from before checksums: trust it once
         return manifest
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("warning: token cache %s is damaged (%s); rebuilding it", folder, e)
         return None
+
+
+def _add_checksums(folder: Path, manifest: dict) -> None:
+    for info in manifest["splits"].values():
+        info["blake2b"] = _file_hash(folder / info["file"])
+    atomic.write_text(folder / "manifest.json", json.dumps(manifest, indent=1))
 
 
 def _write_split(path: Path, tokenizer: Tokenizer, docs: Iterable[str], dtype) -> dict:
@@ -174,6 +204,7 @@ def _write_split(path: Path, tokenizer: Tokenizer, docs: Iterable[str], dtype) -
             n_docs += len(chunk)
     return {
         "file": path.name,
+        "blake2b": _file_hash(path),
         "documents": n_docs,
         "bytes": n_bytes,
         "tokens": tokens,
@@ -231,10 +262,8 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
             {"corpus": corpus.identity, "tokenizer": tokenizer.sha256, "format": CACHE_FORMAT}
         )
     )
-    manifest = _read_manifest(folder)
-    if manifest is None:
-        with _file_lock(folder):
-            manifest = _read_manifest(folder) or _build_cache(folder, tokenizer, corpus)
+    with _file_lock(folder):  # verifying under the lock: a concurrent rebuild is never read
+        manifest = _read_manifest(folder) or _build_cache(folder, tokenizer, corpus)
     if manifest["decode_replacements"]:
         log.warning(
             "replaced %d undecodable byte sequences with U+FFFD", manifest["decode_replacements"]

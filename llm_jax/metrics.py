@@ -17,6 +17,7 @@ masked crc32c of the data); the few protobuf fields needed are encoded by hand.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -26,6 +27,8 @@ import time
 from typing import IO, Any
 
 from llm_jax import atomic
+
+log = logging.getLogger(__name__)
 
 # Dense bf16 peak FLOP/s per device, matched as a substring of `device.device_kind`,
 # most specific first.
@@ -148,15 +151,24 @@ def read_records(path: str) -> list[bytes]:
 
 
 class TensorBoardWriter:
-    """Appends scalar summaries to a new events.out.tfevents.* file in `logdir`."""
+    """Appends scalar summaries to a new events.out.tfevents.* file in `logdir`.
+
+    The file is created with the first scalars, so a run that logs nothing (a rerun of a
+    finished run) leaves no empty event file behind.
+    """
 
     def __init__(self, logdir: str):
-        os.makedirs(logdir, exist_ok=True)
+        self.logdir = logdir
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
         self.path = os.path.join(logdir, name)
-        self._file: IO[bytes] = open(self.path, "ab")
-        self._file.write(encode_record(encode_event(time.time(), file_version="brain.Event:2")))
-        self._file.flush()
+        self._file: IO[bytes] | None = None
+
+    def _open(self) -> IO[bytes]:
+        if self._file is None:
+            os.makedirs(self.logdir, exist_ok=True)
+            self._file = open(self.path, "ab")
+            self._file.write(encode_record(encode_event(time.time(), file_version="brain.Event:2")))
+        return self._file
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """Write the finite numeric entries of `values` at `step`."""
@@ -166,12 +178,14 @@ class TensorBoardWriter:
             if isinstance(v, int | float) and math.isfinite(v)
         }
         if finite:
-            self._file.write(encode_record(encode_event(time.time(), step, scalars=finite)))
-            self._file.flush()
+            f = self._open()
+            f.write(encode_record(encode_event(time.time(), step, scalars=finite)))
+            f.flush()
 
     def close(self) -> None:
-        """Close the file."""
-        self._file.close()
+        """Close the file (if one was written)."""
+        if self._file is not None:
+            self._file.close()
 
 
 # --- metrics.jsonl ------------------------------------------------------------------------
@@ -180,19 +194,42 @@ class TensorBoardWriter:
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All rows of a metrics.jsonl file (an empty list when it does not exist).
 
-    A line that is not JSON (the torn last line of a run killed mid-write) is skipped,
-    so resuming such a run, or collecting its sweep, still works.
+    A line that is not a JSON object with an integer `step` (the torn last line of a run
+    killed mid-write, a hand-edited row, bytes that are not UTF-8) is skipped, so
+    resuming such a run, or collecting its sweep, still works; skipped lines other than
+    a torn last line are reported in one warning.
     """
     if not os.path.exists(path):
         return []
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    rows, bad = [], []
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        row = _parse_row(line)
+        if row is None:
+            bad.append(number)
+        else:
+            rows.append(row)
+    if bad and bad != [len(lines)]:  # the last line alone is a torn write: expected
+        log.warning(
+            "warning: %s: skipped %d unreadable line(s) (not a JSON row with a step): %s",
+            path,
+            len(bad),
+            ", ".join(map(str, bad[:10])),
+        )
     return rows
+
+
+def _parse_row(line: bytes) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+        return None
+    return row
 
 
 def _clean(value: Any) -> Any:
@@ -213,6 +250,7 @@ class MetricsWriter:
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = TensorBoardWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+        self.rows_written = 0
 
     def truncate_after(self, step: int) -> None:
         """Keep only rows with `step <= step` (atomically replaces the file)."""
@@ -228,6 +266,7 @@ class MetricsWriter:
         row = {k: _clean(v) for k, v in row.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        self.rows_written += 1
         self._tb.scalars(
             row["step"], {k: v for k, v in row.items() if k != "step" and v is not None}
         )
@@ -241,50 +280,61 @@ class MetricsWriter:
 # --- console ------------------------------------------------------------------------------
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """'h:mm:ss'."""
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
 
 
 class ProgressBar:
-    """One self-overwriting console line: step, loss, tokens/s, ETA; silent off a terminal."""
+    """Step, loss, tokens/s and ETA on the console.
+
+    On a terminal: one self-overwriting line. Elsewhere (SLURM logs, nohup, a pipe): one
+    plain line per update, i.e. per logged step.
+    """
 
     def __init__(self, total_steps: int, stream: IO[str] | None = None, enabled: bool = True):
         self.total = total_steps
         self.stream = stream or sys.stderr
-        self.enabled = enabled and self.stream.isatty()
+        self.enabled = enabled
+        self.terminal = enabled and self.stream.isatty()
         self._start = time.time()
         self._start_step: int | None = None
 
     def update(self, step: int, loss: float | None, tokens_per_s: float | None) -> None:
-        """Redraw the line for `step` (1-based count of completed steps)."""
+        """Show `step` (1-based count of completed steps): redraw, or print a line."""
         if not self.enabled:
             return
         if self._start_step is None:
             self._start_step, self._start = step, time.time()
         done = step - self._start_step
         rate = done / max(1e-9, time.time() - self._start)
-        eta = _duration((self.total - step) / rate) if rate > 0 else "?"
-        width = 24
-        filled = int(width * step / max(1, self.total))
-        parts = [f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.total}"]
+        eta = duration((self.total - step) / rate) if rate > 0 else "?"
+        parts = [f"step {step}/{self.total}"]
+        if self.terminal:
+            width = 24
+            filled = int(width * step / max(1, self.total))
+            parts = [f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.total}"]
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
         if tokens_per_s:
             parts.append(f"{tokens_per_s:,.0f} tok/s")
         parts.append(f"ETA {eta}")
-        self.stream.write("\r" + " | ".join(parts) + "\033[K")
-        self.stream.flush()
+        if self.terminal:
+            self.stream.write("\r" + " | ".join(parts) + "\033[K")
+            self.stream.flush()
+        else:
+            print(" | ".join(parts), file=self.stream, flush=True)
 
     def message(self, text: str) -> None:
         """Print a line above the bar (eval results, checkpoints); always shown."""
-        if self.enabled:
+        if self.terminal:
             self.stream.write("\r\033[K")
         print(text, file=self.stream, flush=True)
 
     def close(self) -> None:
         """End the bar's line."""
-        if self.enabled:
+        if self.terminal:
             self.stream.write("\n")
             self.stream.flush()

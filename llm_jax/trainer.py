@@ -3,10 +3,16 @@
 A `Trainer` holds one run's collaborators (the `TrainSetup`, the data iterator, the
 checkpointer, the metrics writer and the progress bar) and the train state; its
 methods are the loop's steps: `step`, `log`, `evaluate`, `save`, driven by `run`.
+
+`train_and_evaluate` takes the workdir's lease (`llm_jax.lease`) before anything is
+written there, so a second trainer on the same workdir fails instead of interleaving.
+The per-step metrics not yet logged travel in each checkpoint's metadata, so a resumed
+run logs exactly the rows an uninterrupted run would, whatever `log_every` is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -16,10 +22,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from llm_jax import atomic
 from llm_jax import checkpoint as ckpt_lib
 from llm_jax import config as config_lib
+from llm_jax import lease as lease_lib
 from llm_jax import metrics as metrics_lib
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
@@ -46,9 +54,19 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> str:
 
 def _make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     try:
-        return sharding_lib.make_mesh(config.mesh)
+        mesh = sharding_lib.make_mesh(config.mesh)
     except ValueError as e:
         raise ConfigError(f"config.mesh: {e}") from e
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    sizes = {"train.batch_size": config.train.batch_size}
+    sizes["data.val_batch_size"] = config.data.val_batch_size
+    for key, size in sizes.items():
+        if size % data_parallel:
+            raise ConfigError(
+                f"config.{key}={size} is not divisible by the data-parallel size "
+                f"{data_parallel} (mesh data x fsdp); use a multiple of {data_parallel}"
+            )
+    return mesh
 
 
 @dataclasses.dataclass
@@ -91,11 +109,20 @@ class Trainer:
     Use as a context manager (it closes the checkpointer, writer and progress bar).
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        guard: ckpt_lib.PreemptionGuard | None = None,
+        lease: lease_lib.Lease | None = None,
+    ):
         from llm_jax import data as data_lib  # heavy (tokenizer training)
         from llm_jax import flops as flops_lib
 
         self.config, self.workdir = config, workdir
+        self.guard = guard or ckpt_lib.PreemptionGuard()
+        self.lease = lease
+        self.started = time.time()
         self.primary = jax.process_index() == 0
         self.setup = train_lib.make_train(config, _make_mesh(config))
         workdir_lib.check_workdir(workdir)
@@ -108,7 +135,7 @@ class Trainer:
             )
         t, seq_len = config.train, config.data.seq_len
         self.tokens_per_step = t.batch_size * seq_len
-        self.flops_per_token = flops_lib.flops_per_token(config.model, seq_len)["detailed"]
+        self.flops_per_token = flops_lib.flops_per_token(config.model, seq_len).detailed
         peak = metrics_lib.peak_flops(jax.devices()[0].device_kind)
         self.peak_total = peak * jax.device_count() if peak else None
         self.checkpointer = ckpt_lib.Checkpointer(
@@ -116,6 +143,7 @@ class Trainer:
             config.checkpoint.every,
             config.checkpoint.keep,
             config.checkpoint.async_save,
+            keep_every=config.checkpoint.keep_every,
         )
         self.iterator = data_lib.BatchIterator(
             self.prepared,
@@ -145,11 +173,17 @@ class Trainer:
             atomic.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
             workdir_lib.save_run_tokenizer(workdir, self.prepared.tokenizer)
         self.step_count = int(jax.device_get(self.state["step"]))
+        self.start_step = self.step_count
         self.writer = metrics_lib.MetricsWriter(workdir, enabled=self.primary)
         self.writer.truncate_after(self.step_count)
         self.bar = metrics_lib.ProgressBar(self.setup.total_steps, enabled=self.primary)
-        self.window = _Window()
+        self.window.rows = self._saved_window
         self.result: dict[str, Any] = {"preempted": False}
+        if self.restored_from is not None:
+            self.say(
+                f"resumed from step {self.step_count} of {self.setup.total_steps} "
+                f"(checkpoint {self.restored_from})"
+            )
 
     def __enter__(self) -> Trainer:
         return self
@@ -163,12 +197,15 @@ class Trainer:
         self.checkpointer.close()
 
     def _restore_or_init(self) -> dict:
-        latest = self.checkpointer.latest_step()
-        if latest is None:
-            return self.setup.init_state(self.config.train.seed)
-        state, meta = self.checkpointer.restore(
-            latest, self.setup.abstract_state, self.config.model.to_dict()
+        self.window, self._saved_window, self.restored_from = _Window(), [], None
+        restored = self.checkpointer.restore_latest(
+            self.setup.abstract_state, self.config.model.to_dict()
         )
+        if restored is None:
+            return self.setup.init_state(self.config.train.seed)
+        latest, state, meta = restored
+        self.restored_from = os.path.join(self.checkpointer.directory, str(latest))
+        self._saved_window = meta.get("window", [])
         hosts = meta["data"]
         if len(hosts) != jax.process_count():
             raise ckpt_lib.CheckpointError(
@@ -237,6 +274,12 @@ class Trainer:
             "val/loss": loss,
             "val/bpb": loss / math.log(2) / self.prepared.val_bytes_per_token,
         }
+        if not math.isfinite(loss):
+            raise TrainError(
+                f"val/loss is {loss} at step {self.step_count}: the model or the val data is "
+                "broken (a diverged run, or a corrupt val split); lower config.train.lr, or "
+                "delete the token cache under config.data.cache_dir to rebuild it"
+            )
         self.writer.write({**self.position(), **scores})
         self.say(
             f"step {self.step_count}: val/loss {scores['val/loss']:.4f}  "
@@ -262,6 +305,7 @@ class Trainer:
             "step": s,
             "model": self.config.model.to_dict(),
             "data": ckpt_lib.gather_host_states(self.iterator.get_state()),
+            "window": self.window.rows,  # rows not logged yet: a resumed run logs them
         }
         if self.checkpointer.save(s, self.state, meta, force=force):
             self.say(f"checkpoint saved at step {s}")
@@ -269,14 +313,60 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train to the last step (or a stop signal); returns the final metrics."""
-        with self.setup.context(), ckpt_lib.PreemptionGuard() as guard:
-            self._loop(guard)
+        with self.setup.context():
+            if ckpt_lib.any_host(self.guard.requested is not None):
+                self._stopped(saved=False)
+            else:
+                self._loop()
         self.result["step"] = self.step_count
         if not self.result["preempted"] and self.step_count >= self.setup.total_steps:
             self.result.update(self.evaluate_tasks())
+        if not self.result["preempted"] and self.step_count > self.start_step:
+            self.say(self.summary())
         return self.result
 
-    def _loop(self, guard: ckpt_lib.PreemptionGuard) -> None:
+    def _stop_requested(self, step: int, sync: bool) -> bool:
+        """True on every host when any host was signalled (or the runtime's preemption
+        notice reached this step's sync point); `sync`: a step where hosts compare flags."""
+        if self.lease is not None and self.lease.lost:
+            raise TrainError(
+                f"another process took over the lease of {self.workdir} (this one was judged "
+                "dead); stop the other process or use another --workdir"
+            )
+        if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
+            return True
+        return sync and ckpt_lib.any_host(self.guard.requested is not None)
+
+    def _stopped(self, saved: bool) -> None:
+        self.result["preempted"] = True
+        what = (
+            f"at step {self.step_count}; checkpoint saved"
+            if saved
+            else f"before the first step (at step {self.step_count}); nothing to save"
+        )
+        self.say(
+            f"stopped by {self.guard.requested or 'a signal on another host'} {what}. "
+            "Rerun the same command to resume"
+        )
+
+    def summary(self) -> str:
+        """The closing line: final losses, tokens, wall time and where the files are."""
+        r, train_bpt = self.result, self.prepared.train_bytes_per_token
+        parts = [f"finished step {self.step_count} of {self.setup.total_steps}:"]
+        if "train/loss" in r:
+            bpb = r["train/loss"] / math.log(2) / train_bpt
+            parts.append(f"train/loss {r['train/loss']:.4f} (bpb {bpb:.4f})")
+        if "val/loss" in r:
+            parts.append(f"val/loss {r['val/loss']:.4f} (bpb {r['val/bpb']:.4f})")
+        tokens = self.position()["tokens"]
+        wall = metrics_lib.duration(time.time() - self.started)
+        parts.append(f"{tokens:,} tokens, wall time {wall}.")
+        parts.append(
+            f"Files in {self.workdir}: metrics.jsonl, checkpoints/, tensorboard/, config.json"
+        )
+        return " ".join(parts)
+
+    def _loop(self) -> None:
         t, total = self.config.train, self.setup.total_steps
         if self.step_count >= total:
             self.say(
@@ -294,8 +384,7 @@ class Trainer:
                 first = False
             is_log = step % t.log_every == 0 or step == total
             is_ckpt = step % self.config.checkpoint.every == 0 or step == total
-            sync = is_log or is_ckpt or jax.process_count() == 1
-            stop = sync and ckpt_lib.any_host(guard.requested is not None)
+            stop = self._stop_requested(step, is_log or is_ckpt or jax.process_count() == 1)
             if is_log or is_ckpt or stop:
                 self.window.fetch(step)  # NaN check before anything is saved
             if is_log:
@@ -306,22 +395,48 @@ class Trainer:
                 self.save(force=stop or step == total)
             if stop:
                 self.checkpointer.wait()
-                self.say(
-                    f"stopped by {guard.requested or 'a signal on another host'} at "
-                    f"step {step}; checkpoint saved. Rerun the same command to resume"
-                )
-                self.result["preempted"] = True
+                self._stopped(saved=True)
                 return
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train `config` in `workdir` (resuming from its latest checkpoint); returns final metrics.
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    guard: ckpt_lib.PreemptionGuard | None = None,
+) -> dict[str, Any]:
+    """Train `config` in `workdir` (resuming from its latest good checkpoint).
 
-    The returned dict holds the last logged train metrics, the last evaluation, `step`
-    and `preempted` (True when stopped by a signal after saving a checkpoint).
+    Returns a dict with the last logged train metrics, the last evaluation, `step` and
+    `preempted` (True when stopped by a signal; a checkpoint is saved if a step was
+    taken). `guard`: a `PreemptionGuard` installed earlier (the CLI installs one at
+    process start); by default one is installed here. Raises `lease.LeaseHeld` when
+    another live process trains in `workdir`.
     """
     config = config_lib.validate(ml_collections.ConfigDict(config.to_dict()))
-    sharding_lib.initialize_distributed(config.mesh)
-    enable_compilation_cache(config)
-    with Trainer(config, workdir) as trainer:
+    with contextlib.ExitStack() as stack:
+        if guard is None:
+            guard = stack.enter_context(ckpt_lib.PreemptionGuard())
+        sharding_lib.initialize_distributed(config.mesh)
+        lease = stack.enter_context(_workdir_lease(workdir))
+        enable_compilation_cache(config)
+        trainer = stack.enter_context(Trainer(config, workdir, guard, lease))
         return trainer.run()
+
+
+@contextlib.contextmanager
+def _workdir_lease(workdir: str):
+    """The primary host holds the workdir's lease; every host fails if it is taken."""
+    workdir_lib.check_workdir(workdir)
+    held, error = None, None
+    if jax.process_index() == 0:
+        try:
+            held = lease_lib.Lease(workdir, "workdir").acquire()
+        except lease_lib.LeaseHeld as e:
+            error = e
+    if ckpt_lib.any_host(error is not None):
+        raise error or lease_lib.LeaseHeld(f"{workdir} is in use by another process")
+    try:
+        yield held
+    finally:
+        if held is not None:
+            held.release()

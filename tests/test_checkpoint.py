@@ -98,3 +98,81 @@ def test_preemption_guard_turns_signals_into_a_flag():
     assert signal.getsignal(signal.SIGTERM) is before
     assert ckpt_lib.gather_host_states({"a": 1}) == [{"a": 1}]
     assert ckpt_lib.any_host(True) and not ckpt_lib.any_host(False)
+
+
+def _save_steps(directory, steps, **options):
+    """Tiny states saved at `steps` (one device); returns (setup, {step: state})."""
+    config = _config()
+    setup = _setup(config)
+    checkpointer = ckpt_lib.Checkpointer(str(directory), every=1, async_save=False, **options)
+    states = {}
+    with setup.context():
+        for step in steps:
+            states[step] = setup.init_state(step)
+            checkpointer.save(step, states[step], {"step": step, "data": [{}]})
+    checkpointer.close()
+    return setup, jax.device_get(states)
+
+
+def _largest_file(folder):
+    files = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
+    return max(files, key=os.path.getsize)
+
+
+def _flip_bytes(path):
+    data = bytearray(open(path, "rb").read())
+    for i in range(len(data) // 3, len(data) // 3 + 8):
+        data[i] ^= 0x55
+    open(path, "wb").write(bytes(data))
+
+
+CORRUPTIONS = {
+    "truncated": lambda folder: open(_largest_file(folder), "r+b").truncate(100),
+    "zero-filled": lambda folder: open(_largest_file(folder), "r+b").write(
+        b"\0" * os.path.getsize(_largest_file(folder))
+    ),
+    "partly deleted": lambda folder: os.remove(_largest_file(folder)),
+    "meta deleted": lambda folder: os.remove(os.path.join(folder, "meta", "metadata")),
+    "flipped bytes": lambda folder: _flip_bytes(_largest_file(folder)),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(CORRUPTIONS))
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_good_one(tmp_path, fault, caplog):
+    directory = tmp_path / "checkpoints"
+    setup, states = _save_steps(directory, [2, 4])
+    CORRUPTIONS[fault](str(directory / "4"))
+    checkpointer = ckpt_lib.Checkpointer(str(directory))
+    with caplog.at_level("WARNING", logger="llm_jax.checkpoint"):
+        step, state, meta = checkpointer.restore_latest(setup.abstract_state)
+    assert step == 2 and meta["step"] == 2
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), states[2])
+    assert "does not restore" in caplog.text and "resuming from step 2" in caplog.text
+    assert checkpointer.steps() == [2]  # the bad one moved aside, kept for inspection
+    assert os.listdir(tmp_path / ckpt_lib.CORRUPT_DIR)[0].startswith("4-")
+    checkpointer.close()
+
+
+def test_no_restorable_checkpoint_lists_what_was_found(tmp_path):
+    directory = tmp_path / "checkpoints"
+    setup, _ = _save_steps(directory, [2, 4])
+    for step in (2, 4):
+        _flip_bytes(_largest_file(str(directory / str(step))))
+    checkpointer = ckpt_lib.Checkpointer(str(directory))
+    with pytest.raises(
+        ckpt_lib.CheckpointError, match=r"none of the 2 checkpoints .*step 4: .*step 2: "
+    ):
+        checkpointer.restore_latest(setup.abstract_state)
+    assert checkpointer.steps() == [2, 4]  # nothing moved when nothing restores
+    checkpointer.close()
+    assert (
+        ckpt_lib.Checkpointer(str(tmp_path / "empty")).restore_latest(setup.abstract_state) is None
+    )
+
+
+def test_keep_every_preserves_intermediate_checkpoints(tmp_path):
+    directory = tmp_path / "checkpoints"
+    _save_steps(directory, [1, 2, 3, 4, 5, 6, 7], keep=2, keep_every=3)
+    checkpointer = ckpt_lib.Checkpointer(str(directory), read_only=True)
+    assert checkpointer.steps() == [3, 6, 7]
+    checkpointer.close()

@@ -27,6 +27,19 @@ def test_unknown_preset_names_the_choices():
         ("model.n_heads", 3, "divisible"),
         ("data.seq_len", 4096, "max_seq_len"),
         ("train.lr", -1.0, "lr"),
+        ("train.min_lr_ratio", -1.0, r"train.min_lr_ratio must be in \[0.0, 1.0\] \(got -1.0\)"),
+        ("train.min_lr_ratio", 1.5, "min_lr_ratio"),
+        ("train.b1", 1.0, r"train.b1 must be in \[0.0, 1.0\)"),
+        ("train.b2", -0.1, "train.b2"),
+        ("train.eps", 0.0, "train.eps must be > 0.0"),
+        ("train.weight_decay", -0.1, "train.weight_decay must be >= 0.0"),
+        ("train.warmup_steps", -1, "train.warmup_steps must be >= 0"),
+        ("train.decay_fraction", 0.0, r"train.decay_fraction must be in \(0.0, 1.0\]"),
+        ("data.val_fraction", 0.0, r"data.val_fraction must be in \(0.0, 1.0\)"),
+        ("data.val_fraction", 1.0, "val_fraction"),
+        ("train.grad_clip", -1.0, "train.grad_clip must be >= 0.0"),
+        ("train.seed", -1, "train.seed must be >= 0"),
+        ("checkpoint.keep_every", -5, "checkpoint.keep_every"),
     ],
 )
 def test_bad_values_name_the_key(key, value, match):
@@ -50,3 +63,20 @@ def test_token_budget_sets_steps():
     c = cfg.default_config()
     c.train.tokens = 16 * 128 * 7 + 5
     assert cfg.train_steps(c) == 7
+
+
+def test_a_data_path_selects_files():
+    c = cfg.default_config()
+    c.data.path = "/some/corpus/*.txt"  # source left at its default, shakespeare
+    assert cfg.validate(c).data.source == "files"
+    c = cfg.default_config()
+    c.data.update(source="hf", hf_name="wikitext", path="/x.txt")
+    with pytest.raises(cfg.ConfigError, match="data.path is set but data.source='hf'"):
+        cfg.validate(c)
+
+
+def test_boundary_values_are_accepted():
+    c = cfg.default_config()
+    c.train.update(min_lr_ratio=0.0, b1=0.0, weight_decay=0.0, warmup_steps=0, grad_clip=0.0)
+    c.train.decay_fraction = 1.0
+    cfg.validate(c)

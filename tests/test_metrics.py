@@ -110,17 +110,48 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_progress_bar_draws_on_a_terminal_only():
-    quiet = io.StringIO()
-    bar = metrics.ProgressBar(100, stream=quiet)
+def test_progress_bar_redraws_on_a_terminal_and_prints_lines_elsewhere():
+    plain = io.StringIO()  # a SLURM log, nohup, a pipe
+    bar = metrics.ProgressBar(100, stream=plain)
     bar.update(10, 2.0, 1000.0)
+    bar.update(20, 1.5, 2000.0)
     bar.close()
-    assert quiet.getvalue() == ""
+    lines = plain.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in plain.getvalue() and "\033" not in plain.getvalue()
+    assert lines[1].startswith("step 20/100 | loss 1.5000 | 2,000 tok/s | ETA ")
     tty = _Terminal()
     bar = metrics.ProgressBar(100, stream=tty)
     bar.update(10, 2.0, 1000.0)
     bar.update(20, 1.5, 2000.0)
     bar.message("step 20: val/loss 1.4")
     line = tty.getvalue()
-    assert "20/100" in line and "loss 1.5000" in line and "2,000 tok/s" in line
-    assert "ETA" in line and "step 20: val/loss 1.4\n" in line
+    assert "\r[" in line and "20/100" in line and "loss 1.5000" in line
+    assert "2,000 tok/s" in line and "ETA" in line and "step 20: val/loss 1.4\n" in line
+    silent = io.StringIO()
+    metrics.ProgressBar(100, stream=silent, enabled=False).update(10, 2.0, None)
+    assert silent.getvalue() == ""  # other hosts than the primary
+
+
+def test_no_tensorboard_file_without_scalars(tmp_path):
+    writer = metrics.MetricsWriter(str(tmp_path))  # a rerun of a finished run logs nothing
+    writer.close()
+    assert not (tmp_path / "tensorboard").exists()
+
+
+def test_rows_without_step_and_non_utf8_lines_are_skipped_and_reported(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(
+        b'{"step": 1, "train/loss": 2.0}\n'
+        b'{"train/loss": 1.0}\n'  # no step
+        b"\xff\xfe garbage\n"  # not UTF-8
+        b'["a list"]\n'
+        b'{"step": 2, "train/loss": 1.5}\n'
+    )
+    with caplog.at_level("WARNING", logger="llm_jax.metrics"):
+        rows = metrics.read_metrics(path)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert "skipped 3 unreadable line(s)" in caplog.text and "2, 3, 4" in caplog.text
+    writer = metrics.MetricsWriter(str(tmp_path))
+    writer.truncate_after(1)  # what a resume does: no traceback
+    writer.close()
+    assert [r["step"] for r in metrics.read_metrics(path)] == [1]

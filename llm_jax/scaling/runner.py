@@ -14,6 +14,18 @@ Rerunning the command skips finished trials and reruns the others, which resume 
 their checkpoints (the trainer restores them). A crash is recorded in status.json and the
 other trials go on. Ctrl-C (or SIGTERM) stops the trials, which save a checkpoint first.
 
+Ownership: the runner holds the sweep directory's lease (`llm_jax.lease`), so a second
+runner on it fails at once; each trainer holds its trial's. Trials run in their own
+process group and get SIGTERM when the runner dies (a Linux parent-death signal set by
+`llm-jax train`), so no orphan trains on; a trial whose lease is live is never started.
+status.json keeps every attempt (start, end, exit code; a running attempt's end is
+refreshed, so a killed runner loses at most a heartbeat of wall time).
+
+Output: on a terminal one status line redrawn in place; elsewhere a line per event
+(start, finish) and a status line every `QUIET_REPORT_S`. The ETA divides the FLOPs left
+(queued trials plus the unfinished part of running ones) by the FLOP/s that finished
+trials achieved, times the parallel slots.
+
 `--launcher slurm|tpu` writes scripts running the same `llm-jax train` commands instead
 (DIR/sweep.sbatch: a job array; DIR/launch_tpu.sh: one `gcloud ... ssh --worker=all` per
 trial), so results land in the same layout. Such trials have no done.json; collecting
@@ -35,16 +47,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from llm_jax import atomic
+from llm_jax import lease as lease_lib
 from llm_jax.scaling import collect as collect_lib
 from llm_jax.scaling import results as results_io
 from llm_jax.scaling import sweep as sweep_lib
 
 PREEMPTED_EXIT_CODE = 75  # llm_jax.train's "checkpoint saved, rerun to resume" (not imported:
 #                           importing train pulls in JAX, which the runner does not need)
-HEARTBEAT_S = 30.0
+PARENT_ENV = "LLM_JAX_DIE_WITH_PARENT"  # read by `llm-jax train` (llm_jax.cli.train)
+HEARTBEAT_S = 30.0  # refresh of a running attempt's end time in status.json
+QUIET_REPORT_S = 300.0  # off a terminal: a status line at least this often
 
 
 # --- trial state on disk ------------------------------------------------------------------
@@ -66,8 +79,13 @@ def train_command(
 
 
 def _write_status(trial_dir: Path, status: str, **fields) -> dict:
+    """Update status.json; a running or done trial carries no error or rc of the past."""
     state = results_io.read_json(trial_dir / "status.json") or {"attempts": []}
+    if status in ("running", "done"):
+        state.pop("error", None)
+        state.pop("rc", None)
     state.update(status=status, **fields)
+    state["wall_s"] = sum(a["end"] - a["start"] for a in state["attempts"])
     results_io.write_json(trial_dir / "status.json", state)
     return state
 
@@ -86,13 +104,33 @@ class _Running:
 
     def __init__(self, trial, plan, command, trial_dir: Path, env):
         self.trial, self.plan, self.dir = trial, plan, trial_dir
-        self.start = time.time()
-        state = _write_status(trial_dir, "running")
+        self.start = self.beat = time.time()
+        state = results_io.read_json(trial_dir / "status.json") or {"attempts": []}
         self.attempt = len(state["attempts"]) + 1
+        self._record(None, status="running")
         self.log = open(trial_dir / "train.log", "a")  # closed in finish()
         self.log.write(f"\n=== attempt {self.attempt}: {shlex.join(command)}\n")
         self.log.flush()
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            command,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=dict(env, **{PARENT_ENV: str(os.getpid())}),
+            start_new_session=True,  # its own process group: the terminal's Ctrl-C is ours
+        )
+
+    def _record(self, exit_code: int | None, status: str, **fields) -> dict:
+        """This attempt (start, end = now, rc) as the last entry of status.json."""
+        state = results_io.read_json(self.dir / "status.json") or {"attempts": []}
+        attempts = state["attempts"][: self.attempt - 1]
+        attempts.append({"start": self.start, "end": time.time(), "rc": exit_code})
+        return _write_status(self.dir, status, attempts=attempts, **fields)
+
+    def heartbeat(self) -> None:
+        """Refresh the attempt's end time, so a killed runner loses little wall time."""
+        if time.time() - self.beat > HEARTBEAT_S:
+            self.beat = time.time()
+            self._record(None, status="running")
 
     def progress(self) -> float:
         row = results_io.last_row(self.dir, "step")
@@ -101,23 +139,19 @@ class _Running:
     def finish(self, rc: int) -> str:
         """Record the attempt; returns the trial's status."""
         self.log.close()
-        end = time.time()
-        state = results_io.read_json(self.dir / "status.json") or {"attempts": []}
-        attempts = state["attempts"] + [{"start": self.start, "end": end, "rc": rc}]
-        wall = sum(a["end"] - a["start"] for a in attempts)
         if rc == 0 and results_io.is_complete(self.dir, self.plan["steps"]):
-            _write_status(self.dir, "done", attempts=attempts, wall_s=wall)
-            results_io.write_json(self.dir / "done.json", {"wall_s": wall, "finished": end})
+            state = self._record(rc, "done")
+            results_io.write_json(
+                self.dir / "done.json", {"wall_s": state["wall_s"], "finished": time.time()}
+            )
             return "done"
         status = (
-            "stopped"
-            if rc in (PREEMPTED_EXIT_CODE, -signal.SIGTERM, -signal.SIGINT)
-            else ("failed")
+            "stopped" if rc in (PREEMPTED_EXIT_CODE, -signal.SIGTERM, -signal.SIGINT) else "failed"
         )
         error = _tail(self.dir / "train.log") or f"exit code {rc}"
         if rc == 0:
             error = "exited 0 without a final evaluation in metrics.jsonl"
-        _write_status(self.dir, status, attempts=attempts, wall_s=wall, error=error, rc=rc)
+        self._record(rc, status, error=error, rc=rc)
         return status
 
 
@@ -131,23 +165,59 @@ def _duration(seconds: float) -> str:
 
 
 class _Eta:
-    """Seconds per trial as overhead + rate x FLOPs, fitted to the trials finished so far."""
+    """Seconds left: FLOPs left over the FLOP/s that finished trials achieved."""
 
-    def __init__(self):
-        self.points: list[tuple[float, float]] = []  # (C, wall seconds)
+    def __init__(self, parallel: int):
+        self.parallel = parallel
+        self.flops = self.seconds = 0.0
 
     def add(self, cost: float, seconds: float) -> None:
-        self.points.append((cost, seconds))
+        """A trial of `cost` FLOPs finished in `seconds` (one slot)."""
+        self.flops += cost
+        self.seconds += seconds
 
-    def seconds(self, cost: float) -> float | None:
-        if not self.points:
+    def left(self, queued: list, running: list) -> float | None:
+        """Seconds until `queued` plans and `running` trials are done, or None (no data)."""
+        if not self.flops:
             return None
-        c, s = np.array(self.points).T
-        if len(set(c)) >= 2:
-            rate, overhead = np.polyfit(c, s, 1)
-            if rate > 0 and overhead >= 0:
-                return overhead + rate * cost
-        return float(np.sum(s) / np.sum(c) * cost)
+        cost = sum(p["C_detailed"] for _, p in queued)
+        cost += sum(r.plan["C_detailed"] * (1 - r.progress()) for r in running)
+        slots = max(1, min(self.parallel, len(queued) + len(running)))
+        return cost / (self.flops / self.seconds) / slots
+
+
+class _Reporter:
+    """Status output: one redrawn line on a terminal; elsewhere only changes, or rarely."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.terminal = self.stream.isatty()
+        self.last_line, self.last_time = "", 0.0
+
+    def event(self, text: str) -> None:
+        """A line that stays (a trial started, finished or failed)."""
+        if self.terminal:
+            self.stream.write("\r\033[K")
+        print(text, file=self.stream, flush=True)
+        if self.terminal and self.last_line:
+            self.stream.write(self.last_line)
+            self.stream.flush()
+
+    def status(self, line: str, changed: bool) -> None:
+        """The current state: redrawn on a terminal; off it, when `changed` or due."""
+        if self.terminal:
+            self.stream.write("\r" + line + "\033[K")
+            self.stream.flush()
+        elif changed or time.time() - self.last_time > QUIET_REPORT_S:
+            print(line, file=self.stream, flush=True)
+            self.last_time = time.time()
+        self.last_line = line
+
+    def close(self) -> None:
+        """End the redrawn line."""
+        if self.terminal and self.last_line:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def _thread_env(parallel: int) -> dict[str, str]:
@@ -164,147 +234,220 @@ def _thread_env(parallel: int) -> dict[str, str]:
     return env
 
 
+def _status_line(outcome: dict, running: list, queue: list, eta: _Eta, total: int, before: int):
+    done = before + sum(s == "done" for s in outcome.values())
+    failed = sum(s == "failed" for s in outcome.values())
+    parts = [f"[sweep] {done}/{total} done" + (f", {failed} failed" if failed else "")]
+    if running:
+        parts.append(
+            "running: " + ", ".join(f"{r.trial.name} ({100 * r.progress():.0f}%)" for r in running)
+        )
+    left = eta.left(queue, running)
+    if left is not None:
+        parts.append(f"ETA {_duration(left)}")
+    return " | ".join(parts)
+
+
+def _start(trial, plan, sweep_path, workdir, launcher, env, out: _Reporter) -> _Running | None:
+    """Start a trial, unless a live process holds its workdir (then None)."""
+    trial_dir = Path(workdir) / trial.name
+    holder = lease_lib.read_holder(str(trial_dir))
+    if holder:
+        out.event(
+            f"[sweep] skip  {trial.name}: its workdir is in use by {lease_lib.describe(holder)}"
+        )
+        return None
+    command = train_command(sweep_path, workdir, trial, launcher)
+    out.event(
+        f"[sweep] start {trial.name} (N={plan['N']:.3g}, "
+        f"{plan['steps']} steps, C={plan['C_detailed']:.2g} FLOPs)"
+    )
+    return _Running(trial, plan, command, trial_dir, env)
+
+
+def _finished(r: _Running, eta: _Eta, out: _Reporter) -> str:
+    status = r.finish(r.proc.returncode)
+    seconds = time.time() - r.start
+    if status == "done":
+        eta.add(r.plan["C_detailed"], seconds)
+        out.event(f"[sweep] done  {r.trial.name} in {_duration(seconds)}")
+    else:
+        tail = _tail(r.dir / "train.log", 1)
+        out.event(
+            f"[sweep] {status.upper()} {r.trial.name} (exit {r.proc.returncode}): "
+            f"{tail}\n        log: {r.dir / 'train.log'}"
+        )
+    return status
+
+
+def _stop_all(running: list, outcome: dict) -> None:
+    """SIGTERM the running trials (each saves a checkpoint) and record them."""
+    for r in running:
+        if r.proc.poll() is None:
+            r.proc.send_signal(signal.SIGTERM)
+    for r in running:
+        try:
+            rc = r.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            r.proc.kill()
+            rc = r.proc.wait()
+        outcome[r.trial.name] = r.finish(rc)
+
+
 def run_local(
-    sweep_path: str, workdir: str, todo: list, parallel: int, total: int, done_before: int
+    sweep_path: str,
+    workdir: str,
+    todo: list,
+    parallel: int,
+    total: int,
+    done_before: int,
+    stream=None,
 ) -> dict[str, str]:
     """Run `todo` [(trial, plan)] with `parallel` at a time; returns name -> final status."""
     env = _thread_env(parallel)
     launcher = [sys.executable, "-m", "llm_jax.cli"]
     # Costliest first, so that the parallel slots finish at about the same time.
     queue = sorted(todo, key=lambda tp: -tp[1]["C_detailed"])
-    running, outcome, eta = [], {}, _Eta()
-    last_report = 0.0
-
-    def report(event: str = "") -> None:
-        nonlocal last_report
-        last_report = time.time()
-        done = done_before + sum(s == "done" for s in outcome.values())
-        failed = sum(s == "failed" for s in outcome.values())
-        now = time.time()
-        parts = [f"[sweep] {done}/{total} done" + (f", {failed} failed" if failed else "")]
-        if running:
-            parts.append(
-                "running: "
-                + ", ".join(f"{r.trial.name} ({100 * r.progress():.0f}%)" for r in running)
-            )
-        left = [eta.seconds(p["C_detailed"]) for _, p in queue]
-        left += [
-            None
-            if (s := eta.seconds(r.plan["C_detailed"])) is None
-            else max(0.0, s - (now - r.start))
-            for r in running
-        ]
-        if left and all(x is not None for x in left):
-            parts.append(f"ETA {_duration(sum(left) / max(1, min(parallel, len(left))))}")
-        print((event + "\n" if event else "") + " | ".join(parts), flush=True)
-
+    running, outcome, eta, out = [], {}, _Eta(parallel), _Reporter(stream)
+    last_status = 0.0
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while queue or running:
+            changed = False
             while queue and len(running) < parallel:
                 trial, plan = queue.pop(0)
-                command = train_command(sweep_path, workdir, trial, launcher)
-                running.append(_Running(trial, plan, command, Path(workdir) / trial.name, env))
-                report(
-                    f"[sweep] start {trial.name} (N={plan['N']:.3g}, "
-                    f"{plan['steps']} steps, C={plan['C_detailed']:.2g} FLOPs)"
-                )
+                started = _start(trial, plan, sweep_path, workdir, launcher, env, out)
+                if started is None:
+                    outcome[trial.name] = "busy"
+                else:
+                    running.append(started)
+                changed = True
             time.sleep(0.2)
             for r in [r for r in running if r.proc.poll() is not None]:
                 running.remove(r)
-                status = outcome[r.trial.name] = r.finish(r.proc.returncode)
-                seconds = time.time() - r.start
-                if status == "done":
-                    eta.add(r.plan["C_detailed"], seconds)
-                    msg = f"[sweep] done  {r.trial.name} in {_duration(seconds)}"
-                else:
-                    tail = _tail(r.dir / "train.log", 1)
-                    msg = (
-                        f"[sweep] {status.upper()} {r.trial.name} (exit {r.proc.returncode}): "
-                        f"{tail}\n        log: {r.dir / 'train.log'}"
-                    )
-                report(msg)
-            if running and time.time() - last_report > HEARTBEAT_S:
-                report()
+                outcome[r.trial.name] = _finished(r, eta, out)
+                changed = True
+            for r in running:
+                r.heartbeat()
+            if changed or time.time() - last_status > 1.0:
+                last_status = time.time()
+                out.status(_status_line(outcome, running, queue, eta, total, done_before), changed)
     except KeyboardInterrupt:
-        print(
+        out.event(
             "[sweep] interrupted: stopping the running trials (each saves a checkpoint); "
-            "rerun the same command to resume",
-            flush=True,
+            "rerun the same command to resume"
         )
-        for r in running:
-            if r.proc.poll() is None:
-                r.proc.send_signal(signal.SIGTERM)
-        for r in running:
-            try:
-                rc = r.proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                r.proc.kill()
-                rc = r.proc.wait()
-            outcome[r.trial.name] = r.finish(rc)
+        _stop_all(running, outcome)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        out.close()
     return outcome
 
 
 # --- cluster scripts ------------------------------------------------------------------------
 
 
+def _check_script_path(path: str) -> None:
+    """Refuse paths that quoting cannot make safe in a script (line breaks, control bytes)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in str(path)):
+        raise sweep_lib.SweepError(
+            f"{str(path)!r} holds a line break or control character, which would break "
+            "the launch script; use a plain path"
+        )
+
+
 def write_slurm(sweep_path: str, workdir: str, todo: list, parallel: int) -> Path:
-    """DIR/sweep.sbatch: a job array, one task per trial running its `llm-jax train`."""
+    """DIR/sweep.sbatch: a job array, one task per trial running its `llm-jax train`.
+
+    SLURM sends SIGTERM 120 s before the time limit (or on preemption); the trainer saves
+    and exits 75, and the script requeues the task, which resumes from its checkpoint.
+    """
+    for path in (sweep_path, workdir, os.getcwd()):
+        _check_script_path(path)
+    q = shlex.quote
     cases = "\n".join(
         f"  {i}) {shlex.join(train_command(sweep_path, workdir, t))} ;;"
         for i, (t, _) in enumerate(todo)
     )
+    script_path = Path(workdir) / "sweep.sbatch"
     script = f"""#!/bin/bash
-# The sweep {sweep_path} as a SLURM job array: task i runs trial i. Edit the resources,
-# then:   sbatch {workdir}/sweep.sbatch
-# Resubmitting resumes unfinished trials from their checkpoints (finished ones exit at
-# once); afterwards:   llm-jax sweep --collect {workdir}
-#SBATCH --job-name={Path(sweep_path).stem}
+# The sweep {q(str(sweep_path))} as a SLURM job array: task i runs trial i. Edit the
+# resources, then:   sbatch {q(str(script_path))}
+# A task stopped by its time limit or by preemption saves a checkpoint and is requeued;
+# resubmitting also resumes unfinished trials (finished ones exit at once). Afterwards:
+#   llm-jax sweep --collect {q(str(workdir))}
+#SBATCH --job-name={q(Path(sweep_path).stem)}
 #SBATCH --array=0-{len(todo) - 1}%{parallel}
-#SBATCH --output={workdir}/slurm-%A_%a.out
+#SBATCH --output={q(str(Path(workdir) / "slurm-%A_%a.out"))}
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=1
 #SBATCH --time=24:00:00
-set -euo pipefail
-cd {shlex.quote(os.getcwd())}
+#SBATCH --signal=B:TERM@120
+#SBATCH --requeue
+set -uo pipefail
+cd {q(os.getcwd())}
+# The batch shell gets the signal: pass it on to the trainer, which saves and exits 75.
+trap 'kill -TERM "$child" 2>/dev/null' TERM
 case "$SLURM_ARRAY_TASK_ID" in
-{cases}
+{cases.replace(" ;;", " & ;;")}
+  *) echo "no trial for task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;
 esac
+child=$!
+wait "$child"; rc=$?
+while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
+if [ "$rc" -eq 75 ]; then
+  scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$rc"
 """
-    path = Path(workdir) / "sweep.sbatch"
-    atomic.write_text(path, script)
-    return path
+    atomic.write_text(script_path, script)
+    return script_path
 
 
 def write_tpu(sweep_path: str, workdir: str, todo: list) -> Path:
-    """DIR/launch_tpu.sh: per trial, every host of a TPU VM slice runs the same command."""
+    """DIR/launch_tpu.sh: per trial, every host of a TPU VM slice runs the same command.
+
+    A trial that exits 75 (preempted, checkpoint saved) or loses a host (ssh exits 255)
+    is retried until it is done; any other failure stops the script.
+    """
+    for path in (sweep_path, workdir):
+        _check_script_path(path)
+    q = shlex.quote
     lines = "\n".join(
-        f"run {shlex.quote(shlex.join(train_command(sweep_path, workdir, t)))}" for t, _ in todo
+        f"run {q(shlex.join(train_command(sweep_path, workdir, t)))}" for t, _ in todo
     )
+    script_path = Path(workdir) / "launch_tpu.sh"
     script = f"""#!/bin/bash
-# The sweep {sweep_path} on a Cloud TPU VM slice, one trial after another; all hosts run
-# the same `llm-jax train` (JAX finds its peers). The repo and its install must be at
-# $REPO_DIR on every host, and the workdir on storage every host can write (a gs://
+# The sweep {q(str(sweep_path))} on a Cloud TPU VM slice, one trial after another; all
+# hosts run the same `llm-jax train` (JAX finds its peers). The repo and its install must
+# be at $REPO_DIR on every host, and the workdir on storage every host can write (a gs://
 # bucket or NFS). Usage:
-#   TPU_NAME=my-v5p-32 ZONE=us-east5-a REPO_DIR='~/llm_jax' bash {workdir}/launch_tpu.sh
+#   TPU_NAME=my-v5p-32 ZONE=us-east5-a REPO_DIR='~/llm_jax' bash {q(str(script_path))}
 # Rerunning resumes unfinished trials from their checkpoints; afterwards, where the
-# workdir is readable:   llm-jax sweep --collect {workdir}
-set -euo pipefail
+# workdir is readable:   llm-jax sweep --collect {q(str(workdir))}
+set -uo pipefail
 : "${{TPU_NAME:?set TPU_NAME}}" "${{ZONE:?set ZONE}}" "${{REPO_DIR:?set REPO_DIR}}"
+RETRY_WAIT_S="${{RETRY_WAIT_S:-60}}"
 run() {{
-  gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all \\
-    --command="cd $REPO_DIR && $1"
+  while true; do
+    gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all \\
+      --command="cd $REPO_DIR && $1"
+    rc=$?
+    case "$rc" in
+      0) return 0 ;;
+      75|255) echo "trial exited $rc (preempted or a host lost); retrying in $RETRY_WAIT_S s" >&2
+              sleep "$RETRY_WAIT_S" ;;
+      *) echo "trial failed with exit code $rc: $1" >&2; exit "$rc" ;;
+    esac
+  done
 }}
 {lines}
 """
-    path = Path(workdir) / "launch_tpu.sh"
-    atomic.write_text(path, script)
-    path.chmod(0o755)
-    return path
+    atomic.write_text(script_path, script)
+    script_path.chmod(0o755)
+    return script_path
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -350,6 +493,22 @@ def run_sweep(
         print(f"\n{len(todo)} of {len(planned)} trials to run, e.g.:")
         print("  " + shlex.join(train_command(sweep_path, workdir, (todo or planned)[0][0])))
         return 0
+    with lease_lib.Lease(workdir, "sweep directory"):  # before anything is written
+        return _run_owned(sweep_path, workdir, planned, todo, parallel, launcher, n_boot)
+
+
+def _run_owned(
+    sweep_path: str,
+    workdir: str,
+    planned: list,
+    todo: list,
+    parallel: int,
+    launcher: str,
+    n_boot: int,
+) -> int:
+    """`run_sweep` once the sweep directory's lease is held."""
+    root = Path(workdir)
+    done = {t.name for t, _ in planned} - {t.name for t, _ in todo}
     for t, p in planned:
         (root / t.name).mkdir(parents=True, exist_ok=True)
         info = {
@@ -360,7 +519,7 @@ def run_sweep(
             "command": shlex.join(train_command(sweep_path, workdir, t)),
         }
         if results_io.read_json(root / t.name / "trial.json") != results_io.jsonable(info):
-            if status[t.name] == "done":
+            if t.name in done:
                 print(
                     f"[sweep] warning: {t.name} finished with other settings; kept as is "
                     "(delete its directory to rerun it)"
