@@ -56,6 +56,13 @@ class TrainSetup:
         return stack
 
 
+def token_weights(batch: dict) -> jax.Array:
+    """Float32 [B, L]: 1 on tokens that count in the loss, 0 on padding (segment id 0)."""
+    if "segment_ids" in batch:
+        return (batch["segment_ids"] > 0).astype(jnp.float32)
+    return jnp.ones(batch["targets"].shape, jnp.float32)
+
+
 def _token_losses(model: Transformer, params, batch: dict, rng, deterministic: bool):
     """Per-token (cross-entropy, log Z) [B, L] and weights (0 on padding)."""
     logits_BxLxV = model.apply(
@@ -67,12 +74,7 @@ def _token_losses(model: Transformer, params, batch: dict, rng, deterministic: b
     )
     log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
     target_logit_BxL = jnp.take_along_axis(logits_BxLxV, batch["targets"][..., None], -1)[..., 0]
-    weights_BxL = (
-        batch["segment_ids"] > 0
-        if "segment_ids" in batch
-        else jnp.ones_like(batch["targets"], bool)
-    ).astype(jnp.float32)
-    return log_z_BxL - target_logit_BxL, log_z_BxL, weights_BxL
+    return log_z_BxL - target_logit_BxL, log_z_BxL, token_weights(batch)
 
 
 def _split_microbatches(batch: dict, m: int) -> dict:
@@ -106,12 +108,7 @@ def _train_step_fn(model: Transformer, optimizer, schedule, train_cfg, determini
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-        weights = (
-            batch["segment_ids"] > 0
-            if "segment_ids" in batch
-            else jnp.ones_like(batch["targets"], bool)
-        )
-        total_weight = jnp.maximum(weights.sum().astype(jnp.float32), 1.0)
+        total_weight = jnp.maximum(token_weights(batch).sum(), 1.0)
 
         def objective(params, mb, key):
             ce_BxL, log_z_BxL, w_BxL = _token_losses(model, params, mb, key, deterministic)
