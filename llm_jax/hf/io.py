@@ -122,10 +122,22 @@ def _param_dtype(requested: str, checkpoint_dtype: str) -> str:
     return "bfloat16" if checkpoint_dtype == "bfloat16" else "float32"
 
 
+def _to_device(tree: dict) -> None:
+    """Replace each numpy leaf by a jax array in place: its host copy goes as it is moved."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _to_device(value)
+        else:
+            tree[key] = jnp.asarray(value)
+
+
 def write_workdir(
     workdir: str, config: ml_collections.ConfigDict, params: dict, tokenizer, source: str
 ) -> None:
-    """config.json, the tokenizer and the params as an Orbax checkpoint at step 0."""
+    """config.json, the tokenizer and the params as an Orbax checkpoint at step 0.
+
+    `params` (nested dicts of numpy arrays) are moved to the device in place.
+    """
     workdir_lib.check_workdir(workdir)
     ckpt_dir = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR)
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
@@ -138,17 +150,11 @@ def write_workdir(
         config.data.tokenizer_path = tokenizer.path
     config_lib.validate(config)
     atomic.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
-    # One leaf at a time onto the device, dropping the numpy copy as it goes.
-    flat, treedef = jax.tree.flatten(params)
-    leaves = []
-    while flat:
-        leaves.append(jnp.asarray(flat.pop(0)))
-    arrays = jax.tree.unflatten(treedef, leaves)
-    del leaves
+    _to_device(params)
     checkpointer = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
     try:
         meta = {"step": 0, "model": config.model.to_dict(), "data": [], "imported_from": source}
-        checkpointer.save(0, {"params": arrays}, meta, force=True)
+        checkpointer.save(0, {"params": params}, meta, force=True)
         checkpointer.wait()
     finally:
         checkpointer.close()

@@ -2,8 +2,9 @@
 
 A safetensors file is an 8-byte little-endian header length, a JSON header
 (`{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}`) and the
-raw bytes. `TensorReader` memory-maps each file and hands out one tensor at a time, so
-converting a checkpoint never holds a second full copy of it in host memory; bfloat16
+raw bytes. `TensorReader` memory-maps each file and hands out one tensor at a time,
+releasing the file's pages after each, so converting a checkpoint never holds a second
+full copy of it in host memory; bfloat16
 comes back as `ml_dtypes.bfloat16` (numpy has no such type). A sharded checkpoint
 (`model.safetensors.index.json` with its `weight_map`) reads like a single file.
 """
@@ -56,8 +57,7 @@ def _read_header(path: Path) -> tuple[dict, int]:
 class TensorReader:
     """The tensors of one checkpoint (one file or an index of shards), read one at a time.
 
-    Use as a context manager; `read(name)` returns a read-only view of the memory-mapped
-    file (copy it if it must outlive the reader).
+    Use as a context manager (or call `close`).
     """
 
     def __init__(self, paths: Iterable[str | os.PathLike]):
@@ -92,30 +92,31 @@ class TensorReader:
         return tuple(self._files[self._where[name]][0][name]["shape"])
 
     def read(self, name: str) -> np.ndarray:
-        """Tensor `name` as a read-only array backed by the mapped file."""
+        """Tensor `name`, copied out of the mapped file.
+
+        The file's pages are released right after the copy, so reading a checkpoint
+        tensor by tensor keeps at most one tensor of it resident, not the whole file.
+        """
         header, start, mapped = self._files[self._where[name]]
         info = header[name]
         if info["dtype"] not in _DTYPES:
             raise CheckpointError(f"tensor {name} has dtype {info['dtype']}, which is unsupported")
-        begin, end = info["data_offsets"]
-        flat = np.frombuffer(
-            mapped,
-            _DTYPES[info["dtype"]],
-            (end - begin) // _DTYPES[info["dtype"]].itemsize,
-            start + begin,
-        )
-        return flat.reshape(info["shape"])
+        dtype = _DTYPES[info["dtype"]]
+        begin, end = (start + offset for offset in info["data_offsets"])
+        view = np.frombuffer(mapped, dtype, (end - begin) // dtype.itemsize, begin)
+        array = view.reshape(info["shape"]).copy()
+        del view
+        page_start = begin - begin % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_DONTNEED, page_start, end - page_start)
+        return array
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
 
     def close(self) -> None:
-        """Unmap every file (arrays returned by `read` must be gone by then)."""
+        """Unmap every file."""
         for _, _, mapped in self._files.values():
-            try:
-                mapped.close()
-            except BufferError:  # a view is still alive; the mapping goes with it
-                pass
+            mapped.close()
         self._files.clear()
 
     def __enter__(self) -> TensorReader:
