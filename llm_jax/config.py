@@ -1,7 +1,8 @@
 """The base config, the model presets, derived sizes and validation.
 
-Every run is described by one `ml_collections.ConfigDict` with six sections:
-`model`, `data`, `train`, `checkpoint`, `eval`, `mesh`. `default_config()` holds every
+Every run is described by one `ml_collections.ConfigDict` with nine sections:
+`model`, `data`, `train`, `checkpoint`, `eval`, `mesh`, and for the second training
+stage `task`, `init`, `finetune` (llm_jax/tasks/, llm_jax/finetune.py). `default_config()` holds every
 key with a default that suits a newcomer; experiment files under
 `experiments/configs/` start from it and override a few values, usually by
 naming a model preset (`apply_preset`).
@@ -201,6 +202,9 @@ def default_config() -> ml_collections.ConfigDict:
     m.attn_bias = False
     m.qk_norm = False
     m.causal = True  # False: bidirectional (encoder objectives)
+    m.num_classes = 0  # >0: a classification head instead of the LM head (task classify)
+    m.pool = "last"  # classification head input: last (last real token) | mean (of real tokens)
+    m.mask_token = False  # one embedding row past the vocab for mlm's mask token
     m.tie_embeddings = False
     m.embed_scale = False  # multiply token embeddings by sqrt(d_model) (2017 paper)
     m.init_std = 0.02
@@ -226,6 +230,7 @@ def default_config() -> ml_collections.ConfigDict:
     d.hf_streaming = False
     d.hf_max_documents = 0  # 0: all
     d.val_fraction = 0.01  # files/hf without a val split: share of documents held out
+    d.val_path = ""  # files: a separate validation set (paths/globs as data.path); no holdout
     d.on_decode_error = "error"  # error | replace (undecodable bytes -> U+FFFD, counted)
     # '' trains one on the training split; else a .model file, or 'hf:DIR' for a Hugging
     # Face tokenizer (DIR holds tokenizer.json; needs the hf extra)
@@ -270,6 +275,8 @@ def default_config() -> ml_collections.ConfigDict:
     e.tasks = ()  # task files evaluated at the end of training (llm_jax/evaluate.py)
     e.batch_size = 8  # rows per evaluation batch
 
+    _add_stage_two_sections(c)
+
     c.mesh = h = ml_collections.ConfigDict()
     h.data = -1  # -1: all devices left after the others
     h.fsdp = 1
@@ -279,6 +286,25 @@ def default_config() -> ml_collections.ConfigDict:
     h.num_processes = 0  # on, with coordinator_address: number of processes
     h.process_id = 0  # on, with coordinator_address: this process's index
     return c
+
+
+def _add_stage_two_sections(c: ml_collections.ConfigDict) -> None:
+    """The task, init and finetune sections (llm_jax/tasks/, llm_jax/finetune.py)."""
+    c.task = s = ml_collections.ConfigDict()
+    s.name = "lm"  # lm (next token) | classify | mlm (masked LM) | sft (prompt -> completion)
+    s.path = ""  # classify/sft: a .jsonl/.csv file (train); '' = the embedded Shakespeare task
+    s.val_path = ""  # classify/sft: the val file; '' = every 10th row of task.path
+    s.text_field = "text"  # classify: the text column
+    s.label_field = "label"  # classify: the label column
+    s.labels = ()  # classify: the label set (filled from the train rows when empty)
+    s.mask_rate = 0.15  # mlm: share of tokens chosen (80% masked, 10% random, 10% kept)
+    s.max_val_examples = 256  # sft: val examples scored (loss and greedy exact match)
+    c.init = i = ml_collections.ConfigDict()
+    i.workdir = ""  # a training workdir whose params start this run (fresh optimizer, step 0)
+    i.step = -1  # its checkpoint to read; -1: the latest
+    c.finetune = f = ml_collections.ConfigDict()
+    # param-path patterns kept frozen, e.g. ('token_embed', 'layer_0/*'); '/' joins names
+    f.freeze = ()
 
 
 def apply_preset(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -425,7 +451,7 @@ def d_ff(m: ml_collections.ConfigDict) -> int:
 def padded_vocab(m: ml_collections.ConfigDict) -> int:
     """Embedding rows: vocab_size rounded up to vocab_multiple."""
     mult = max(1, m.vocab_multiple)
-    return mult * math.ceil(m.vocab_size / mult)
+    return mult * math.ceil((m.vocab_size + m.mask_token) / mult)
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -439,6 +465,8 @@ _CHOICES = {
     "data.tokenizer_type": ("bpe", "unigram"),
     "train.schedule": ("cosine", "linear", "wsd", "constant", "rsqrt"),
     "mesh.distributed": ("auto", "on", "off"),
+    "model.pool": ("last", "mean"),
+    "task.name": ("lm", "classify", "mlm", "sft"),
 }
 
 _POSITIVE = (
@@ -480,6 +508,8 @@ _RANGES = (
     ("data.val_batch_size", 0, None, True, None),
     ("model.dropout", 0.0, 1.0, True, False),
     ("checkpoint.keep_every", 0, None, True, None),
+    ("model.num_classes", 0, None, True, None),
+    ("task.mask_rate", 0.0, 1.0, False, False),
 )
 
 
@@ -553,9 +583,30 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(f"config.train.lr must be > 0 (got {t.lr})")
     if config.data.source == "files" and not config.data.path:
         raise ConfigError("config.data.source='files' needs config.data.path (a path or glob)")
+    if config.data.val_path and config.data.source != "files":
+        raise ConfigError("config.data.val_path needs data.source='files' (set data.path too)")
     if config.data.source == "hf" and not config.data.hf_name:
         raise ConfigError("config.data.source='hf' needs config.data.hf_name (e.g. 'wikitext')")
+    _check_task(config)
     return config
+
+
+def _check_task(config: ml_collections.ConfigDict) -> None:
+    """The task, init and finetune sections agree with the model."""
+    name, m = config.task.name, config.model
+    if not m.causal and name not in ("mlm", "classify"):
+        raise ConfigError(
+            f"config.model.causal=False with task.name={name!r} leaks the targets: a "
+            "bidirectional model sees the next token it is asked to predict; set "
+            "model.causal=True, or use task.name='mlm' or 'classify'"
+        )
+    if m.num_classes and name != "classify":
+        raise ConfigError(
+            f"config.model.num_classes={m.num_classes} (a classification head) needs "
+            "task.name='classify'; set model.num_classes=0 for other tasks"
+        )
+    if config.init.step >= 0 and not config.init.workdir:
+        raise ConfigError("config.init.step needs config.init.workdir (the run to start from)")
 
 
 def train_steps(config: ml_collections.ConfigDict) -> int:

@@ -16,9 +16,12 @@ Sources (`config.data.source`):
     (`data.text_field` holds the text; these go through HuggingFace `datasets`).
   - 'hf': a HuggingFace dataset by name; needs the network (or HF_HUB_OFFLINE=1 and a
     dataset already in the local HF cache).
-Without a validation split of their own, files and hf hold out every k-th document,
-k = round(1 / data.val_fraction); a files corpus of fewer than k documents instead
-gives the tail of its last document (cut at a newline) to validation.
+Validation: `data.val_path` (files) names a separate validation set, read like
+`data.path`. Otherwise files and hf without a validation split of their own hold out
+every k-th document, k = round(1 / data.val_fraction); a files corpus of fewer than k
+documents instead gives the tail of its last document (the last val_fraction of it, cut
+at a newline) to validation. A validation split under `TINY_VAL_BYTES` is warned about:
+its loss would be too noisy to compare runs by.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import codecs
 import glob
 import importlib.util
 import itertools
+import logging
 import os
 import socket
 import tempfile
@@ -52,6 +56,8 @@ _FORMATS = {
     ".csv": "csv",
     ".parquet": "parquet",
 }
+TINY_VAL_BYTES = 100_000  # below this, validation losses are noisy: warn
+log = logging.getLogger(__name__)
 _HF_BUILDERS = {"jsonl": "json", "csv": "csv", "parquet": "parquet"}
 _LOCAL_FILES_FIX = (
     "point at local files instead: --config.data.source=files --config.data.path='/path/to/*.jsonl'"
@@ -128,8 +134,10 @@ def _holdout(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]
     if not docs:
         return [], []
     last = docs[-1]
-    cut = last.find("\n", int(len(last) * (1 - val_fraction)))
-    cut = cut + 1 if cut >= 0 else int(len(last) * (1 - val_fraction))
+    cut = int(len(last) * (1 - val_fraction))
+    line_end = last.find("\n", cut)
+    if 0 <= line_end < len(last) - 1:  # a line end before the last character: cut there
+        cut = line_end + 1
     return docs[:-1] + [last[:cut]], [last[cut:]]
 
 
@@ -169,7 +177,7 @@ class Corpus:
             # Path, size and mtime stand in for the content: hashing a large corpus on
             # every run would cost as much as reading it.
             files = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in _expand(d.path)]
-            return {
+            identity = {
                 "source": "files",
                 "files": files,
                 "format": d.format,
@@ -178,6 +186,11 @@ class Corpus:
                 "val_fraction": d.val_fraction,
                 "on_decode_error": d.on_decode_error,
             }
+            if d.get("val_path"):  # only when set: caches built without it keep their key
+                identity["val_files"] = [
+                    [str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in _expand(d.val_path)
+                ]
+            return identity
         if d.source == "hf":
             return {
                 "source": "hf",
@@ -198,7 +211,7 @@ class Corpus:
                 yield from self._shakespeare(split)
             elif self.cfg.source == "files":
                 if self._file_splits is None:
-                    self._file_splits = _holdout(self._read_files(), self.cfg.val_fraction)
+                    self._file_splits = self._split_files()
                 yield from self._file_splits[split == "val"]
             else:
                 yield from self._hf(split)
@@ -211,9 +224,35 @@ class Corpus:
             if (play in SHAKESPEARE_VAL_PLAYS) == (split == "val"):
                 yield (root / play).read_text(encoding="utf-8")
 
-    def _read_files(self) -> list[str]:
+    def _split_files(self) -> tuple[list[str], list[str]]:
+        """Train and val documents of a files corpus; warns when val is tiny."""
+        docs = self._read_files("files")
+        if "val_files" in self.identity:
+            train, val, how = docs, self._read_files("val_files"), "config.data.val_path"
+        else:
+            train, val = _holdout(docs, self.cfg.val_fraction)
+            k = max(2, round(1 / self.cfg.val_fraction))
+            how = (
+                f"every {k}th of {len(docs)} documents"
+                if len(docs) >= k
+                else f"the last {self.cfg.val_fraction:.0%} of the last document (fewer "
+                f"than {k} documents)"
+            )
+        size = sum(len(v.encode()) for v in val)
+        if size < TINY_VAL_BYTES:
+            log.warning(
+                "warning: the validation split is %s bytes (%s): its loss will be noisy; "
+                "pass a separate validation set with --config.data.val_path=... or raise "
+                "config.data.val_fraction",
+                f"{size:,}",
+                how,
+            )
+        return train, val
+
+    def _read_files(self, key: str) -> list[str]:
+        """Documents of the files under identity[key] ('files' or 'val_files')."""
         d = self.cfg
-        files = [Path(f) for f, _, _ in self.identity["files"]]
+        files = [Path(f) for f, _, _ in self.identity[key]]
         docs: list[str] = []
         for fmt, group in itertools.groupby(files, key=lambda f: _format(f, d.format)):
             group = list(group)
@@ -225,8 +264,9 @@ class Corpus:
                 docs += self._load_with_datasets(fmt, group)
         docs = [doc for doc in docs if doc]
         if not docs:
+            option = "path" if key == "files" else "val_path"
             raise DataError(
-                f"the corpus at config.data.path={d.path!r} holds no text; "
+                f"the corpus at config.data.{option}={d.get(option)!r} holds no text; "
                 "point it at non-empty files"
             )
         return docs

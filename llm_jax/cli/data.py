@@ -1,4 +1,5 @@
-"""`llm-jax data prepare [--config FILE] [--config.a.b=v ...]`: build tokenizer and caches."""
+"""`llm-jax data prepare|inspect [--config FILE] [--config.a.b=v ...]`: build or look at
+a config's tokenizer and token caches."""
 
 from __future__ import annotations
 
@@ -12,12 +13,27 @@ from llm_jax.cli import args as args_lib
 from llm_jax.tokenizer import DataError
 
 
+def _validation_rule(d: ml_collections.ConfigDict) -> str:
+    """How the config's validation split is made (corpus.py's docstring has the rules)."""
+    if d.source == "shakespeare":
+        return "3 whole plays held out (Twelfth Night, Henry V, Macbeth)"
+    if d.get("val_path"):
+        return f"the files of config.data.val_path={d.val_path!r}"
+    k = max(2, round(1 / d.val_fraction))
+    rule = f"every {k}th document (val_fraction {d.val_fraction:g})"
+    if d.source == "hf":
+        rule = f"the dataset's {d.hf_val_split!r} split if it has one, else {rule}"
+    return rule + "; with fewer documents, the tail of the last one"
+
+
 def prepare_main(config: ml_collections.ConfigDict) -> data.Prepared:
     """Build (or reuse) the tokenizer and token caches, and print their statistics."""
     prepared = data.prepare(config)
     m, d = prepared.manifest, config.data
-    print(f"corpus     {d.source} {d.path or d.hf_name}".rstrip())
-    print(f"tokenizer  {prepared.tokenizer.path}  vocab {prepared.tokenizer.vocab_size}")
+    source = d.path if d.source == "files" else d.hf_name if d.source == "hf" else ""
+    print(f"corpus     {d.source} {source}".rstrip())
+    print(f"validation {_validation_rule(d)}")
+    print(f"tokenizer  {prepared.tokenizer.path}  vocab {prepared.tokenizer.vocab_size:,}")
     print(f"cache      {prepared.folder}  ({m['dtype']})")
     print(
         f"{'split':<6}{'documents':>11}{'bytes':>14}{'tokens':>14}{'bytes/token':>13}"
@@ -34,18 +50,37 @@ def prepare_main(config: ml_collections.ConfigDict) -> data.Prepared:
     return prepared
 
 
+def inspect_main(config: ml_collections.ConfigDict, split: str, sample_tokens: int) -> None:
+    """The statistics of `prepare`, then the first tokens of a split, decoded and as ids."""
+    prepared = prepare_main(config)
+    ids = [int(t) for t in prepared.tokens(split)[:sample_tokens]]
+    print(f"\nfirst {len(ids)} tokens of {split}, decoded:")
+    print("-" * 72)
+    print(prepared.tokenizer.decode(ids))
+    print("-" * 72)
+    print("as ids: " + " ".join(map(str, ids[:32])) + (" ..." if len(ids) > 32 else ""))
+
+
 def main(argv: Sequence[str]) -> int:
-    """Run `llm-jax data prepare [--config FILE] [--config.a.b=v ...]`."""
+    """Run `llm-jax data prepare|inspect [--config FILE] [--config.a.b=v ...]`."""
     p = args_lib.parser(
         argv[0],
-        "Build (or reuse) the tokenizer and token caches of a "
-        "config's corpus and print their statistics.",
+        "prepare: build (or reuse) the tokenizer and token caches of a config's corpus and "
+        "print their statistics (vocabulary, documents, bytes, tokens and bytes per token "
+        "per split, how the validation split is made). inspect: the same, then a decoded "
+        "sample of a split's tokens.",
         config="optional",
     )
-    p.add_argument("action", choices=("prepare",), help="prepare: build and report")
+    p.add_argument("action", choices=("prepare", "inspect"))
+    p.add_argument("--split", choices=("train", "val"), default="val", help="inspect: the split")
+    p.add_argument("--tokens", type=int, default=200, help="inspect: tokens to decode")
     args, config = args_lib.parse_with_config(p, argv[1:])
+    config = config_lib.validate(config)
     try:
-        prepare_main(config_lib.validate(config))
+        if args.action == "prepare":
+            prepare_main(config)
+        else:
+            inspect_main(config, args.split, max(1, args.tokens))
     except OSError as e:  # a cache folder that cannot be written (permissions, disk full)
         raise DataError(f"cannot write the data cache: {e}") from e
     return 0
