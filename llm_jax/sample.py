@@ -70,12 +70,6 @@ class SamplingConfig:
 # --- filters: pure functions on logits_BxV ---------------------------------------------------
 
 
-def mask_vocab_padding(logits_BxV: jax.Array, vocab_size: int) -> jax.Array:
-    """Columns >= vocab_size (embedding rows added for speed) can never be picked."""
-    valid_V = jnp.arange(logits_BxV.shape[-1]) < vocab_size
-    return jnp.where(valid_V, logits_BxV, NEG_INF)
-
-
 def apply_temperature(logits_BxV: jax.Array, temperature: float) -> jax.Array:
     """Divide by the temperature (> 0): below 1 sharpens the distribution, above 1 flattens it."""
     return logits_BxV / temperature
@@ -105,9 +99,12 @@ def top_p_filter(logits_BxV: jax.Array, p: float) -> jax.Array:
     return jnp.where(logits_BxV < threshold_Bx1, NEG_INF, logits_BxV)
 
 
-def filter_logits(logits_BxV: jax.Array, sampling: SamplingConfig, vocab_size: int) -> jax.Array:
-    """The logits the sampler draws from: padding masked, then temperature, top-k, top-p."""
-    logits_BxV = mask_vocab_padding(logits_BxV.astype(jnp.float32), vocab_size)
+def filter_logits(logits_BxV: jax.Array, sampling: SamplingConfig) -> jax.Array:
+    """The logits the sampler draws from: temperature, then top-k, then top-p.
+
+    Vocabulary padding needs nothing here: the model writes PAD_LOGIT there (model.py).
+    """
+    logits_BxV = logits_BxV.astype(jnp.float32)
     if sampling.greedy:
         return logits_BxV
     logits_BxV = apply_temperature(logits_BxV, sampling.temperature)
@@ -115,11 +112,9 @@ def filter_logits(logits_BxV: jax.Array, sampling: SamplingConfig, vocab_size: i
     return top_p_filter(logits_BxV, sampling.top_p)
 
 
-def sample_tokens(
-    keys_B: jax.Array, logits_BxV: jax.Array, sampling: SamplingConfig, vocab_size: int
-) -> jax.Array:
+def sample_tokens(keys_B: jax.Array, logits_BxV: jax.Array, sampling: SamplingConfig) -> jax.Array:
     """One token per row (int32 [B]); row b draws with its own key keys_B[b]."""
-    logits_BxV = filter_logits(logits_BxV, sampling, vocab_size)
+    logits_BxV = filter_logits(logits_BxV, sampling)
     if sampling.greedy:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
     draw = jax.vmap(jax.random.categorical)
@@ -234,7 +229,7 @@ class Sampler:
 
     def _sample(self, keys_B: jax.Array, step: jax.Array, logits_BxV: jax.Array) -> jax.Array:
         step_keys_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, step)
-        return sample_tokens(step_keys_B, logits_BxV, self.sampling, self.cfg.vocab_size)
+        return sample_tokens(step_keys_B, logits_BxV, self.sampling)
 
     def _prefill_impl(self, params, tokens_BxL, lengths_B, keys_B, max_new_tokens: int):
         batch, length = tokens_BxL.shape
