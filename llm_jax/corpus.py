@@ -141,6 +141,24 @@ def _holdout(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]
     return docs[:-1] + [last[:cut]], [last[cut:]]
 
 
+def _texts(values: list, where: str, field: str) -> list[str]:
+    """The non-empty texts of a column: rows without one are counted and reported, rows
+    whose text is not a string are refused."""
+    bad = [i for i, v in enumerate(values) if v is not None and not isinstance(v, str)]
+    if bad:
+        example = repr(values[bad[0]])[:40]
+        raise DataError(
+            f"{where}: {len(bad)} rows have a {field!r} that is not text (row {bad[0] + 1}: "
+            f"{example}); fix those rows or set --config.data.text_field"
+        )
+    missing = sum(v is None for v in values)
+    if missing:
+        log.warning(
+            "warning: %s: %d of %d rows have no %r; skipped", where, missing, len(values), field
+        )
+    return [v for v in values if v]
+
+
 def _hub_reachable() -> str:
     """'' if the HF Hub answers, else why not (fast: one 3 s connection attempt)."""
     from huggingface_hub import constants
@@ -298,7 +316,8 @@ class Corpus:
                     f"could not read {[str(f) for f in files]} as {fmt}: {first}; "
                     "fix the file or set --config.data.format"
                 ) from None
-        return [t for t in self._column(ds, str(files[0])) if t]
+        names = ", ".join(str(f) for f in files)
+        return _texts(self._column(ds, str(files[0])), names, self.cfg.text_field)
 
     def _column(self, ds, where: str) -> list[str]:
         if self.cfg.text_field not in ds.column_names:

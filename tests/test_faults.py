@@ -211,3 +211,22 @@ def test_damaged_token_caches_and_tokenizers_are_rebuilt(corpus, tmp_path, caplo
         rebuilt = data_lib.prepare(config)
     assert "cached tokenizer" in caplog.text and "rebuilding it" in caplog.text
     assert rebuilt.tokenizer.sha256 == prepared.tokenizer.sha256
+
+
+def test_jsonl_rows_without_text_are_reported_and_non_text_refused(tmp_path, caplog):
+    from llm_jax.corpus import Corpus
+
+    good = tmp_path / "good.jsonl"
+    rows = [{"text": f"document {i} " * 20} for i in range(6)] + [{"title": "no text"}] * 2
+    good.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tiny_config(str(good), tmp_path / "cache")
+    with caplog.at_level("WARNING", logger="llm_jax.corpus"):
+        docs = list(Corpus(config.data, tmp_path / "hf").documents("train"))
+    assert len(docs) == 5 and "2 of 8 rows have no 'text'; skipped" in caplog.text
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text("".join(json.dumps({"text": i}) + "\n" for i in range(4)))
+    config = tiny_config(str(numbers), tmp_path / "cache")
+    with pytest.raises(
+        data_lib.DataError, match=r"4 rows have a 'text' that is not text \(row 1: 0\)"
+    ):
+        list(Corpus(config.data, tmp_path / "hf").documents("train"))
