@@ -230,3 +230,53 @@ def test_jsonl_rows_without_text_are_reported_and_non_text_refused(tmp_path, cap
         data_lib.DataError, match=r"4 rows have a 'text' that is not text \(row 1: 0\)"
     ):
         list(Corpus(config.data, tmp_path / "hf").documents("train"))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_to_one_host_stops_every_host_at_the_same_step(corpus, tmp_path):
+    corpus_glob, cache = corpus
+    workdir = tmp_path / "two"
+    address = f"127.0.0.1:{_free_port()}"
+    extra = dict(
+        mesh__data=2,
+        train__steps=100_000,
+        train__log_every=50,
+        train__eval_every=100_000,
+        checkpoint__every=100_000,
+        checkpoint__async_save=False,
+        mesh__distributed="on",
+        mesh__coordinator_address=address,
+        mesh__num_processes=2,
+    )
+    hosts = [
+        subprocess.Popen(
+            tiny_command(workdir, corpus_glob, cache, **extra, mesh__process_id=i),
+            env=subprocess_env(1),
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        metrics = workdir / "metrics.jsonl"
+        deadline = time.time() + 300
+        while not (metrics.exists() and metrics.read_text().strip()):
+            assert all(h.poll() is None for h in hosts), hosts[0].stderr.read()[-2000:]
+            assert time.time() < deadline
+            time.sleep(0.2)
+        hosts[1].send_signal(signal.SIGTERM)  # the non-primary host alone is preempted
+        errors = [h.communicate(timeout=300)[1] for h in hosts]
+    finally:
+        for h in hosts:
+            if h.poll() is None:
+                h.kill()
+    assert [h.returncode for h in hosts] == [PREEMPTED_EXIT_CODE] * 2, errors[0][-2000:]
+    saved = [int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()]
+    assert len(saved) == 1 and 50 <= saved[0] < 100_000
+    assert f"at step {saved[0]}; checkpoint saved" in errors[0]
