@@ -165,6 +165,9 @@ def plot_isoflop(isoflop: dict, path: str | Path) -> Path:
     title = "IsoFLOP profiles (Chinchilla approach 2)"
     if isoflop.get("a") is not None:
         title += f"\nN_opt ∝ C^{_exponent(isoflop, 'a')}, D_opt ∝ C^{_exponent(isoflop, 'b')}"
+        if not isoflop.get("ci"):
+            kept = sum(b["kept"] for b in isoflop["budgets"])
+            title += f" (from {kept} budgets: no interval)"
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), title="budget (FLOPs)")
