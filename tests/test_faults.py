@@ -280,3 +280,13 @@ def test_sigterm_to_one_host_stops_every_host_at_the_same_step(corpus, tmp_path)
     saved = [int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()]
     assert len(saved) == 1 and 50 <= saved[0] < 100_000
     assert f"at step {saved[0]}; checkpoint saved" in errors[0]
+
+
+def test_a_batch_not_divisible_by_the_data_parallel_size_is_refused(corpus, tmp_path):
+    corpus_glob, cache = corpus
+    config = tiny_config(corpus_glob, cache, train__batch_size=6, mesh__fsdp=4)
+    with pytest.raises(trainer.ConfigError, match=r"train.batch_size=6 is not divisible by the"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    config = tiny_config(corpus_glob, cache, data__val_batch_size=6, mesh__fsdp=4)
+    with pytest.raises(trainer.ConfigError, match=r"data.val_batch_size=6 .* multiple of 8"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
