@@ -1,6 +1,6 @@
 """Time `llm-jax fit`'s parametric fit (Chinchilla approach 3) now and at an earlier commit.
 
-    python tools/bench_fit.py                       # 240 synthetic points, 100 resamples
+    python tools/bench_fit.py                   # 240 synthetic points, 100 resamples
     python tools/bench_fit.py --csv svg_extracted_data.csv --before HEAD~3
 
 `--csv` takes a table with columns N, D, loss, or Epoch AI's extraction of the Chinchilla
@@ -28,6 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("E", "A", "B", "alpha", "beta", "a")
+SCIPY_LOOP = "4c390b4"  # the commit before fits were batched
 
 # Runs in a child process: imports the fit module from a file, fits, prints JSON.
 CHILD = """
@@ -115,7 +116,12 @@ def main() -> None:
     p.add_argument("--csv", help="N, D, loss table or Epoch AI's svg_extracted_data.csv")
     p.add_argument("--bootstrap", type=int, default=100)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--before", default="HEAD", help="git revision of the implementation to beat")
+    p.add_argument(
+        "--before",
+        default=SCIPY_LOOP,
+        help="git revision of the implementation to compare with (default: the last one "
+        "fitting with scipy, one L-BFGS-B run at a time)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
