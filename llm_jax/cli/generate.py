@@ -21,10 +21,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
-import jax
-import ml_collections
-
-from llm_jax import sample, sharding
+from llm_jax import sample
 from llm_jax.cli import args as args_lib
 from llm_jax.errors import UsageError
 from llm_jax.model import ModelConfig
@@ -88,16 +85,6 @@ def _stream_text(tokenizer, chunks: Iterator[list[int]]) -> Iterator[str]:
         yield final[len(printed) :]
 
 
-def _restore(workdir: str, step: int | None):
-    """(config, params, tokenizer) of the run in `workdir`, params on one device."""
-    from llm_jax import workdir as workdir_lib  # heavy import, only when a model is restored
-
-    one_device = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
-    mesh = sharding.make_mesh(one_device, devices=jax.devices()[:1])
-    config, params = workdir_lib.restore_params(workdir, mesh=mesh, step=step)
-    return config, params, workdir_lib.load_run_tokenizer(workdir, config)
-
-
 def main(argv: Sequence[str], out: TextIO | None = None) -> int:
     """Entry point of `llm-jax generate` (argv[0] is the program name); prints to `out`."""
     parser = _parser(argv[0])
@@ -123,7 +110,9 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
     if not os.path.isdir(args.workdir):
         raise UsageError(f"--workdir {args.workdir} is not a directory")
     texts = texts or [""]
-    config, params, tokenizer = _restore(args.workdir, args.step)
+    from llm_jax import workdir as workdir_lib  # heavy import, only when a model is restored
+
+    config, params, tokenizer = workdir_lib.restore_run(args.workdir, args.step)
     prompts = [[tokenizer.eos_id, *tokenizer.encode(text)] for text in texts]
     max_new_tokens = args.max_new_tokens or max(
         1, min(200, config.model.max_seq_len - max(map(len, prompts)))
@@ -135,7 +124,7 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
         return 0
     samples = sample.generate(
         params,
-        config.model,
+        ModelConfig.from_config(config.model),
         prompts,
         max_new_tokens=max_new_tokens,
         sampling=sampling,
