@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -196,15 +197,23 @@ def _exponent(fit: dict, key: str) -> str:
     return f"{fit[key]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
-def _line(ax, c_line, y, c_max, color, label, unreliable):
-    """A fitted law: solid over the data, dotted beyond (extrapolation); faint if unreliable."""
-    k = max(1, int((c_line <= c_max * 1.0001).sum()))
+def _line(ax, c_line, law, span, color, label, unreliable):
+    """A fitted law y = law(C): solid over the compute span its data cover, dotted beyond
+    (extrapolation, either side); faint if unreliable."""
+    lo, hi = span
+    c = np.unique(np.r_[c_line, lo, hi])
     alpha = 0.35 if unreliable else 1.0
-    ax.plot(c_line[:k], y[:k], color=color, alpha=alpha, label=label)
-    ax.plot(c_line[k - 1 :], y[k - 1 :], color=color, alpha=alpha, ls=":")
+    inside = (c >= lo) & (c <= hi)
+    ax.plot(c[inside], law(c[inside]), color=color, alpha=alpha, label=label)
+    for side in (c <= lo, c >= hi):
+        ax.plot(c[side], law(c[side]), color=color, alpha=alpha, ls=":")
 
 
-def _loglog_law(axes, f, pts, keys, c_line, c_max, color, name):
+def _power(g: float, exponent: float, c: np.ndarray) -> np.ndarray:
+    return g * c**exponent
+
+
+def _loglog_law(axes, f, pts, keys, c_line, color, name):
     """Approach 1 or 2: optima, their log-log lines and t-bands, per panel."""
     c = np.array([p["C"] for p in pts])
     for i, (ax, key, exp) in enumerate(zip(axes, keys, ("a", "b"), strict=True)):
@@ -213,7 +222,8 @@ def _loglog_law(axes, f, pts, keys, c_line, c_max, color, name):
         ax.scatter(c, y, color=color, zorder=3, s=22, label=f"{name} optima" if i == 0 else None)
         label = f"{name}: {OPT[i]} ∝ C^{_exponent(f, exp)}" + (f" ({bad})" if bad else "")
         log_g = ("log_G_n", "log_G_d")[i]
-        _line(ax, c_line, np.exp(f[log_g]) * c_line ** f[exp], c_max, color, label, bad)
+        law = functools.partial(_power, math.exp(f[log_g]), f[exp])
+        _line(ax, c_line, law, (c.min(), c.max()), color, label, bad)
         band = None if bad else fitting.loglog_band(c, y, c_line, f.get("level", 0.95))
         if band is not None:
             ax.fill_between(c_line, *band, color=color, alpha=0.15, lw=0)
@@ -225,8 +235,9 @@ def plot_optimal(fits: dict, path: str | Path) -> Path:
     `fits` maps law names to results: `isoflop` (approach 2), `envelope` (approach 1),
     `chinchilla` (approach 3); any subset. Bands: 95% t-bands of the log-log lines
     (approaches 1, 2), the bootstrap resamples' frontiers (approach 3). Laws are solid over
-    the budgets trained and dotted beyond (extrapolation, shaded); an exponent whose
-    interval is wider than itself is drawn faint and labelled unreliable, without a band.
+    the compute their data cover and dotted outside it (beyond the largest budget, to
+    EXTRAPOLATE x it, shaded); an exponent without an interval or one wider than itself
+    is drawn faint and labelled unreliable, without a band.
     Envelope points left out of approach 1 and budgets left out of approach 2 are grey.
     """
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
@@ -238,9 +249,7 @@ def plot_optimal(fits: dict, path: str | Path) -> Path:
     c_line = np.logspace(math.log10(min(c_data)), math.log10(c_max * EXTRAPOLATE), 80)
     if iso.get("a") is not None:
         kept = [b for b in iso["budgets"] if b["kept"]]
-        _loglog_law(
-            axes, iso, kept, ("N_opt", "D_opt"), c_line, c_max, "C0", "approach 2 (IsoFLOP)"
-        )
+        _loglog_law(axes, iso, kept, ("N_opt", "D_opt"), c_line, "C0", "approach 2 (IsoFLOP)")
         out = [b for b in iso["budgets"] if b.get("poor_fit")]
         for ax, key in zip(axes, ("N_opt", "D_opt"), strict=True):
             if out:
@@ -256,7 +265,7 @@ def plot_optimal(fits: dict, path: str | Path) -> Path:
                 )
     if env.get("a") is not None:
         inner = [p for p in env["envelope"] if p.get("interior", True)]
-        _loglog_law(axes, env, inner, ("N", "D"), c_line, c_max, "C1", "approach 1 (envelope)")
+        _loglog_law(axes, env, inner, ("N", "D"), c_line, "C1", "approach 1 (envelope)")
         edge = [p for p in env["envelope"] if not p.get("interior", True)]
         for ax, key in zip(axes, ("N", "D"), strict=True):
             if edge:
@@ -272,7 +281,9 @@ def plot_optimal(fits: dict, path: str | Path) -> Path:
                     else None,
                 )
     if f3.get("frontier") and math.isfinite(f3.get("a") or math.nan):
-        _parametric_frontier(axes, f3, c_line, c_max)
+        # Approach 3 fits final losses: its data span the trained budgets.
+        budgets = [b["C"] for b in iso.get("budgets", [])] or [min(c_data)]
+        _parametric_frontier(axes, f3, c_line, (min(budgets), c_max))
     for ax in axes:
         ax.axvspan(c_max, c_line[-1], color="grey", alpha=0.08, lw=0)
         ax.text(
@@ -318,16 +329,16 @@ def _legend_by_approach(fig, axes) -> None:
     )
 
 
-def _parametric_frontier(axes, f3, c_line, c_max):
+def _parametric_frontier(axes, f3, c_line, span):
     """Approach 3's frontier N_opt = G (C/6)^a and D_opt = C / (6 N_opt), with its band."""
-    opt = fitting.compute_optimal(f3, c_line)
     boot = np.array(f3.get("frontier_boot") or [], dtype=float).reshape(-1, 2)
     for ax, key, exp in zip(axes, OPT, ("a", "b"), strict=True):
         bad = _unreliable(f3, exp)
         label = f"approach 3 (L(N, D)): {key} ∝ C^{_exponent(f3, exp)}" + (
             f" ({bad})" if bad else ""
         )
-        _line(ax, c_line, opt[key], c_max, "C2", label, bad)
+        law = functools.partial(lambda k, cc: fitting.compute_optimal(f3, cc)[k], key)
+        _line(ax, c_line, law, span, "C2", label, bad)
         if len(boot) >= 10 and not bad:
             n_opt = boot[:, :1] * (c_line / 6) ** boot[:, 1:]
             y = n_opt if key == "N_opt" else (c_line / 6) / n_opt
