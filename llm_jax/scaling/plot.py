@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -209,10 +208,6 @@ def _line(ax, c_line, law, span, color, label, unreliable):
         ax.plot(c[side], law(c[side]), color=color, alpha=alpha, ls=":")
 
 
-def _power(g: float, exponent: float, c: np.ndarray) -> np.ndarray:
-    return g * c**exponent
-
-
 def _loglog_law(axes, f, pts, keys, c_line, color, name):
     """Approach 1 or 2: optima, their log-log lines and t-bands, per panel."""
     c = np.array([p["C"] for p in pts])
@@ -222,8 +217,8 @@ def _loglog_law(axes, f, pts, keys, c_line, color, name):
         ax.scatter(c, y, color=color, zorder=3, s=22, label=f"{name} optima" if i == 0 else None)
         label = f"{name}: {OPT[i]} ∝ C^{_exponent(f, exp)}" + (f" ({bad})" if bad else "")
         log_g = ("log_G_n", "log_G_d")[i]
-        law = functools.partial(_power, math.exp(f[log_g]), f[exp])
-        _line(ax, c_line, law, (c.min(), c.max()), color, label, bad)
+        g, slope = math.exp(f[log_g]), f[exp]
+        _line(ax, c_line, lambda x, g=g, s=slope: g * x**s, (c.min(), c.max()), color, label, bad)
         band = None if bad else fitting.loglog_band(c, y, c_line, f.get("level", 0.95))
         if band is not None:
             ax.fill_between(c_line, *band, color=color, alpha=0.15, lw=0)
@@ -337,8 +332,9 @@ def _parametric_frontier(axes, f3, c_line, span):
         label = f"approach 3 (L(N, D)): {key} ∝ C^{_exponent(f3, exp)}" + (
             f" ({bad})" if bad else ""
         )
-        law = functools.partial(lambda k, cc: fitting.compute_optimal(f3, cc)[k], key)
-        _line(ax, c_line, law, span, "C2", label, bad)
+        _line(
+            ax, c_line, lambda c, k=key: fitting.compute_optimal(f3, c)[k], span, "C2", label, bad
+        )
         if len(boot) >= 10 and not bad:
             n_opt = boot[:, :1] * (c_line / 6) ** boot[:, 1:]
             y = n_opt if key == "N_opt" else (c_line / 6) / n_opt
