@@ -650,7 +650,7 @@ def fit_kaplan(points: dict[str, np.ndarray], *, n_boot: int = 100, level: float
             continue
         fit = fit_power_law(xs, best, n_boot=n_boot, level=level, name=key)
         if len(xs) < len(x):
-            fit["points"] = f"the lowest loss at each of {len(xs)} {key} values ({len(x)} rows)"
+            fit["points"] = f"the lowest loss at each of {len(xs)} {key} values, of {len(x)} rows"
         if not (fit["alpha"] > 0 and all(math.isfinite(fit[k]) for k in ("E", "A"))):
             out["notes"].append(
                 f"L({key}): left out, the fitted alpha is {fit['alpha']:.3g} (the lowest "
