@@ -1,9 +1,10 @@
-"""Scaling-law fits on a results table: numpy and scipy only, nothing of JAX training.
+"""Scaling-law fits on a results table: numpy (scipy for t-quantiles), nothing of JAX.
 
 The laws, each a function returning a JSON-able dict:
 
 - `fit_power_law(x, loss)`: L(X) = E + A / X^alpha, X one of N, D, C (Kaplan et al. 2020,
-  with the irreducible term E).
+  with the irreducible term E); `fit_kaplan(points)` fits it to the lowest loss at each
+  N, D and budget of a table.
 - `fit_envelope(curves)`: Chinchilla approach 1. The envelope of the training curves (the
   lowest loss reached at each FLOP value over all runs) gives N_opt(C) ∝ C^a and
   D_opt(C) ∝ C^b. As in approach 2, envelope points won by the smallest or the largest
@@ -12,17 +13,21 @@ The laws, each a function returning a JSON-able dict:
 - `fit_isoflop(n, d, loss, budget)`: Chinchilla approach 2. Per IsoFLOP budget, a parabola
   in log N; its vertex is N_opt(C). Budgets whose lowest loss is at the edge of the size
   grid are dropped with a note (their optimum is outside the grid, so the vertex would be
-  an extrapolation), as are those whose parabola has no vertex inside the grid.
+  an extrapolation), as are those whose parabola has no vertex inside the grid or fits
+  poorly (`POOR_FIT_R2`).
 - `fit_parametric(n, d, loss)`: Chinchilla approach 3. L(N, D) = E + A/N^alpha + B/D^beta,
   fitted as Hoffmann et al. (2022, appendix D.2) do: log L is modelled as
   LSE(a - alpha log N, b - beta log D, e) with A = e^a, B = e^b, E = e^e; the Huber loss
   (delta = 1e-3) of the log-loss residuals is *summed* over points (a mean makes the
-  objective so small that L-BFGS stops early); L-BFGS starts from a grid of points and the
-  best optimum is kept. Bootstrap refits give the intervals. `compute_optimal` turns the
-  fit into the frontier N_opt(C) = G (C/6)^a, D_opt(C) = (C/6) / N_opt, with
-  a = beta / (alpha + beta), b = alpha / (alpha + beta), G = (alpha A / (beta B))^(1/(alpha+beta)).
+  objective so small that L-BFGS stops early); L-BFGS starts from the best points of
+  their grid and the best optimum is kept. Bootstrap refits give the intervals.
+  `compute_optimal` turns the fit into the frontier N_opt(C) = G (C/6)^a,
+  D_opt(C) = (C/6) / N_opt, with a = beta / (alpha + beta), b = alpha / (alpha + beta),
+  G = (alpha A / (beta B))^(1/(alpha+beta)).
 
-`main(argv)` is `llm-jax fit FILE [--law chinchilla|kaplan|isoflop] [--json]`.
+Every L-BFGS run of one fit (the starts, then the bootstrap refits) advances together in
+`_minimize`, one vectorised numpy pass per iteration. `load_points`, `run_law` and
+`format_fit` serve `llm-jax fit` (llm_jax/cli/fit.py).
 """
 
 from __future__ import annotations
