@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.optimize
+import threadpoolctl
 
 from llm_jax import cli
 from llm_jax.scaling import fit
@@ -66,9 +67,10 @@ def _scipy_fit(theta0, log_x, log_loss, weight, delta=fit.HUBER_DELTA):
         return value[0], grad[0]
 
     options = {"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12}
-    return scipy.optimize.minimize(
-        objective, theta0, jac=True, method="L-BFGS-B", options=options
-    ).x
+    with threadpoolctl.threadpool_limits(1):  # multi-threaded BLAS only slows these down
+        return scipy.optimize.minimize(
+            objective, theta0, jac=True, method="L-BFGS-B", options=options
+        ).x
 
 
 def test_batched_fits_reach_scipys_optimum_and_bootstrap():
