@@ -223,16 +223,14 @@ class Checkpointer:
         """
         failures: list[tuple[int, str]] = []
         for step in reversed(self.steps()):
-            try:
-                self.check_shapes(step, abstract_state, model)
-            except CheckpointError:
-                raise
-            except Exception as e:  # noqa: BLE001 - unreadable metadata: a corrupt checkpoint
-                failures.append((step, _first_line(e)))
-                continue
-            state, meta, why = self._read_verified(step, abstract_state)
+            state, meta, why = self._read(step, abstract_state, model)
+            # Hosts agree before the next collective (a fingerprint, another restore).
             if any_host(bool(why)):
                 failures.append((step, why or "failed on another host"))
+                continue
+            why = _checksum_mismatch(state, meta)  # replicated values: the same on every host
+            if why:
+                failures.append((step, why))
                 continue
             for bad, reason in failures:
                 self._move_aside(bad, reason, step)
@@ -247,23 +245,19 @@ class Checkpointer:
             "move that directory aside to start over"
         )
 
-    def _read_verified(self, step: int, abstract_state: Any) -> tuple[Any, Any, str]:
-        """(state, meta, '') of a good checkpoint, else (None, None, why it is not)."""
+    def _read(self, step: int, abstract_state: Any, model: dict | None) -> tuple[Any, Any, str]:
+        """(state, meta, '') read from `step`, else (None, None, why not)."""
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
         )
         try:
+            self.check_shapes(step, abstract_state, model)
             restored = self._manager.restore(step, args=args)
+        except CheckpointError:  # another model shape: the user's to fix, not a fallback
+            raise
         except Exception as e:  # noqa: BLE001 - any read failure means this one is unusable
             return None, None, _first_line(e)
-        state, meta = restored["state"], restored["meta"]
-        expected = meta.get("checksums") if isinstance(meta, dict) else None
-        if expected is not None:
-            got = fingerprints(state)
-            bad = [k for k in expected if got.get(k) != expected[k]]
-            if bad:
-                return None, None, f"checksum mismatch in {', '.join(bad[:3])}"
-        return state, meta, ""
+        return restored["state"], restored["meta"], ""
 
     def _move_aside(self, step: int, why: str, fallback: int) -> None:
         """Move a failed checkpoint out of the manager's sight (kept for inspection)."""
@@ -308,6 +302,16 @@ class Checkpointer:
         """Finish pending saves and release the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _checksum_mismatch(state: Any, meta: Any) -> str:
+    """'' if the restored arrays match the fingerprints saved with them (or none were)."""
+    expected = meta.get("checksums") if isinstance(meta, dict) else None
+    if expected is None:  # a checkpoint from before fingerprints
+        return ""
+    got = fingerprints(state)
+    bad = [k for k in expected if got.get(k) != expected[k]]
+    return f"checksum mismatch in {', '.join(bad[:3])}" if bad else ""
 
 
 def _first_line(e: BaseException) -> str:

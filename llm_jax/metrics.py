@@ -294,8 +294,14 @@ class ProgressBar:
     plain line per update, i.e. per logged step.
     """
 
-    def __init__(self, total_steps: int, stream: IO[str] | None = None, enabled: bool = True):
-        self.total = total_steps
+    def __init__(
+        self,
+        total_steps: int,
+        stream: IO[str] | None = None,
+        enabled: bool = True,
+        tokens_per_step: int = 0,
+    ):
+        self.total, self.tokens_per_step = total_steps, tokens_per_step
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.terminal = enabled and self.stream.isatty()
@@ -310,6 +316,8 @@ class ProgressBar:
             self._start_step, self._start = step, time.time()
         done = step - self._start_step
         rate = done / max(1e-9, time.time() - self._start)
+        if not rate and tokens_per_s and self.tokens_per_step:  # the first update
+            rate = tokens_per_s / self.tokens_per_step
         eta = duration((self.total - step) / rate) if rate > 0 else "?"
         parts = [f"step {step}/{self.total}"]
         if self.terminal:

@@ -24,12 +24,13 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from llm_jax import atomic
+from llm_jax import atomic, finetune
 from llm_jax import checkpoint as ckpt_lib
 from llm_jax import config as config_lib
 from llm_jax import lease as lease_lib
 from llm_jax import metrics as metrics_lib
 from llm_jax import sharding as sharding_lib
+from llm_jax import tasks as tasks_lib
 from llm_jax import train as train_lib
 from llm_jax import workdir as workdir_lib
 from llm_jax.config import ConfigError
@@ -119,6 +120,7 @@ class Trainer:
         from llm_jax import data as data_lib  # heavy (tokenizer training)
         from llm_jax import flops as flops_lib
 
+        config = tasks_lib.resolve_config(config)  # the init source's model, the task's labels
         self.config, self.workdir = config, workdir
         self.guard = guard or ckpt_lib.PreemptionGuard()
         self.lease = lease
@@ -155,6 +157,9 @@ class Trainer:
             segment_ids=config.data.segment_ids,
         )
         self._to_global = data_lib.to_global
+        self.task = tasks_lib.make_data(config, self.prepared)  # None for lm
+        if self.task is not None:
+            self.iterator = self.task.iterator
         with self.setup.context():
             self.state = self._restore_or_init()
             self.val_batches = [
@@ -169,6 +174,10 @@ class Trainer:
                     segment_ids=config.data.segment_ids,
                 )
             ]
+            if self.task is not None:
+                self.val_batches = [
+                    data_lib.to_global(b, self.setup.batch_sharding) for b in self.task.val_batches
+                ]
         if self.primary:
             atomic.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
             workdir_lib.save_run_tokenizer(workdir, self.prepared.tokenizer)
@@ -176,7 +185,9 @@ class Trainer:
         self.start_step = self.step_count
         self.writer = metrics_lib.MetricsWriter(workdir, enabled=self.primary)
         self.writer.truncate_after(self.step_count)
-        self.bar = metrics_lib.ProgressBar(self.setup.total_steps, enabled=self.primary)
+        self.bar = metrics_lib.ProgressBar(
+            self.setup.total_steps, enabled=self.primary, tokens_per_step=self.tokens_per_step
+        )
         self.window.rows = self._saved_window
         self.result: dict[str, Any] = {"preempted": False}
         if self.restored_from is not None:
@@ -202,7 +213,7 @@ class Trainer:
             self.setup.abstract_state, self.config.model.to_dict()
         )
         if restored is None:
-            return self.setup.init_state(self.config.train.seed)
+            return finetune.initial_state(self.config, self.setup)
         latest, state, meta = restored
         self.restored_from = os.path.join(self.checkpointer.directory, str(latest))
         self._saved_window = meta.get("window", [])
@@ -267,6 +278,8 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Mean token loss over the fixed val batches, and bits per byte; logged."""
+        if self.task is not None:
+            return self._evaluate_task()
         sums = [self.setup.eval_step(self.state["params"], b) for b in self.val_batches]
         loss_sum, weight = (float(sum(float(s[i]) for s in sums)) for i in (0, 1))
         loss = loss_sum / max(weight, 1.0)
@@ -285,6 +298,18 @@ class Trainer:
             f"step {self.step_count}: val/loss {scores['val/loss']:.4f}  "
             f"val/bpb {scores['val/bpb']:.4f}"
         )
+        self.result.update(scores)
+        self.window.restart_clock(self.step_count)
+        return scores
+
+    def _evaluate_task(self) -> dict[str, float]:
+        """A non-lm task's val metrics (llm_jax/tasks/), logged as val/loss is."""
+        params = self.state["params"]
+        outputs = [jax.device_get(self.setup.eval_step(params, b)) for b in self.val_batches]
+        final = self.step_count >= self.setup.total_steps
+        scores = self.task.evaluate(outputs, self.workdir if self.primary else None, final)
+        self.writer.write({**self.position(), **scores})
+        self.say(f"step {self.step_count}: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         self.result.update(scores)
         self.window.restart_clock(self.step_count)
         return scores
@@ -353,7 +378,7 @@ class Trainer:
         """The closing line: final losses, tokens, wall time and where the files are."""
         r, train_bpt = self.result, self.prepared.train_bytes_per_token
         parts = [f"finished step {self.step_count} of {self.setup.total_steps}:"]
-        if "train/loss" in r:
+        if "train/loss" in r and self.task is None:  # a task's loss is not per text byte
             bpb = r["train/loss"] / math.log(2) / train_bpt
             parts.append(f"train/loss {r['train/loss']:.4f} (bpb {bpb:.4f})")
         if "val/loss" in r:

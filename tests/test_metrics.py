@@ -112,12 +112,13 @@ class _Terminal(io.StringIO):
 
 def test_progress_bar_redraws_on_a_terminal_and_prints_lines_elsewhere():
     plain = io.StringIO()  # a SLURM log, nohup, a pipe
-    bar = metrics.ProgressBar(100, stream=plain)
-    bar.update(10, 2.0, 1000.0)
+    bar = metrics.ProgressBar(100, stream=plain, tokens_per_step=100)
+    bar.update(10, 2.0, 1000.0)  # 10 steps/s: 90 left take 9 s
     bar.update(20, 1.5, 2000.0)
     bar.close()
     lines = plain.getvalue().splitlines()
     assert len(lines) == 2 and "\r" not in plain.getvalue() and "\033" not in plain.getvalue()
+    assert lines[0] == "step 10/100 | loss 2.0000 | 1,000 tok/s | ETA 0:00:09"
     assert lines[1].startswith("step 20/100 | loss 1.5000 | 2,000 tok/s | ETA ")
     tty = _Terminal()
     bar = metrics.ProgressBar(100, stream=tty)
