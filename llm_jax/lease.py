@@ -4,8 +4,8 @@ A trainer takes the lease of its workdir, and the sweep runner the lease of its 
 directory, before writing anything there. The lease is a small JSON file
 (`<dir>/lease.json`: host, pid, start time, heartbeat) whose heartbeat a daemon thread
 refreshes every `heartbeat_s`. A second process finds it and fails with one line naming
-the holder (`LeaseHeld`). A lease whose holder is dead (its pid is gone on this same host,
-or its heartbeat is older than `timeout_s`) is taken over with a warning.
+the holder (`LeaseHeld`). A lease whose holder is dead (its pid is gone, on this host; its
+heartbeat is older than `timeout_s`, on another) is taken over with a warning.
 
 The file operations go through a `Store` with three primitives a object store also has:
 create-if-absent, read with a generation, and replace-if-generation-matches. `LocalStore`
@@ -29,7 +29,7 @@ from llm_jax.errors import UserError
 
 LEASE_FILE = "lease.json"
 HEARTBEAT_S = 10.0
-TIMEOUT_S = 120.0  # a heartbeat older than this: the holder is dead (other host, or pid reused)
+TIMEOUT_S = 300.0  # a holder on another host whose heartbeat is older than this is dead
 log = logging.getLogger(__name__)
 
 
@@ -98,14 +98,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 def holder_is_dead(holder: dict, timeout_s: float, now: float | None = None) -> str:
-    """Why the lease's holder is dead ('' if it may be alive)."""
-    now = time.time() if now is None else now
-    age = now - float(holder.get("heartbeat", 0))
-    if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
-        return f"pid {holder.get('pid')} is gone"
-    if age > timeout_s:
-        return f"its heartbeat is {age:.0f} s old"
-    return ""
+    """Why the lease's holder is dead ('' if it may be alive).
+
+    On this host the pid decides (a holder busy in a long C call, e.g. tokenizer
+    training, may miss heartbeats but is alive); on another, the heartbeat's age.
+    """
+    if holder.get("host") == socket.gethostname():
+        alive = _pid_alive(int(holder.get("pid", 0)))
+        return "" if alive else f"pid {holder.get('pid')} is gone"
+    age = (time.time() if now is None else now) - float(holder.get("heartbeat", 0))
+    return f"its heartbeat is {age:.0f} s old" if age > timeout_s else ""
 
 
 def describe(holder: dict) -> str:
