@@ -3,6 +3,8 @@
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -294,3 +296,14 @@ def test_fit_table_flags_intervals_wider_than_the_estimate():
     flagged = [line.split()[0] for line in table.splitlines() if " ! " in line]
     assert flagged == ["alpha"] and "do not determine" in table
     assert "G " not in table
+
+
+def test_fit_piped_into_head_still_stores_the_fit(tmp_path):
+    shutil.copy(DEMO_RESULTS, tmp_path / "results.csv")
+    command = [sys.executable, "-m", "llm_jax.cli", "fit", str(tmp_path), "--bootstrap", "0"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # as `| head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err
+    assert "chinchilla" in json.loads((tmp_path / "fit.json").read_text())

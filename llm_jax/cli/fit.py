@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,9 +51,9 @@ def main(argv: Sequence[str]) -> int:
     # The result is printed before fit.json is touched: a write problem (or stdout being
     # redirected onto fit.json itself) never loses a finished fit.
     if args.json:
-        print(json.dumps(results_io.jsonable(fit)), flush=True)
+        _print(json.dumps(results_io.jsonable(fit)))
     else:
-        print(fit_lib.format_fit(args.law, fit), flush=True)
+        _print(fit_lib.format_fit(args.law, fit))
     path = Path(args.file)
     out_path = (path if path.is_dir() else path.parent) / results_io.FIT_JSON
     try:
@@ -61,5 +63,13 @@ def main(argv: Sequence[str]) -> int:
             f"the fit is printed above but could not be stored in {out_path}: {e}"
         ) from e
     if not args.json:
-        print(f"wrote {out_path}")
+        _print(f"wrote {out_path}")
     return 0
+
+
+def _print(text: str) -> None:
+    """Print, surviving a reader that closed the pipe (`| head`): the fit is still stored."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
