@@ -402,11 +402,15 @@ def plot_ablation(
         )
         ax.errorbar(lrs, mean, yerr=err, marker="o", capsize=3, color=f"C{i % 10}", label=label)
     ax.set_xscale("log")
+    tried = sorted({lr for by_lr in groups.values() for lr in by_lr})
+    ax.set_xticks(tried, [f"{lr:g}" for lr in tried])  # label every learning rate tried
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel(f"final validation {LOSS_LABEL}")
     ax.set_title("Learning-rate sensitivity (bars: range over seeds)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
     return _save(fig, path)
 
 
