@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 from llm_jax.cli import args as args_lib
@@ -16,20 +18,29 @@ _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> None:
-    """If the sweep runner started us, get SIGTERM when it dies (Linux), else exit now.
+    """If the sweep runner started us, SIGTERM ourselves when it dies.
 
     SIGTERM is a clean stop (checkpoint, exit 75), so an orphaned trial does not go on
-    writing a workdir that a rerun of the sweep would start again.
+    writing a workdir that a rerun of the sweep would start again. Linux: the kernel's
+    parent-death signal; elsewhere a thread watches the parent pid.
     """
     parent = os.environ.get(PARENT_ENV)
-    if not parent or not sys.platform.startswith("linux"):
+    if not parent:
         return
-    import ctypes
+    if sys.platform.startswith("linux"):
+        import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != int(parent):  # the runner died before prctl took effect
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    else:
+        threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
+    if os.getppid() != int(parent):  # the runner died before we started watching
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: Sequence[str]) -> int:
