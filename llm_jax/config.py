@@ -2,8 +2,8 @@
 
 Every run is described by one `ml_collections.ConfigDict` with nine sections:
 `model`, `data`, `train`, `checkpoint`, `eval`, `mesh`, and for the second training
-stage `task`, `init`, `finetune` (llm_jax/tasks/, llm_jax/finetune.py). `default_config()` holds every
-key with a default that suits a newcomer; experiment files under
+stage `task`, `init`, `finetune` (llm_jax/tasks/, llm_jax/finetune.py).
+`default_config()` holds every key with a default that suits a newcomer; experiment files under
 `experiments/configs/` start from it and override a few values, usually by
 naming a model preset (`apply_preset`).
 
@@ -38,6 +38,7 @@ ComputeDtype = Literal["float32", "bfloat16", "float16"]
 ParamDtype = Literal["float32", "bfloat16"]
 Remat = Literal["none", "full", "save_dots", "save_qkv", "save_proj"]
 AttentionImpl = Literal["auto", "xla", "cudnn"]
+Pool = Literal["last", "mean"]
 MODEL_CHOICES = {
     "positions": Positions,
     "rope_scaling": RopeScaling,
@@ -48,6 +49,7 @@ MODEL_CHOICES = {
     "param_dtype": ParamDtype,
     "remat": Remat,
     "attention_impl": AttentionImpl,
+    "pool": Pool,
 }
 
 # Model shapes users know. Each entry overrides `config.model` fields.
@@ -465,7 +467,6 @@ _CHOICES = {
     "data.tokenizer_type": ("bpe", "unigram"),
     "train.schedule": ("cosine", "linear", "wsd", "constant", "rsqrt"),
     "mesh.distributed": ("auto", "on", "off"),
-    "model.pool": ("last", "mean"),
     "task.name": ("lm", "classify", "mlm", "sft"),
 }
 

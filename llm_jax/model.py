@@ -96,6 +96,8 @@ class ModelConfig:
     attn_bias: bool
     qk_norm: bool
     causal: bool
+    num_classes: int
+    pool: config_lib.Pool
     tie_embeddings: bool
     embed_scale: bool
     init_std: float
@@ -470,6 +472,8 @@ class Transformer(nn.Module):
     ) -> jax.Array:
         """Float32 logits [B, L, V]; columns >= vocab_size hold PAD_LOGIT.
 
+        With model.num_classes > 0: class logits [B, C] instead (see `pool_hidden`).
+
         positions_BxL default to arange(L), or with segment_ids to the index within each
         segment (packed documents and left-padded prompts start at 0). segment_ids_BxL:
         attention stays within a segment; 0 marks padding. decode=True appends the tokens
@@ -524,6 +528,8 @@ class Transformer(nn.Module):
         )
         if s.norm_position == "pre":  # post-norm blocks already end in a norm
             x_BxLxD = Norm(s, name="final_norm")(x_BxLxD)
+        if s.num_classes:
+            return _class_logits(self, x_BxLxD, segment_ids_BxL)
 
         if s.tie_embeddings:
             logits_BxLxV = jnp.einsum(
@@ -594,6 +600,36 @@ class Transformer(nn.Module):
                     x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot
                 )
         return x_BxLxD
+
+
+def pool_hidden(x_BxLxD: jax.Array, real_BxL: jax.Array, pool: str) -> jax.Array:
+    """[B, D]: the hidden state of each row's last real token, or the mean over real ones.
+
+    `real_BxL` marks the tokens (False on padding), so left and right padding both work;
+    with a causal model only the last token has read the whole row.
+    """
+    if pool == "mean":
+        w_BxLx1 = real_BxL[..., None].astype(jnp.float32)
+        total_BxD = (x_BxLxD.astype(jnp.float32) * w_BxLx1).sum(1)
+        return total_BxD / jnp.maximum(w_BxLx1.sum(1), 1.0)
+    last_B = jnp.max(jnp.where(real_BxL, jnp.arange(real_BxL.shape[1])[None], 0), axis=1)
+    return jnp.take_along_axis(x_BxLxD, last_B[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+
+
+def _class_logits(module: nn.Module, x_BxLxD: jax.Array, segment_ids_BxL) -> jax.Array:
+    """The classification head: a linear map of the pooled final hidden state, [B, C]."""
+    s = module.config
+    real_BxL = jnp.ones(x_BxLxD.shape[:2], bool) if segment_ids_BxL is None else segment_ids_BxL > 0
+    x_BxD = pool_hidden(x_BxLxD, real_BxL, s.pool)
+    head_DxC = _param(
+        module,
+        "class_head",
+        (s.d_model, s.num_classes),
+        ("embed", None),
+        nn.initializers.normal(s.init_std),
+    )
+    bias_C = _param(module, "class_head_bias", (s.num_classes,), (None,), nn.initializers.zeros)
+    return jnp.einsum("BD,DC->BC", x_BxD, head_DxC.astype(jnp.float32)) + bias_C[None]
 
 
 def unstack_layers(params: dict, n_layers: int) -> dict:

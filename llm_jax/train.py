@@ -23,8 +23,9 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from llm_jax import config as config_lib
-from llm_jax import optim
+from llm_jax import finetune, optim
 from llm_jax import sharding as sharding_lib
+from llm_jax import tasks as tasks_lib
 from llm_jax.model import ModelConfig, Transformer
 
 # --- the step -----------------------------------------------------------------------------
@@ -56,27 +57,6 @@ class TrainSetup:
         return stack
 
 
-def token_weights(batch: dict) -> jax.Array:
-    """Float32 [B, L]: 1 on tokens that count in the loss, 0 on padding (segment id 0)."""
-    if "segment_ids" in batch:
-        return (batch["segment_ids"] > 0).astype(jnp.float32)
-    return jnp.ones(batch["targets"].shape, jnp.float32)
-
-
-def _token_losses(model: Transformer, params, batch: dict, rng, deterministic: bool):
-    """Per-token (cross-entropy, log Z) [B, L] and weights (0 on padding)."""
-    logits_BxLxV = model.apply(
-        {"params": params},
-        batch["inputs"],
-        segment_ids_BxL=batch.get("segment_ids"),
-        deterministic=deterministic,
-        rngs=None if deterministic else {"dropout": rng},
-    )
-    log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-    target_logit_BxL = jnp.take_along_axis(logits_BxLxV, batch["targets"][..., None], -1)[..., 0]
-    return log_z_BxL - target_logit_BxL, log_z_BxL, token_weights(batch)
-
-
 def _split_microbatches(batch: dict, m: int) -> dict:
     # Row r goes to micro-batch r % m: each device's rows hold every micro-batch evenly,
     # so splitting a batch-sharded array needs no communication.
@@ -102,19 +82,18 @@ def _grads_and_sums(loss_and_grad, params, batch: dict, rng, m: int):
     return ce_sum, grads
 
 
-def _train_step_fn(model: Transformer, optimizer, schedule, train_cfg, deterministic: bool):
-    z_loss = float(train_cfg.z_loss)
+def _train_step_fn(
+    model: Transformer, task: tasks_lib.Objective, optimizer, schedule, train_cfg, deterministic
+):
     m = int(train_cfg.microbatches)
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-        total_weight = jnp.maximum(token_weights(batch).sum(), 1.0)
+        total_weight = jnp.maximum(task.weights(batch).sum(), 1.0)
 
         def objective(params, mb, key):
-            ce_BxL, log_z_BxL, w_BxL = _token_losses(model, params, mb, key, deterministic)
-            ce_sum = (ce_BxL * w_BxL).sum()
-            loss = ce_sum + z_loss * (jnp.square(log_z_BxL) * w_BxL).sum()
-            return loss / total_weight, ce_sum
+            objective_sum, loss_sum = task.sums(model, params, mb, key, deterministic)
+            return objective_sum / total_weight, loss_sum
 
         def loss_and_grad(params, mb, key):
             (_, ce_sum), grads = jax.value_and_grad(objective, has_aux=True)(params, mb, key)
@@ -135,12 +114,10 @@ def _train_step_fn(model: Transformer, optimizer, schedule, train_cfg, determini
     return train_step
 
 
-def _eval_step_fn(model: Transformer):
-    def eval_step(params, batch: dict) -> tuple[jax.Array, jax.Array]:
-        ce_BxL, _, w_BxL = _token_losses(model, params, batch, None, deterministic=True)
-        return (ce_BxL * w_BxL).sum(), w_BxL.sum()
-
-    return eval_step
+def _rows_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Batch arrays of any rank (token rows [B, L], labels [B]): rows split as the
+    activations' batch axis, the other axes whole (as `sharding.batch_sharding`'s length)."""
+    return NamedSharding(mesh, PartitionSpec(sharding_lib.batch_sharding(mesh).spec[0]))
 
 
 def abstract_params(model_cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:
@@ -161,6 +138,8 @@ def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Tr
     model = Transformer(ModelConfig.from_config(config.model))
     total_steps = config_lib.train_steps(config)
     optimizer, schedule = optim.make_optimizer(config.train, total_steps)
+    optimizer = finetune.freeze(optimizer, config.finetune.freeze)
+    task = tasks_lib.objective(config)
     init_tokens = jnp.zeros((1, 8), jnp.int32)  # parameter shapes do not depend on these
 
     def boxed_init(seed):
@@ -185,23 +164,20 @@ def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Tr
         state_shardings,
     )
     replicated = NamedSharding(mesh, PartitionSpec())
-    batch_sh = sharding_lib.batch_sharding(mesh)
-    names = ["inputs", "targets"] + (["segment_ids"] if config.data.segment_ids else [])
+    batch_sh = _rows_sharding(mesh)
     abstract_batch = {
-        n: jax.ShapeDtypeStruct(
-            (config.train.batch_size, config.data.seq_len), jnp.int32, sharding=batch_sh
-        )
-        for n in names
+        name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
+        for name, (shape, dtype) in task.batch_shapes(config).items()
     }
     deterministic = config.model.dropout == 0.0
     train_step = jax.jit(
-        _train_step_fn(model, optimizer, schedule, config.train, deterministic),
+        _train_step_fn(model, task, optimizer, schedule, config.train, deterministic),
         in_shardings=(state_shardings, batch_sh),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
     eval_step = jax.jit(
-        _eval_step_fn(model),
+        lambda params, batch: task.eval_sums(model, params, batch),
         in_shardings=(state_shardings["params"], batch_sh),
         out_shardings=replicated,
     )
