@@ -105,3 +105,12 @@ def restore_params(
     finally:
         checkpointer.close()
     return config, params
+
+
+def restore_run(workdir: str, step: int | None = None):
+    """(config, params, tokenizer) of the run in `workdir`, params on one device: what a
+    command that runs the trained model on a few inputs needs (generate, inspect)."""
+    one_device = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
+    mesh = sharding_lib.make_mesh(one_device, devices=jax.devices()[:1])
+    config, params = restore_params(workdir, mesh=mesh, step=step)
+    return config, params, load_run_tokenizer(workdir, config)
