@@ -1,9 +1,15 @@
-"""Test setup: CPU only, 8 fake devices for sharding checks, set before any JAX op."""
+"""Test setup: CPU only, 8 fake devices for sharding checks, set before any JAX op; a
+session-wide temporary cache (tokenizers, token caches, compiled programs) so tests never
+write into the user's ~/.cache/llm_jax; rank promotion is an error, as in strict code."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Subprocesses (trainers, sweeps) inherit it too.
+os.environ["LLM_JAX_CACHE"] = tempfile.mkdtemp(prefix="llm_jax_test_cache_")
 
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_numpy_rank_promotion", "raise")

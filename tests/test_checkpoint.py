@@ -7,22 +7,14 @@ import signal
 import jax
 import numpy as np
 import pytest
+from tiny_run import tiny_train_config
 
 from llm_jax import checkpoint as ckpt_lib
-from llm_jax import config as config_lib
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
 from llm_jax import workdir as workdir_lib
 
-
-def _config(d_model=32):
-    config = config_lib.default_config()
-    config.model.update(
-        d_model=d_model, n_layers=2, n_heads=2, vocab_size=64, vocab_multiple=64, max_seq_len=32
-    )
-    config.data.seq_len = 16
-    config.train.batch_size = 8
-    return config
+_config = tiny_train_config
 
 
 def _setup(config, **mesh):

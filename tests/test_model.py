@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_run import tiny_model as tiny
 
-from llm_jax import config as config_lib
 from llm_jax import model as model_lib
 
 # One config per position scheme; together they also cover MQA, GQA and unscanned layers.
@@ -33,14 +33,6 @@ def _fast_compiles():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", previous)
-
-
-def tiny(**overrides):
-    """config.model of a 2-layer, d_model 32 model with vocab 100 (padded to 128)."""
-    m = config_lib.default_config().model
-    m.update(dict(vocab_size=100, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=32))
-    m.update(overrides)
-    return m
 
 
 @functools.cache

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from tiny_run import tiny_model as tiny
 
 from llm_jax import config as config_lib
 from llm_jax import model as model_lib
@@ -30,17 +31,6 @@ def test_make_mesh_sizes_and_errors():
         sharding.make_mesh(mesh_cfg(-1, 3, 1))
     with pytest.raises(ValueError, match="at most one mesh axis may be -1"):
         sharding.make_mesh(mesh_cfg(-1, -1, 2))
-
-
-def tiny(**overrides):
-    m = config_lib.default_config().model
-    m.update(
-        dict(
-            vocab_size=100, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=32
-        )
-    )
-    m.update(overrides)
-    return m
 
 
 def test_param_and_batch_shardings_follow_the_rules():

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from tiny_run import subprocess_env, tiny_command, tiny_config, write_corpus
+from tiny_run import subprocess_env, tiny_command, tiny_config, tiny_train_config, write_corpus
 
 from llm_jax import checkpoint as ckpt_lib
 from llm_jax import metrics as metrics_lib
@@ -30,15 +30,7 @@ def corpus(tmp_path_factory):
 
 
 def _config(**train):
-    from llm_jax import config as config_lib
-
-    config = config_lib.default_config()
-    config.model.update(
-        d_model=32, n_layers=2, n_heads=2, vocab_size=VOCAB, vocab_multiple=64, max_seq_len=32
-    )
-    config.data.seq_len = 16
-    config.train.update(dict(batch_size=8, steps=50, warmup_steps=0, schedule="constant"), **train)
-    return config
+    return tiny_train_config(**{**dict(steps=50, warmup_steps=0, schedule="constant"), **train})
 
 
 def _batch(batch_size=8, seq_len=16, seed=0):

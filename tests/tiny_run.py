@@ -30,6 +30,26 @@ def write_corpus(folder) -> str:
     return os.path.join(str(folder), "*.txt")
 
 
+def tiny_model(**overrides):
+    """`config.model` of a 2-layer, d_model 32, 4-head model, vocab 100 (padded to 128)."""
+    m = config_lib.default_config().model
+    m.update(dict(vocab_size=100, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=32))
+    m.update(overrides)
+    return m
+
+
+def tiny_train_config(d_model: int = 32, **train):
+    """A whole config for in-memory steps: 2 layers, 2 heads, vocab 64, batch 8 x 16 tokens."""
+    config = config_lib.default_config()
+    config.model.update(
+        d_model=d_model, n_layers=2, n_heads=2, vocab_size=64, vocab_multiple=64, max_seq_len=32
+    )
+    config.data.seq_len = 16
+    config.train.batch_size = 8
+    config.train.update(train)
+    return config
+
+
 def tiny_overrides(corpus_glob: str, cache_dir, **extra) -> dict:
     """Dotted config keys -> values for a model that compiles and steps in moments."""
     overrides = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "export-hf": "a workdir as a Hugging Face model directory: --workdir W --out DIR",
     "eval": "perplexity and multiple-choice accuracy on task files: --workdir W --task F",
     "predict": "label texts with a classify run: --workdir W --input FILE",
+    "inspect": "attention maps, next-token probabilities, logit lens of a run: --workdir W",
 }
 
 
@@ -43,9 +45,21 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (tests and redirects replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def configure_logging() -> None:
     """Status lines from llm_jax loggers go to stderr as plain lines; libraries stay quiet."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     package = logging.getLogger("llm_jax")
     if not package.handlers:
@@ -79,4 +93,11 @@ def run(argv: Sequence[str]) -> int:
 
 def main() -> None:
     """Console-script entry point."""
-    sys.exit(run(sys.argv[1:]))
+    try:
+        code = run(sys.argv[1:])
+        sys.stdout.flush()
+    except BrokenPipeError:  # `llm-jax ... | head`: the reader left, nothing to report
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)

@@ -54,7 +54,7 @@ def split_overrides(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
             continue
         key, sep, value = arg[len("--config.") :].partition("=")
         if not sep:
-            if not args:
+            if not args or args[0].startswith("--"):
                 raise UsageError(f"--config.{key} needs a value (--config.{key}=VALUE)")
             value = args.pop(0)
         overrides[key] = value

@@ -142,8 +142,11 @@ def read_results(path: str | os.PathLike) -> list[dict]:
             f"{path} does not exist; run `llm-jax sweep SWEEP.py --workdir DIR` "
             "(or `llm-jax sweep --collect DIR`) first, or pass a CSV with columns N, D, loss"
         )
-    with open(path, newline="") as f:
-        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ResultsError(f"{path} is not a UTF-8 CSV table ({e}); pass a results.csv") from e
 
 
 def _parse_cell(text: str | None) -> Any:

@@ -28,7 +28,6 @@ warmup and batch size from `SizeRules`; a sweep file passes its own rules to cha
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import math
 import re
@@ -66,16 +65,10 @@ def apply_overrides(
     base: ml_collections.ConfigDict, overrides: Mapping[str, Any]
 ) -> ml_collections.ConfigDict:
     """A copy of `base` with dotted-key overrides applied; unknown keys raise SweepError."""
-    config = ml_collections.ConfigDict(base.to_dict())
-    for key, value in overrides.items():
-        *path, leaf = key.split(".")
-        node = config
-        for part in path:
-            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            raise SweepError(f"override {key!r} is not a config key (see llm_jax/config.py)")
-        node[leaf] = value
-    return config
+    try:
+        return config_lib.apply_overrides(base, overrides)
+    except config_lib.ConfigError as err:
+        raise SweepError(f"override: {err}") from err
 
 
 def format_value(value: Any) -> str:
@@ -380,18 +373,10 @@ class LoadedSweep(NamedTuple):
 
 def load_sweep(path: str | Path) -> LoadedSweep:
     """Import a sweep file; return its base config, validated trials and parallelism."""
-    path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file {path} not found")
-    spec = importlib.util.spec_from_file_location(f"_sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for fn in ("get_config", "get_sweep"):
-        if not callable(getattr(module, fn, None)):
-            raise SweepError(
-                f"{path} has no {fn}() function; a sweep file defines "
-                "get_config() (the base) and get_sweep() (the trials)"
-            )
+    try:  # a sweep file defines get_config() (the base) and get_sweep() (the trials)
+        module = config_lib.load_python_file(path, ("get_config", "get_sweep"), "sweep file")
+    except config_lib.ConfigError as err:
+        raise SweepError(str(err)) from err
     base = module.get_config()
     trials = [t if isinstance(t, Trial) else Trial(**t) for t in module.get_sweep()]
     if not trials:
