@@ -88,11 +88,19 @@ def test_optimizer_decays_only_masked_params_and_clips():
     new = optax.apply_updates(params, updates)
     np.testing.assert_allclose(new["dense"]["kernel"], 1 - 0.1 * 0.5)  # decoupled decay
     np.testing.assert_allclose(new["norm"]["scale"], 1.0)
-    # Clipping: a huge gradient is scaled to global norm 1 before Adam sees it.
-    clip_only = optax.clip_by_global_norm(1.0)
+    # Clipping: llm_jax's optimizer scales a huge gradient to global norm grad_clip before
+    # Adam sees it, so Adam's first moment after one step is (1 - b1) * the clipped gradient.
     huge = jax.tree.map(lambda p: 1e6 * jnp.ones_like(p), params)
-    clipped, _ = clip_only.update(huge, clip_only.init(params))
-    assert float(optax.tree.norm(clipped)) == pytest.approx(1.0, rel=1e-5)
-    assert len(tx.init(params)) == 2  # chain(clip, adamw)
-    no_clip, _ = optim.make_optimizer(_train_cfg(grad_clip=0.0), 10)
-    assert len(no_clip.init(params)) == 3  # adamw alone: adam, decay, lr
+
+    def first_moment_norm(grad_clip):
+        opt, _ = optim.make_optimizer(_train_cfg(grad_clip=grad_clip, b1=0.9), 10)
+        _, state = opt.update(huge, opt.init(params), params)
+        (adam,) = [s for s in jax.tree.leaves(state, is_leaf=_is_adam) if _is_adam(s)]
+        return float(optax.tree.norm(adam.mu))
+
+    assert first_moment_norm(2.0) == pytest.approx(0.1 * 2.0, rel=1e-5)
+    assert first_moment_norm(0.0) == pytest.approx(0.1 * 1e6 * np.sqrt(20), rel=1e-5)
+
+
+def _is_adam(node) -> bool:
+    return isinstance(node, optax.ScaleByAdamState)
