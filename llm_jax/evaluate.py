@@ -42,6 +42,9 @@ from llm_jax.errors import UserError
 from llm_jax.eval_results import columns, write_results
 from llm_jax.model import ModelConfig, Transformer
 
+# Longest window scored by default: Llama 3's 128k context would make one window's
+# attention mask alone tens of GB; pass max_len to go further.
+DEFAULT_MAX_LEN = 4096
 _MIN_BUCKET = 16  # shortest padded length: fewer distinct shapes, fewer compilations
 
 
@@ -76,7 +79,10 @@ def _bucket(length: int, max_len: int) -> int:
 
 
 class Scorer:
-    """Log-likelihoods of continuations under one model, batched on a mesh."""
+    """Log-likelihoods of continuations under one model, batched on a mesh.
+
+    Sequences are at most `max_len` tokens (default: max_seq_len, up to DEFAULT_MAX_LEN).
+    """
 
     def __init__(
         self,
@@ -84,12 +90,13 @@ class Scorer:
         params: Any,
         mesh: jax.sharding.Mesh,
         batch_size: int = 8,
+        max_len: int | None = None,
     ):
         self.model_cfg = ModelConfig.from_config(model_cfg)
         self.params, self.mesh = params, mesh
         split = _batch_rows(mesh)
         self.batch_size = split * math.ceil(max(batch_size, 1) / split)
-        self.max_len = self.model_cfg.max_seq_len
+        self.max_len = min(max_len or DEFAULT_MAX_LEN, self.model_cfg.max_seq_len)
         self._score = jax.jit(
             _score_fn(Transformer(self.model_cfg)),
             out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
@@ -125,8 +132,8 @@ class Scorer:
                 raise EvalError("every request needs a non-empty context and continuation")
             if len(continuation) > self.max_len:
                 raise EvalError(
-                    f"a continuation of {len(continuation)} tokens exceeds model.max_seq_len="
-                    f"{self.max_len}; score it with loglikelihood_rolling"
+                    f"a continuation of {len(continuation)} tokens exceeds the "
+                    f"{self.max_len}-token window; score it with loglikelihood_rolling"
                 )
             rows.append(([*context, *continuation][-(self.max_len + 1) :], len(continuation)))
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # similar lengths

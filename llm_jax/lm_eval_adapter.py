@@ -8,8 +8,9 @@ registers `llm_jax` and then runs lm_eval's command line unchanged (every lm_eva
 works). From Python, `import llm_jax.lm_eval_adapter` before
 `lm_eval.simple_evaluate(model="llm_jax", model_args="workdir=...")`.
 
-model_args: workdir (required), step, batch_size (default 8), fsdp and tensor (mesh
-sizes; data parallel over the rest), max_gen_toks (default 256). Scoring goes through
+model_args: workdir (required), step, fsdp and tensor (mesh sizes; data parallel over
+the rest), max_gen_toks (default 256), max_length (scored tokens, default as
+`llm-jax eval`); lm_eval's --batch_size sets the rows per batch. Scoring goes through
 `llm_jax.evaluate.Scorer`, the same code as `llm-jax eval`; generation is greedy
 through `llm_jax.sample`.
 """
@@ -46,6 +47,7 @@ class LlmJaxLM(LM):
         fsdp: int = 1,
         tensor: int = 1,
         max_gen_toks: int = 256,
+        max_length: int | None = None,
         **_lm_eval_options,  # device, max_batch_size...: meaningless here
     ):
         super().__init__()
@@ -55,7 +57,9 @@ class LlmJaxLM(LM):
         self.config, self.params = workdir_lib.restore_params(workdir, mesh=self.mesh, step=step)
         self.tokenizer = workdir_lib.load_run_tokenizer(workdir, self.config)
         rows = 8 if str(batch_size).startswith("auto") else int(batch_size)
-        self.scorer = evaluate.Scorer(self.config.model, self.params, self.mesh, rows)
+        self.scorer = evaluate.Scorer(
+            self.config.model, self.params, self.mesh, rows, int(max_length or 0) or None
+        )
         self.max_gen_toks = int(max_gen_toks)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:

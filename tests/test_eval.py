@@ -1,5 +1,6 @@
 """Evaluation: scores equal a numpy reference computed from the model's own logits."""
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -50,11 +51,25 @@ def run(tmp_path_factory):
     return workdir, config, params, tokenizer
 
 
+REFERENCE_LEN = 64  # every reference sequence right-padded to this: one compilation
+
+
+@functools.cache
+def _forward(config_json: str):
+    model_cfg = ModelConfig.from_config(ml_collections.ConfigDict(json.loads(config_json)))
+    return jax.jit(lambda params, tokens: Transformer(model_cfg).apply({"params": params}, tokens))
+
+
 def _reference_logprob(config, params, context, continuation) -> float:
-    """log P(continuation | context) from one unpadded, unbatched forward pass."""
-    tokens = np.array([[*context, *continuation]])
-    model = Transformer(ModelConfig.from_config(config.model))
-    logits = np.asarray(model.apply({"params": params}, tokens[:, :-1]), np.float64)[0]
+    """log P(continuation | context) from one unbatched forward pass without segment ids.
+
+    The model is causal, so zeros appended on the right change no logit before them.
+    """
+    tokens = [*context, *continuation]
+    padded = np.zeros((1, REFERENCE_LEN), np.int32)
+    padded[0, : len(tokens)] = tokens
+    forward = _forward(json.dumps(config.model.to_dict()))
+    logits = np.asarray(forward(params, padded), np.float64)[0, : len(tokens) - 1]
     top = logits.max(-1, keepdims=True)
     logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
     n = len(continuation)
@@ -181,7 +196,8 @@ def test_training_ends_with_eval_and_sweeps_collect_it(tmp_path):
     task.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     for lr in (1e-3, 3e-3):
         config = tiny_config(write_corpus(tmp_path / "corpus"), tmp_path / "cache")
-        config.train.lr = lr
+        config.train.update(lr=lr, steps=2, eval_every=2, log_every=1)
+        config.checkpoint.every = 2
         config.eval.tasks = (str(task),)
         train_and_evaluate(config, str(tmp_path / "sweep" / f"lr{lr}"))
     saved = json.loads((tmp_path / "sweep" / "lr0.001" / eval_results.EVAL_FILE).read_text())

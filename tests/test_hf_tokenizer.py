@@ -5,6 +5,7 @@ import pytest
 pytest.importorskip("tokenizers")
 
 from hf_tokenizers import EOS, byte_level_bpe, shakespeare_texts
+from tiny_run import write_corpus
 
 from llm_jax import config as config_lib
 from llm_jax import data as data_lib
@@ -30,7 +31,13 @@ def test_byte_level_bpe_round_trips_the_corpus(bpe_dir):
 
 def test_data_prepare_uses_it_and_counts_bytes_per_token(bpe_dir, tmp_path):
     config = config_lib.default_config()
-    config.data.update(tokenizer_path=f"hf:{bpe_dir}", cache_dir=str(tmp_path / "cache"))
+    config.data.update(
+        source="files",
+        path=write_corpus(tmp_path / "corpus"),
+        val_fraction=0.25,
+        tokenizer_path=f"hf:{bpe_dir}",
+        cache_dir=str(tmp_path / "cache"),
+    )
     config.model.vocab_size = 300
     prepared = data_lib.prepare(config)
     assert prepared.tokenizer.sha256 == load_hf_tokenizer(bpe_dir).sha256

@@ -28,6 +28,13 @@ def _parser(prog: str):
     )
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per batch")
+    p.add_argument(
+        "--max-len",
+        type=int,
+        default=None,
+        help="longest scored sequence in tokens (default: the model's max_seq_len, at most "
+        "4096); perplexity windows are this long",
+    )
     p.add_argument("--fsdp", type=int, default=1, help="mesh fsdp size (params sharded)")
     p.add_argument("--tensor", type=int, default=1, help="mesh tensor size")
     return p
@@ -52,7 +59,7 @@ def main(argv: Sequence[str]) -> int:
         raise UsageError(f"--fsdp/--tensor: {e}") from e
     config, params = workdir_lib.restore_params(args.workdir, mesh=mesh, step=args.step)
     tokenizer = workdir_lib.load_run_tokenizer(args.workdir, config)
-    scorer = evaluate.Scorer(config.model, params, mesh, args.batch_size)
+    scorer = evaluate.Scorer(config.model, params, mesh, args.batch_size, args.max_len)
     results = evaluate.evaluate(scorer, tokenizer, tasks)
     eval_results.write_results(args.workdir, args.step, results)
     print(eval_results.format_table(results))

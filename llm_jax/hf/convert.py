@@ -89,7 +89,7 @@ def _llama_overrides(hf: dict) -> dict:
         raise ConvertError(f"Llama hidden_act={hf['hidden_act']!r} is not supported (only silu)")
     n_heads = hf["num_attention_heads"]
     return dict(
-        {k: v for k, v in config_lib.MODEL_PRESETS["llama-150m"].items()},
+        config_lib.MODEL_PRESETS["llama-150m"],
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],
@@ -117,11 +117,9 @@ def model_overrides(hf: dict) -> dict:
             f"model_type {kind!r} is not supported; import-hf reads {' and '.join(_FAMILIES)}"
         )
     try:
-        overrides = _FAMILIES[kind](hf)
+        return _FAMILIES[kind](hf)
     except KeyError as e:
         raise ConvertError(f"config.json of this {kind} model lacks {e.args[0]!r}") from None
-    overrides["preset"] = ""
-    return overrides
 
 
 def _kind(m: ml_collections.ConfigDict) -> str:
@@ -153,7 +151,9 @@ def family(m: ml_collections.ConfigDict) -> str:
     return kind
 
 
-def hf_config(m: ml_collections.ConfigDict, dtype: str, eos_id: int | None) -> dict:
+def hf_config(
+    m: ml_collections.ConfigDict, dtype: str, bos_id: int | None, eos_id: int | None
+) -> dict:
     """The HF `config.json` for `config.model` (GPT2LMHeadModel or LlamaForCausalLM)."""
     kind = family(m)
     common = dict(
@@ -161,7 +161,7 @@ def hf_config(m: ml_collections.ConfigDict, dtype: str, eos_id: int | None) -> d
         tie_word_embeddings=m.tie_embeddings,
         dtype=dtype,
         torch_dtype=dtype,  # transformers 4 reads this name
-        bos_token_id=eos_id,
+        bos_token_id=bos_id,
         eos_token_id=eos_id,
     )
     if kind == "gpt2":

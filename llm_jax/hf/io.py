@@ -91,8 +91,7 @@ def _open_source(src: Path) -> tuple[_Source, Callable[[], None], str]:
     if any(src.glob("*.safetensors")):
         reader = st.TensorReader.from_dir(src)
         names = reader.names()
-        dtype = reader.read(names[0]).dtype
-        return _Source(names, reader.read), reader.close, str(dtype)
+        return _Source(names, reader.read), reader.close, str(reader.dtype(names[0]))
     if (src / TORCH_FILE).is_file():
         state = _torch_state_dict(src / TORCH_FILE)
         first = _torch_to_numpy(next(iter(state.values())))
@@ -275,8 +274,8 @@ def export_hf(workdir: str, out: str, step: int | None = None, dtype: str | None
     tensors, produce = convert.export_tensors(config.model, params, np.dtype(jnp.dtype(dtype)))
     files = st.write_checkpoint(out_path, tensors, produce)
     tokenizer = _workdir_tokenizer(workdir)
-    eos_id = tokenizer.eos_id if tokenizer is not None else None
-    hf = convert.hf_config(config.model, dtype, eos_id)
+    bos_id, eos_id = (tokenizer.bos_id, tokenizer.eos_id) if tokenizer else (-1, None)
+    hf = convert.hf_config(config.model, dtype, bos_id if bos_id >= 0 else eos_id, eos_id)
     atomic.write_json(out_path / CONFIG_JSON, hf, indent=1)
     files.append(CONFIG_JSON)
     if isinstance(tokenizer, hf_tokenizer.HFTokenizer):

@@ -91,6 +91,10 @@ class TensorReader:
         """Shape of tensor `name`, without reading it."""
         return tuple(self._files[self._where[name]][0][name]["shape"])
 
+    def dtype(self, name: str) -> np.dtype:
+        """Dtype of tensor `name`, without reading it."""
+        return _DTYPES[self._files[self._where[name]][0][name]["dtype"]]
+
     def read(self, name: str) -> np.ndarray:
         """Tensor `name`, copied out of the mapped file.
 
