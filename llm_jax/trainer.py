@@ -352,15 +352,19 @@ class Trainer:
 
     def _stop_requested(self, step: int, sync: bool) -> bool:
         """True on every host when any host was signalled (or the runtime's preemption
-        notice reached this step's sync point); `sync`: a step where hosts compare flags."""
-        if self.lease is not None and self.lease.lost:
+        notice reached this step's sync point); `sync`: a step where hosts compare flags.
+
+        Raises TrainError on every host if the workdir's lease was taken over."""
+        if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
+            return True
+        if not sync:
+            return False
+        if ckpt_lib.any_host(self.lease is not None and self.lease.lost):
             raise TrainError(
                 f"another process took over the lease of {self.workdir} (this one was judged "
                 "dead); stop the other process or use another --workdir"
             )
-        if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
-            return True
-        return sync and ckpt_lib.any_host(self.guard.requested is not None)
+        return ckpt_lib.any_host(self.guard.requested is not None)
 
     def _stopped(self, saved: bool) -> None:
         self.result["preempted"] = True

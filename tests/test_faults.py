@@ -290,3 +290,19 @@ def test_a_batch_not_divisible_by_the_data_parallel_size_is_refused(corpus, tmp_
     config = tiny_config(corpus_glob, cache, data__val_batch_size=6, mesh__fsdp=4)
     with pytest.raises(trainer.ConfigError, match=r"data.val_batch_size=6 .* multiple of 8"):
         trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_a_trainer_whose_lease_was_taken_over_stops(corpus, tmp_path, monkeypatch):
+    corpus_glob, cache = corpus
+    acquire = lease_lib.Lease.acquire
+
+    def acquire_then_lose(self):
+        held = acquire(self)
+        held.lost = True  # as the heartbeat thread sets it when another process took over
+        return held
+
+    monkeypatch.setattr(lease_lib.Lease, "acquire", acquire_then_lose)
+    config = tiny_config(corpus_glob, cache, train__steps=4)
+    with pytest.raises(trainer.TrainError, match="another process took over the lease"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints" / "1")
