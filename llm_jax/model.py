@@ -25,11 +25,16 @@ A query in slot i attends to slot j iff j <= i and both hold the same non-zero
 segment, so empty, padding and future slots are masked. Writes past S are
 clamped by XLA (silently wrong): the caller keeps index + T <= S.
 
+Inspecting (what llm_jax/inspect.py reads; see `Transformer.__call__`):
+    logits, vars = model.apply({'params': p}, tokens_BxL, inspect=True,
+                               mutable=['intermediates'])
+
 Tensor-name letters (each tensor name ends in its shape):
     B batch         L length of the queries (the tokens passed in)
     S length of the keys / cache slots        D d_model
     H query heads   G key/value heads         K head_dim
     F d_ff          V padded vocab            N heads of either kind (H or G)
+    R query heads per key/value head (H / G)  Y layers (n_layers)
 """
 
 from __future__ import annotations
@@ -291,6 +296,7 @@ class Attention(nn.Module):
 
     config: ModelConfig
     decode: bool = False
+    inspect: bool = False
 
     @nn.compact
     def __call__(
@@ -327,16 +333,19 @@ class Attention(nn.Module):
         else:
             k_BxSxGxK, v_BxSxGxK = k_BxLxGxK, v_BxLxGxK
 
-        # Scaled dot-product, softmax in float32 inside both implementations; without a
-        # mask the kernel applies the causal mask itself (cuDNN's fast path).
-        out_BxLxHxK = jax.nn.dot_product_attention(
-            q_BxLxHxK,
-            k_BxSxGxK,
-            v_BxSxGxK,
-            mask=mask_Bx1xLxS,
-            is_causal=mask_Bx1xLxS is None and s.causal,
-            implementation=choose_attention_impl(s, self.decode),
-        )
+        if self.inspect:
+            out_BxLxHxK = self._explicit_attention(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask_Bx1xLxS)
+        else:
+            # Scaled dot-product, softmax in float32 inside both implementations; without a
+            # mask the kernel applies the causal mask itself (cuDNN's fast path).
+            out_BxLxHxK = jax.nn.dot_product_attention(
+                q_BxLxHxK,
+                k_BxSxGxK,
+                v_BxSxGxK,
+                mask=mask_Bx1xLxS,
+                is_causal=mask_Bx1xLxS is None and s.causal,
+                implementation=choose_attention_impl(s, self.decode),
+            )
         out_BxLxHxK = nn.with_logical_constraint(out_BxLxHxK, ACTIVATION_HEADS["heads"])
 
         w_HxKxD = _param(
@@ -350,6 +359,30 @@ class Attention(nn.Module):
         if s.attn_bias:
             y_BxLxD += _param(self, "out_bias", (D,), ("embed",), zeros)
         return checkpoint_name(y_BxLxD, "attn_out")
+
+    def _explicit_attention(self, q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask_Bx1xLxS):
+        """The fused kernel's computation written out, to sow its weights [B, H, L, S]."""
+        B, L, H, K = q_BxLxHxK.shape
+        S, G = k_BxSxGxK.shape[1:3]
+        if mask_Bx1xLxS is None:  # what is_causal means to the kernel
+            ones_BxL = jnp.ones((B, L), jnp.int32)
+            mask_Bx1xLxS = attention_mask(
+                jnp.arange(L), jnp.arange(S), ones_BxL, ones_BxL, self.config.causal
+            )
+        # Query head h reads key/value head h // (H / G), as the kernel groups them.
+        q_BxLxGxRxK = q_BxLxHxK.reshape(B, L, G, H // G, K)
+        scores_BxGxRxLxS = jnp.einsum(
+            "BLGRK,BSGK->BGRLS", q_BxLxGxRxK, k_BxSxGxK, preferred_element_type=jnp.float32
+        ) / math.sqrt(K)
+        scores_BxGxRxLxS = jnp.where(
+            mask_Bx1xLxS[:, :, None], scores_BxGxRxLxS, jnp.finfo(jnp.float32).min
+        )
+        weights_BxGxRxLxS = jax.nn.softmax(scores_BxGxRxLxS, axis=-1)
+        self.sow("intermediates", "attention_weights", weights_BxGxRxLxS.reshape(B, H, L, S))
+        out_BxLxGxRxK = jnp.einsum(
+            "BGRLS,BSGK->BLGRK", weights_BxGxRxLxS, v_BxSxGxK.astype(jnp.float32)
+        )
+        return out_BxLxGxRxK.reshape(B, L, H, K).astype(q_BxLxHxK.dtype)
 
     def _append_to_cache(
         self, name: str, new_BxLxGxK: jax.Array, cache_slot: jax.Array
@@ -412,6 +445,7 @@ class Block(nn.Module):
     config: ModelConfig
     deterministic: bool = True
     decode: bool = False
+    inspect: bool = False
 
     @nn.compact
     def __call__(
@@ -426,7 +460,7 @@ class Block(nn.Module):
         sublayers = [
             (
                 "attn",
-                lambda h: Attention(s, self.decode, name="attn")(
+                lambda h: Attention(s, self.decode, self.inspect, name="attn")(
                     h, positions_BxL, mask_Bx1xLxS, cache_slot
                 ),
             ),
@@ -439,7 +473,8 @@ class Block(nn.Module):
             else:
                 x_BxLxD = norm(x_BxLxD + drop(fn(x_BxLxD)))
             x_BxLxD = nn.with_logical_constraint(x_BxLxD, ACTIVATION_EMBED)
-        return x_BxLxD, None  # (carry, output) for nn.scan
+        # (carry, output) for nn.scan: inspect mode stacks the residual stream of each layer
+        return x_BxLxD, x_BxLxD if self.inspect else None
 
 
 _PROJECTIONS = ("query_proj", "key_proj", "value_proj", "attn_out", "mlp_gate", "mlp_up")
@@ -469,6 +504,7 @@ class Transformer(nn.Module):
         segment_ids_BxL: jax.Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
+        inspect: bool = False,
     ) -> jax.Array:
         """Float32 logits [B, L, V]; columns >= vocab_size hold PAD_LOGIT.
 
@@ -479,6 +515,12 @@ class Transformer(nn.Module):
         attention stays within a segment; 0 marks padding. decode=True appends the tokens
         to the 'cache' collection (see the module docstring) and attends over it; there
         positions default to the cache slots, so a left-padded batch passes its own.
+
+        inspect=True (with mutable=['intermediates']) computes attention explicitly (same
+        masks, float32 softmax) and sows into 'intermediates': attn/attention_weights
+        [B, H, L, S] of each layer, the residual stream after each layer [Y, B, L, D] and
+        its logit lens [Y, B, L, V] (read out by the final norm and output layer; not
+        with a classification head).
         """
         s = self.config
         B, L = tokens_BxL.shape
@@ -523,9 +565,15 @@ class Transformer(nn.Module):
         x_BxLxD = nn.Dropout(s.dropout, deterministic=deterministic)(x_BxLxD)
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ACTIVATION_EMBED)
 
-        x_BxLxD = self._layers(
-            x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot, deterministic, decode
+        x_BxLxD, residual_YxBxLxD = self._layers(
+            x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot, deterministic, decode, inspect
         )
+        if inspect:
+            self.sow("intermediates", "residual", residual_YxBxLxD)
+        if inspect and not s.num_classes:
+            # Logit lens: the final norm and output layer below read the residual stream of
+            # every layer too, as Y * B rows appended to the batch and split off at the end.
+            x_BxLxD = jnp.concatenate([x_BxLxD, residual_YxBxLxD.reshape(-1, L, s.d_model)])
         if s.norm_position == "pre":  # post-norm blocks already end in a norm
             x_BxLxD = Norm(s, name="final_norm")(x_BxLxD)
         if s.num_classes:
@@ -550,7 +598,12 @@ class Transformer(nn.Module):
             logits_BxLxV, ("activation_batch", "activation_length", "activation_vocab")
         )
         real_V = jnp.arange(s.padded_vocab) < s.vocab_size
-        return jnp.where(real_V, logits_BxLxV, PAD_LOGIT)
+        logits_BxLxV = jnp.where(real_V[None, None], logits_BxLxV, PAD_LOGIT)
+        if inspect:
+            lens_YxBxLxV = logits_BxLxV[B:].reshape(-1, B, L, s.padded_vocab)
+            self.sow("intermediates", "logit_lens", lens_YxBxLxV)
+            logits_BxLxV = logits_BxLxV[:B]
+        return logits_BxLxV
 
     def _decode_inputs(self, B: int, L: int, positions_BxL, segment_ids_BxL):
         """Advance the cache's index and segment ids; return positions, mask, write slot."""
@@ -577,29 +630,33 @@ class Transformer(nn.Module):
             positions_BxL = jnp.broadcast_to(q_slot_L, (B, L))
         return positions_BxL, mask_Bx1xLxS, start
 
-    def _layers(self, x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot, deterministic, decode):
+    def _layers(
+        self, x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot, deterministic, decode, inspect
+    ):
+        """(output, with inspect the residual stream after each layer [Y, B, L, D])."""
         s = self.config
         block = Block
-        if s.remat != "none" and not decode:  # nothing to save memory for without a backward
+        if s.remat != "none" and not (decode or inspect):  # remat only pays with a backward
             block = nn.remat(Block, policy=_REMAT_POLICIES[s.remat], prevent_cse=not s.scan_layers)
         if s.scan_layers:
             stack = nn.scan(
                 block,
-                variable_axes={"params": 0, "cache": 0},
+                variable_axes={"params": 0, "cache": 0, "intermediates": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                 length=s.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x_BxLxD, _ = stack(s, deterministic, decode, name="layers")(
+            return stack(s, deterministic, decode, inspect, name="layers")(
                 x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot
             )
-        else:
-            for i in range(s.n_layers):
-                x_BxLxD, _ = block(s, deterministic, decode, name=f"layer_{i}")(
-                    x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot
-                )
-        return x_BxLxD
+        residuals = []
+        for i in range(s.n_layers):
+            x_BxLxD, residual_BxLxD = block(s, deterministic, decode, inspect, name=f"layer_{i}")(
+                x_BxLxD, positions_BxL, mask_Bx1xLxS, cache_slot
+            )
+            residuals.append(residual_BxLxD)
+        return x_BxLxD, jnp.stack(residuals) if inspect else None
 
 
 def pool_hidden(x_BxLxD: jax.Array, real_BxL: jax.Array, pool: str) -> jax.Array:
