@@ -601,6 +601,10 @@ def _check_task(config: ml_collections.ConfigDict) -> None:
             "bidirectional model sees the next token it is asked to predict; set "
             "model.causal=True, or use task.name='mlm' or 'classify'"
         )
+    if name == "mlm" and m.causal:
+        raise ConfigError(
+            "task.name='mlm' trains a bidirectional encoder; set config.model.causal=False"
+        )
     if m.num_classes and name != "classify":
         raise ConfigError(
             f"config.model.num_classes={m.num_classes} (a classification head) needs "

@@ -41,7 +41,9 @@ def main(argv: Sequence[str]) -> int:
     from llm_jax import workdir as workdir_lib
     from llm_jax.tasks import classify
 
-    texts = classify.read_texts(args.input, workdir_lib.load_config(args.workdir).task.text_field)
+    config = workdir_lib.load_config(args.workdir)
+    classify.require_classifier(config, args.workdir)  # before reading the input
+    texts = classify.read_texts(args.input, config.task.text_field)
     labels, probs = classify.predict(args.workdir, texts, args.batch_size, args.step)
     out = io.StringIO()
     writer = csv.writer(out)

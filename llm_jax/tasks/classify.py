@@ -225,18 +225,23 @@ def read_texts(path: str, text_field: str) -> list[str]:
     return [str(_field(r, text_field, path)) for r in tasks_lib.read_rows(path, "--input")]
 
 
-def predict(workdir: str, texts: list[str], batch_size: int = 32, step: int | None = None):
-    """(label names, class probabilities [N, C]) of a classify run's model on `texts`."""
-    from llm_jax import workdir as workdir_lib
+def require_classifier(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Raise UsageError unless `config` (a run's) is a classify run's."""
     from llm_jax.errors import UsageError
-    from llm_jax.model import ModelConfig, Transformer
 
-    config = workdir_lib.load_config(workdir)
     if config.task.name != "classify" or not config.model.num_classes:
         raise UsageError(
             f"{workdir} was trained with task.name={config.task.name!r}; predict needs a "
             "classify run (train one with --config.task.name=classify)"
         )
+
+
+def predict(workdir: str, texts: list[str], batch_size: int = 32, step: int | None = None):
+    """(label names, class probabilities [N, C]) of a classify run's model on `texts`."""
+    from llm_jax import workdir as workdir_lib
+    from llm_jax.model import ModelConfig, Transformer
+
+    require_classifier(workdir_lib.load_config(workdir), workdir)
     config, params = workdir_lib.restore_params(workdir, step=step)
     tokenizer = workdir_lib.load_run_tokenizer(workdir, config)
     model = Transformer(ModelConfig.from_config(config.model))

@@ -1,0 +1,154 @@
+"""Tasks: classify (pooling, a run, predict, the genre split), mlm (masking, no leak)."""
+
+import csv
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tiny_run import tiny_config, write_corpus
+
+from llm_jax import cli, trainer
+from llm_jax import config as config_lib
+from llm_jax import corpus as corpus_lib
+from llm_jax import tasks as tasks_lib
+from llm_jax.model import ModelConfig, Transformer, pool_hidden
+from llm_jax.tasks import genre, mlm
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks")
+    return write_corpus(root / "corpus"), root / "cache", root
+
+
+def _tiny_model(**model):
+    config = config_lib.default_config()
+    config.model.update(d_model=32, n_layers=2, n_heads=2, vocab_size=64, vocab_multiple=64)
+    config.model.update(model)
+    model = Transformer(ModelConfig.from_config(config.model))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    return model, params
+
+
+def test_pool_hidden_picks_the_last_real_token_or_the_mean():
+    x_BxLxD = jnp.arange(2 * 4 * 1, dtype=jnp.float32).reshape(2, 4, 1)
+    real_BxL = jnp.array([[0, 0, 1, 1], [1, 1, 1, 0]], bool)  # left, right padded
+    np.testing.assert_array_equal(pool_hidden(x_BxLxD, real_BxL, "last")[:, 0], [3.0, 6.0])
+    np.testing.assert_allclose(pool_hidden(x_BxLxD, real_BxL, "mean")[:, 0], [2.5, 5.0])
+
+
+@pytest.mark.parametrize("pool,causal", [("last", True), ("mean", True), ("last", False)])
+def test_class_logits_do_not_depend_on_the_padding_side(pool, causal):
+    model, params = _tiny_model(num_classes=3, pool=pool, causal=causal)
+    text = jnp.array([5, 9, 17, 33, 40])
+    pad = jnp.zeros(3, jnp.int32)
+    tokens = jnp.stack([jnp.concatenate([pad, text]), jnp.concatenate([text, pad])])
+    real = jnp.array([[0] * 3 + [1] * 5, [1] * 5 + [0] * 3], jnp.int32)
+    logits_BxC = model.apply({"params": params}, tokens, segment_ids_BxL=real)
+    assert logits_BxC.shape == (2, 3)
+    np.testing.assert_allclose(logits_BxC[0], logits_BxC[1], rtol=1e-5, atol=1e-6)
+    other = tokens.at[1, 6].set(7)  # a padding token changes nothing either
+    np.testing.assert_allclose(
+        model.apply({"params": params}, other, segment_ids_BxL=real), logits_BxC, atol=1e-6
+    )
+
+
+def _labelled_rows(path, n=60):
+    rng = np.random.default_rng(0)
+    words = {"war": "king sword crown death honour", "love": "love night day good sir"}
+    with open(path, "w") as f:
+        for i in range(n):
+            label = ("war", "love")[i % 2]
+            text = " ".join(rng.choice(words[label].split(), 8))
+            f.write(json.dumps({"text": text, "label": label}) + "\n")
+    return str(path)
+
+
+def test_classify_run_writes_metrics_and_confusion_matrix_and_predict_one_row_each(corpus):
+    glob, cache, root = corpus
+    train, val = _labelled_rows(root / "train.jsonl", 64), _labelled_rows(root / "val.jsonl", 16)
+    workdir = str(root / "classify")
+    config = tiny_config(glob, cache, task__name="classify", task__path=train, task__val_path=val)
+    result = trainer.train_and_evaluate(config, workdir)
+    for key in ("val/accuracy", "val/macro_f1", "val/majority_accuracy"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["val/majority_accuracy"] == 0.5  # alternating val labels
+    assert os.path.getsize(os.path.join(workdir, "confusion_matrix.png")) > 1000
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    assert saved["task"]["labels"] == ["love", "war"] and saved["model"]["num_classes"] == 2
+
+    texts = root / "texts.txt"
+    texts.write_text("king sword\nlove night day\nhonour\n")
+    out = root / "predictions.csv"
+    assert (
+        cli.run(["predict", "--workdir", workdir, "--input", str(texts), "--output", str(out)]) == 0
+    )
+    table = list(csv.reader(open(out)))
+    assert table[0] == ["label", "p_love", "p_war"] and len(table) == 1 + 3
+    for row in table[1:]:
+        assert row[0] in ("love", "war")
+        assert sum(map(float, row[1:])) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_predict_refuses_a_run_that_is_not_a_classifier(corpus, tmp_path, capsys):
+    glob, cache, _ = corpus
+    workdir = str(tmp_path / "lm")
+    os.makedirs(workdir)
+    config = tiny_config(glob, cache)
+    json.dump(config.to_dict(), open(os.path.join(workdir, "config.json"), "w"))
+    assert cli.run(["predict", "--workdir", workdir, "--input", "x.txt"]) == 2
+    assert "predict needs a classify run" in capsys.readouterr().err
+
+
+def test_genre_task_validates_on_plays_never_trained_on():
+    train, val = genre.plays("train"), genre.plays("val")
+    assert not set(train) & set(val)
+    assert sorted(val) == sorted(corpus_lib.SHAKESPEARE_VAL_PLAYS)
+    assert sorted(genre.genre(p) for p in val) == ["comedy", "history", "tragedy"]
+    train_genres = [genre.genre(p) for p in train]  # every play has a Folio genre
+    assert len(train) == 35 and set(train_genres) == set(genre.GENRES)
+    assert genre.genre("romances/the-tempest.md") == "comedy"
+    assert genre.genre("romances/cymbeline.md") == "tragedy"
+
+
+def test_mlm_masking_rates():
+    tokens = np.random.default_rng(1).integers(4, 500, (400, 500))
+    batch = mlm.mask_tokens(tokens, np.random.default_rng(0), 0.15, vocab_size=512)
+    chosen = batch["weights"] > 0
+    masked = batch["inputs"] == 512
+    kept = chosen & (batch["inputs"] == tokens)
+    n = chosen.sum()  # about 30,000: binomial sd of a share p is sqrt(p(1-p)/n) < 0.003
+    assert chosen.mean() == pytest.approx(0.15, abs=0.003)
+    assert not (masked & ~chosen).any() and (batch["inputs"][~chosen] == tokens[~chosen]).all()
+    assert masked.sum() / n == pytest.approx(0.8, abs=0.01)
+    assert kept.sum() / n == pytest.approx(0.1 + 0.1 / 512, abs=0.01)  # random may redraw it
+    assert (chosen & ~masked & ~kept).sum() / n == pytest.approx(0.1, abs=0.01)
+    np.testing.assert_array_equal(batch["targets"], tokens)
+
+
+def test_mlm_loss_sees_no_target_outside_the_chosen_tokens():
+    config = config_lib.default_config()
+    config.task.name = "mlm"
+    model, params = _tiny_model(causal=False, mask_token=True)
+    tokens = np.random.default_rng(0).integers(4, 60, (2, 16))
+    batch = mlm.mask_tokens(tokens, np.random.default_rng(3), 0.3, vocab_size=64)
+    objective = tasks_lib.objective(config)
+    loss, _ = objective.sums(model, params, batch, None, True)
+    unchosen = np.argwhere(batch["weights"] == 0)[0]
+    changed = dict(batch, targets=batch["targets"].copy())
+    changed["targets"][tuple(unchosen)] = (changed["targets"][tuple(unchosen)] + 1) % 60
+    assert objective.sums(model, params, changed, None, True)[0] == loss
+    hidden = (batch["weights"] > 0) & (batch["inputs"] == 64)
+    assert hidden.any() and not (batch["inputs"][hidden] == tokens[hidden]).any()
+
+
+def test_mlm_run_reports_masked_accuracy(corpus, tmp_path):
+    glob, cache, _ = corpus
+    config = tiny_config(glob, cache, task__name="mlm", model__causal=False)
+    result = trainer.train_and_evaluate(config, str(tmp_path / "mlm"))
+    assert 0.0 <= result["val/mlm_accuracy"] <= 1.0 and result["val/mlm_loss"] > 0
+    saved = json.load(open(tmp_path / "mlm" / "config.json"))
+    assert saved["model"]["mask_token"] is True
