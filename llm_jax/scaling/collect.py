@@ -128,8 +128,7 @@ def collect(sweep_dir: str | Path, n_boot: int = 100) -> dict:
     rows, columns = collect_rows(sweep_dir)
     results_io.write_results(sweep_dir / results_io.RESULTS_CSV, rows, columns)
     fits = fit_sweep(sweep_dir, rows, n_boot)
-    stored = results_io.read_json(sweep_dir / results_io.FIT_JSON) or {}
-    results_io.write_json(sweep_dir / results_io.FIT_JSON, {**stored, **fits})
+    results_io.store_fits(sweep_dir / results_io.FIT_JSON, fits)
     plots = plotting.plot_sweep(sweep_dir)
     summarize(sweep_dir, rows, fits, plots)
     return {"rows": rows, "fits": fits, "plots": plots}

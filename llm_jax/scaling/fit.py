@@ -314,6 +314,14 @@ def fit_parametric(
     from the full-data optimum. `frontier`: FLOP budgets at which to report N_opt, D_opt
     and D/N (default: the decades from the data's smallest 6ND to 100x its largest).
     """
+    kwargs = dict(n_boot=n_boot, level=level, seed=seed, n_starts=n_starts, delta=delta)
+    return _parametric(n, d, loss, frontier=frontier, **kwargs)[0]
+
+
+def _parametric(
+    n, d, loss, *, n_boot, level, seed, n_starts=8, delta=HUBER_DELTA, frontier=None
+) -> tuple[dict, list[dict]]:
+    """`fit_parametric`, and the summaries of its bootstrap refits (for backtests)."""
     n, d, loss = _positive("N", n), _positive("D", d), _positive("loss", loss)
     if len(loss) < 5 or len(np.unique(n)) < 2 or len(np.unique(d)) < 2:
         raise FitError(
@@ -344,7 +352,7 @@ def fit_parametric(
         out["frontier"] = [
             dict(zip(opt, vals, strict=True)) for vals in zip(*opt.values(), strict=True)
         ]
-    return out
+    return out, summaries
 
 
 def predict(fit: dict, n: Sequence[float], d: Sequence[float]) -> np.ndarray:
@@ -590,6 +598,108 @@ def fit_envelope(
     return out
 
 
+# --- backtests: fit on the smaller budgets, predict the held-out larger ones ------------------
+
+
+def holdout_mask(points: dict[str, np.ndarray], *, above: float | None = None) -> np.ndarray:
+    """Which points a backtest holds out: those whose compute exceeds `above`, or (None)
+    the largest budget (the `budget` column, else C or 6ND grouped as IsoFLOP budgets)."""
+    compute = points.get("C", 6 * points["N"] * points["D"])
+    if above is not None:
+        return compute > above
+    budget = points.get("budget", group_budgets(compute))
+    return budget == budget.max()
+
+
+def backtest(
+    points: dict[str, np.ndarray],
+    held_out: np.ndarray,
+    *,
+    n_boot: int = 100,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Fit L(N, D) on the points not `held_out`, then predict each held-out point.
+
+    Each held-out point gets its predicted and observed loss, the error (observed -
+    predicted, and relative to observed) and a bootstrap prediction interval: every refit's
+    prediction times a residual drawn from the fitted points' own log residuals, so the
+    interval covers both the law's uncertainty and the scatter of single runs; `inside`
+    says whether the observed loss lies in it. The fitted points and their predictions
+    are kept too, for plots.
+    """
+    held_out = np.asarray(held_out, bool)
+    train = ~held_out
+    if not held_out.any() or train.sum() < 5:
+        raise FitError(
+            f"a backtest needs held-out points and >= 5 points to fit (got {held_out.sum()} "
+            f"held out, {train.sum()} to fit); hold out fewer or lower --holdout-above"
+        )
+    n, d, loss = points["N"], points["D"], points["loss"]
+    compute = points.get("C", 6 * n * d)
+    fit, boot = _parametric(n[train], d[train], loss[train], n_boot=n_boot, level=level, seed=seed)
+    fitted = predict(fit, n[train], d[train])
+    residual = np.log(loss[train]) - np.log(fitted)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in np.flatnonzero(held_out):
+        guess = float(predict(fit, n[i], d[i]))
+        draws = [predict(b, n[i], d[i]) for b in boot if math.isfinite(b["E"] + b["A"] + b["B"])]
+        draws = np.array(draws) * np.exp(rng.choice(residual, len(draws)))
+        lo, hi = np.percentile(draws, [50 * (1 - level), 50 * (1 + level)]).tolist()
+        rows.append(
+            {
+                "N": float(n[i]),
+                "D": float(d[i]),
+                "C": float(compute[i]),
+                "observed": float(loss[i]),
+                "predicted": guess,
+                "error": float(loss[i] - guess),
+                "rel_error": float((loss[i] - guess) / loss[i]),
+                "interval": [lo, hi],
+                "inside": bool(lo <= loss[i] <= hi),
+            }
+        )
+    fit_rows = [
+        {"N": float(a), "D": float(b), "observed": float(o), "predicted": float(p)}
+        for a, b, o, p in zip(n[train], d[train], loss[train], fitted, strict=True)
+    ]
+    return {
+        "law": "chinchilla",
+        "fit": fit,
+        "fit_C_max": float(compute[train].max()),
+        "fit_points": fit_rows,
+        "residual_rms": float(np.sqrt(np.mean(residual**2))),
+        "held_out": rows,
+        "inside": sum(r["inside"] for r in rows),
+        "level": level,
+    }
+
+
+def format_backtest(result: dict) -> str:
+    """The backtest table: each held-out point's predicted and observed loss."""
+    rows = result["held_out"]
+    pct = f"{100 * result['level']:.0f}%"
+    lines = [
+        f"backtest: L(N, D) fitted on {len(result['fit_points'])} points with C <= "
+        f"{result['fit_C_max']:.3g}, predicting {len(rows)} held-out point(s)",
+        f"  fit: E={result['fit']['E']:.4g} alpha={result['fit']['alpha']:.4g} "
+        f"beta={result['fit']['beta']:.4g} a={result['fit']['a']:.4g}; "
+        f"in-sample log-residual RMS {result['residual_rms']:.4f}",
+        f"  {'N':>9s}{'D':>10s}{'C':>10s}{'observed':>10s}{'predicted':>10s}{'error':>9s}"
+        f"  {pct + ' prediction interval':24s}inside",
+    ]
+    for r in rows:
+        lo, hi = r["interval"]
+        lines.append(
+            f"  {r['N']:9.3g}{r['D']:10.3g}{r['C']:10.3g}{r['observed']:10.4f}"
+            f"{r['predicted']:10.4f}{r['rel_error']:+9.2%}  {f'[{lo:.4f}, {hi:.4f}]':24s}"
+            f"{'yes' if r['inside'] else 'NO'}"
+        )
+    lines.append(f"  {result['inside']} of {len(rows)} held-out point(s) inside the interval")
+    return "\n".join(lines)
+
+
 # --- the command line ------------------------------------------------------------------------
 
 
@@ -792,6 +902,4 @@ def _frontier_lines(fit: dict) -> list[str]:
 
 def update_fit_json(path: str | Path, law: str, fit: dict) -> None:
     """Set fit.json[law] = fit, keeping the other laws already stored there."""
-    stored = results_io.read_json(path) or {}
-    stored[law] = fit
-    results_io.write_json(path, stored)
+    results_io.store_fits(path, {law: fit})

@@ -80,6 +80,21 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(path.read_text())
 
 
+def store_fits(path: str | os.PathLike, fits: dict[str, Any]) -> None:
+    """Merge `fits` ({law: fit}) into fit.json at `path`, keeping the laws stored there.
+
+    A fit.json that is empty or unreadable (e.g. emptied by `llm-jax fit ... > fit.json`)
+    counts as holding nothing: the new fits are never lost to it.
+    """
+    try:
+        stored = read_json(path) or {}
+    except (ValueError, UnicodeDecodeError):
+        stored = {}
+    if not isinstance(stored, dict):
+        stored = {}
+    write_json(path, {**stored, **fits})
+
+
 def jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
