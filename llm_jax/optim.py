@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from llm_jax import trees
+
 Schedule = Callable[[jax.Array | int], jax.Array]
 
 
@@ -76,7 +78,7 @@ def weight_decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
     """
 
     def decays(path, _leaf) -> bool:
-        names = tuple(str(getattr(k, "key", getattr(k, "name", k))).lower() for k in path)
+        names = tuple(n.lower() for n in trees.key_names(path))
         if names and (names[-1] == "scale" or names[-1].endswith("bias")):
             return False
         if any("norm" in n for n in names):
