@@ -2,6 +2,8 @@
 
     python tools/bench.py --preset llama-150m --batch 32 --seq-len 1024 --dtype bfloat16
     python tools/bench.py --preset gpt2-small --attention cudnn --remat save_dots --no-scan
+    python tools/bench.py --preset gpt2-small --n-layers 2 --n-heads 6 --d-model 96 \
+        --vocab-size 512 --batch 16 --seq-len 64 --dtype float32 --no-scan   # any shape
 
 Builds the step with `llm_jax.train.make_train` (the one `llm-jax train` runs), on
 random tokens, compiles it (timed), warms up, then times `--steps` steps one by one
@@ -34,7 +36,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
-    p.add_argument("--remat", default="none", choices=["none", "full", "save_dots"])
+    p.add_argument(
+        "--remat", default="none", choices=list(config_lib.typing.get_args(config_lib.Remat))
+    )
+    # Any shape: these override the preset's (0 keeps the preset's value).
+    for name in ("d-model", "n-layers", "n-heads", "d-ff", "vocab-size"):
+        p.add_argument(f"--{name}", type=int, default=0, help="override the preset's value")
     p.add_argument("--no-scan", action="store_true", help="unrolled layers instead of nn.scan")
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes (-1 = the rest)")
@@ -46,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace):
     """The config the benchmark runs."""
     config = config_lib.apply_preset(config_lib.default_config(), args.preset)
+    shape = {k: getattr(args, k) for k in ("d_model", "n_layers", "n_heads", "d_ff", "vocab_size")}
+    config.model.update({k: v for k, v in shape.items() if v})
     config.model.update(
         dtype=args.dtype,
         attention_impl=args.attention,
