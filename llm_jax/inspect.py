@@ -31,6 +31,7 @@ from llm_jax import atomic
 from llm_jax.model import ModelConfig, Transformer
 
 _SPECIAL_PIECES = ("<unk>", "<s>", "</s>", "<pad>")
+_WORD_MARKERS = ("▁", "Ġ")  # a piece that starts a word: SentencePiece, GPT-2 byte-level BPE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +117,14 @@ def display_pieces(tokenizer, vocab_size: int) -> list[str]:
     ]
 
 
+def _as_written_or_word(piece: str) -> tuple[str, ...]:
+    """`piece` as written, and as the start of a word in running text ('▁' + piece)."""
+    return (piece, *(marker + piece for marker in _WORD_MARKERS))
+
+
 def find_piece(pieces: Sequence[str], word: str) -> list[int]:
     """Ids to look up for `word`: the piece itself, or as a word in running text ('▁' + word)."""
-    return [i for name in (word, "▁" + word) for i, p in enumerate(pieces) if p == name]
+    return [i for name in _as_written_or_word(word) for i, p in enumerate(pieces) if p == name]
 
 
 def frequent_pieces(pieces: Sequence[str], count: int) -> list[int]:
@@ -187,10 +193,11 @@ def head_summary_table(insp: Inspection) -> str:
     L = len(insp.tokens_L)
     t_T = np.arange(1, L)
     rows = [["layer", "head", "itself", "previous", "first"]]
-    for n, weights_HxLxL in enumerate(insp.attention_YxHxLxL):
+    for y, weights_HxLxL in enumerate(insp.attention_YxHxLxL):
         for h, weights_LxL in enumerate(weights_HxLxL):
-            means = [weights_LxL[t_T, s_T].mean() for s_T in (t_T, t_T - 1, 0 * t_T)]
-            rows.append([str(n + 1), str(h + 1), *(f"{m:.2f}" for m in means)])
+            itself, previous = weights_LxL[t_T, t_T].mean(), weights_LxL[t_T, t_T - 1].mean()
+            first = weights_LxL[t_T, 0].mean()
+            rows.append([str(y + 1), str(h + 1), *(f"{m:.2f}" for m in (itself, previous, first))])
     return _format_rows(rows)
 
 
@@ -200,7 +207,7 @@ def resolve_query(query: str, pieces_L: Sequence[str]) -> int:
     try:
         index = int(query)
     except ValueError:
-        matches = [t for t, p in enumerate(pieces_L) if p in (query, "▁" + query)]
+        matches = [t for t, p in enumerate(pieces_L) if p in _as_written_or_word(query)]
         if not matches:
             raise ValueError(
                 f"{query!r} is not one of the text's pieces: {' '.join(pieces_L)}"
@@ -215,12 +222,12 @@ def query_table(insp: Inspection, pieces: Sequence[str], query: int, k: int) -> 
     """Per layer and head: the `k` tokens position `query` attends to most, with weights."""
     rows = [["layer", "head", f"top {k} attended (position:token weight)"]]
     weights_YxHxS = insp.attention_YxHxLxL[:, :, query, : query + 1]
-    for n, weights_HxS in enumerate(weights_YxHxS):
+    for y, weights_HxS in enumerate(weights_YxHxS):
         for h, weights_S in enumerate(weights_HxS):
             top = "  ".join(
                 f"{s}:{pieces[insp.tokens_L[s]]} {weights_S[s]:.2f}" for s in _top(weights_S, k)
             )
-            rows.append([str(n + 1), str(h + 1), top])
+            rows.append([str(y + 1), str(h + 1), top])
     return _format_rows(rows)
 
 
@@ -248,10 +255,12 @@ def embedding_tables(params, cfg: ModelConfig) -> dict[str, np.ndarray]:
 
 
 def neighbours(table_VxD: np.ndarray, piece: int, k: int) -> list[tuple[int, float]]:
-    """The `k` pieces nearest to `piece` by cosine similarity (itself first, at 1)."""
+    """The `k` pieces nearest to `piece` by cosine similarity: itself first (at 1, even when
+    another piece points the same way), then the others, most similar first."""
     unit_VxD = table_VxD / np.maximum(np.linalg.norm(table_VxD, axis=-1, keepdims=True), 1e-12)
     similarity_V = unit_VxD @ unit_VxD[piece]
-    return [(int(i), float(similarity_V[i])) for i in _top(similarity_V, k)]
+    others = [int(i) for i in _top(similarity_V, k + 1) if i != piece]
+    return [(i, float(similarity_V[i])) for i in [piece, *others][:k]]
 
 
 def neighbours_table(

@@ -143,6 +143,7 @@ def test_neighbours_start_with_the_piece_itself():
     assert near[1] == (7, pytest.approx(1.0))
     sims = [s for _, s in near]
     assert sims == sorted(sims, reverse=True) and sims[-1] < 1.0
+    assert [i for i, _ in inspect_lib.neighbours(table_VxD, 7, k=2)] == [7, 3]  # itself first
 
 
 def test_embedding_tables_of_a_model():
@@ -167,6 +168,7 @@ def test_query_token_is_an_index_or_a_piece():
         inspect_lib.resolve_query("dog", pieces)
     with pytest.raises(ValueError, match="outside"):
         inspect_lib.resolve_query("8", pieces)
+    assert inspect_lib.find_piece(["the", "▁the", "Ġthe", "▁then"], "the") == [0, 1, 2]
 
 
 @pytest.fixture(scope="module")
