@@ -13,7 +13,9 @@ import scipy.optimize
 import threadpoolctl
 
 from llm_jax import cli
-from llm_jax.scaling import fit
+from llm_jax import config as config_lib
+from llm_jax.scaling import fit, hparams, sweep
+from llm_jax.scaling import results as results_io
 
 # Hoffmann et al. (2022)'s fitted law: the ground truth of the synthetic data.
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
@@ -307,3 +309,108 @@ def test_fit_piped_into_head_still_stores_the_fit(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err
     assert "chinchilla" in json.loads((tmp_path / "fit.json").read_text())
+
+
+# --- backtests ------------------------------------------------------------------------------
+
+
+def _isoflop_table(path, noise=0.005):
+    n, d, loss, budget = isoflop_points([1e18, 1e19, 1e20, 1e21], sizes=7, noise=noise)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "budget", "N", "D", "loss", "status"])
+        w.writerows(
+            (f"t{i}", *row, "done") for i, row in enumerate(zip(budget, n, d, loss, strict=True))
+        )
+    return {"N": n, "D": d, "loss": loss, "budget": budget}
+
+
+def test_backtest_predicts_the_held_out_budget_within_noise(tmp_path):
+    noise = 0.005
+    points = _isoflop_table(tmp_path / "results.csv", noise)
+    held = fit.holdout_mask(points)
+    assert held.sum() == 7 and set(points["budget"][held]) == {1e21}
+    result = fit.backtest(points, held, n_boot=100)
+    assert result["fit_C_max"] == pytest.approx(1e20, rel=0.01)  # fitted without 1e21
+    for row in result["held_out"]:
+        # The prediction is the true law's loss to within the data's own noise ...
+        assert row["predicted"] == pytest.approx(law(row["N"], row["D"]), rel=3 * noise)
+        assert row["error"] == pytest.approx(row["observed"] - row["predicted"])
+    # ... and the prediction intervals cover most held-out losses (noise at 0.5%).
+    assert result["inside"] >= 5
+    # A law fitted to too few points says so rather than predicting.
+    with pytest.raises(fit.FitError, match="held out"):
+        fit.backtest(points, np.arange(28) >= 4)
+    assert fit.holdout_mask(points, above=1e19).sum() == 14
+
+
+def test_fit_command_backtest_stores_the_table_and_a_plot(tmp_path, capsys):
+    _isoflop_table(tmp_path / "results.csv")
+    assert cli.run(["fit", str(tmp_path), "--holdout-largest", "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "7 held-out point(s)" in out and "inside the interval" in out
+    stored = json.loads((tmp_path / "fit.json").read_text())["backtest"]
+    assert len(stored["held_out"]) == 7 and "predicted" in stored["held_out"][0]
+    assert (tmp_path / "plots" / "backtest.png").stat().st_size > 10_000
+    assert cli.run(["fit", str(tmp_path), "--law", "kaplan", "--holdout-above", "1e19"]) == 2
+    assert "--law chinchilla" in capsys.readouterr().err
+
+
+# --- hyperparameter laws --------------------------------------------------------------------
+
+LR_LAW = dict(K=0.05, N=-0.3, D=0.1)  # lr_opt = 0.05 N^-0.3 D^0.1
+BATCH_LAW = dict(K=0.02, N=0.1, D=0.3)  # batch_opt (sequences) = 0.02 N^0.1 D^0.3
+
+
+def _hparam_rows(noise=0.003, seed=0):
+    """An LR x batch grid at 4 sizes x 3 token counts; loss a bowl in log lr and log batch
+    around the known optima, on top of the Chinchilla law."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in np.logspace(6, 8, 4):
+        for d in np.logspace(8, 10, 3):
+            lr_opt = LR_LAW["K"] * n ** LR_LAW["N"] * d ** LR_LAW["D"]
+            b_opt = BATCH_LAW["K"] * n ** BATCH_LAW["N"] * d ** BATCH_LAW["D"]
+            for lr in 2.0 ** np.arange(-14, -4):
+                for batch in 2 ** np.arange(2, 10):
+                    bowl = 0.05 * np.log(lr / lr_opt) ** 2 + 0.02 * np.log(batch / b_opt) ** 2
+                    loss = law(n, d) + bowl + rng.normal(0, noise)
+                    rows.append(
+                        {"N_non_embedding": n, "D": d * (1 + 0.01 * rng.random()), "loss": loss}
+                        | {"train.lr": lr, "train.batch_size": int(batch), "status": "done"}
+                    )
+    return rows
+
+
+def test_hyperparameter_law_recovers_known_exponents():
+    laws = hparams.fit_hyperparameters(_hparam_rows())
+    for key, truth in (("train.lr", LR_LAW), ("train.batch_size", BATCH_LAW)):
+        got = laws[key]
+        assert len(got["optima"]) == 12  # every (N, D): D within 1% is one token count
+        for v in ("N", "D"):
+            assert got["exponents"][v] == pytest.approx(truth[v], abs=0.02), (key, v)
+            lo, hi = got["ci"][v]
+            assert lo <= truth[v] <= hi and hi - lo < 0.1
+        assert hparams.predict(got, 1e7, 1e9) == pytest.approx(
+            truth["K"] * 1e7 ** truth["N"] * 1e9 ** truth["D"], rel=0.05
+        )
+
+
+def test_hyperparameter_law_leaves_edge_optima_out_and_feeds_size_rules(tmp_path, capsys):
+    # LRs up to 2^-11 only: every optimum (1.3e-3 to 7.9e-3) lies above the values tried.
+    rows = [r for r in _hparam_rows() if r["train.lr"] <= 2.0**-11]
+    with pytest.raises(fit.FitError, match="lowest loss at the largest value"):
+        hparams.fit_hyperparameter(rows)
+    columns = ["N_non_embedding", "D", "loss", "train.lr", "train.batch_size", "status"]
+    results_io.write_results(tmp_path / "results.csv", _hparam_rows(), columns)
+    assert cli.run(["fit", str(tmp_path), "--law", "hparams"]) == 0
+    assert "train.lr_opt" in capsys.readouterr().out
+    rules = sweep.SizeRules.from_fit(tmp_path, seq_len=64)
+    laws = hparams.load_laws(tmp_path / "fit.json")
+    base = config_lib.default_config()
+    assert rules.lr(base, 3e7, 2e9) == pytest.approx(
+        hparams.predict(laws["train.lr"], 3e7, 2e9), rel=1e-6
+    )
+    batch = hparams.predict(laws["train.batch_size"], 3e7, 2e9)
+    base.data.seq_len = 64
+    assert abs(np.log2(rules.batch_size(base, 3e7, 2e9) / batch)) <= 0.5

@@ -57,6 +57,8 @@ def test_plot_sweep_draws_every_supported_plot(tmp_path, capsys):
         "chinchilla": {**TRUE, "a": 0.28 / 0.62, "b": 0.34 / 0.62, "frontier": [{"C": 1e20}]},
         "envelope": fit.fit_envelope(plot.load_curves(tmp_path, rows), smooth=1),
     }
+    points = {"N": n, "D": d, "loss": loss, "budget": c}
+    fits["backtest"] = fit.backtest(points, fit.holdout_mask(points), n_boot=10)
     results_io.write_json(tmp_path / "fit.json", fits)
     assert cli.run(["plot", str(tmp_path)]) == 0
     names = {p.name for p in (tmp_path / "plots").iterdir()}
@@ -65,10 +67,11 @@ def test_plot_sweep_draws_every_supported_plot(tmp_path, capsys):
         "isoflop.png",
         "compute_optimal.png",
         "parametric_fit.png",
+        "backtest.png",
     }
     for name in names:
         _assert_png(tmp_path / "plots" / name)
-    assert capsys.readouterr().out.count("wrote ") == 4
+    assert capsys.readouterr().out.count("wrote ") == 5
 
 
 def test_ablation_plot_for_lr_sweeps(tmp_path):

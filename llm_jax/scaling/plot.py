@@ -4,6 +4,7 @@
 - `plot_isoflop`: loss vs N per IsoFLOP budget, the fitted parabolas and their optima.
 - `plot_optimal`: N_opt and D_opt vs C, the fitted laws, extrapolated 100x beyond the data.
 - `plot_parametric`: loss predicted by the L(N, D) fit vs observed.
+- `plot_backtest`: the same for a backtest, the held-out points marked with their intervals.
 - `plot_ablation`: final loss vs learning rate, one line per variant (mean and range over seeds).
 - `plot_run`: one training workdir's train/val loss, learning rate and gradient norm.
 
@@ -381,6 +382,50 @@ def plot_parametric(n, d, loss, fit: dict, path: str | Path, names=None, label: 
     return _save(fig, path)
 
 
+def plot_backtest(result: dict, path: str | Path) -> Path:
+    """A backtest (fit.backtest): predicted vs observed loss; the fitted points as dots,
+    the held-out points as red diamonds with their prediction intervals."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    fitted = result["fit_points"]
+    ax.scatter(
+        [p["observed"] for p in fitted],
+        [p["predicted"] for p in fitted],
+        color="C0",
+        s=18,
+        zorder=3,
+        label=f"fitted ({len(fitted)} points, C <= {result['fit_C_max']:.2g})",
+    )
+    held = result["held_out"]
+    observed = np.array([p["observed"] for p in held])
+    predicted = np.array([p["predicted"] for p in held])
+    lo, hi = np.array([p["interval"] for p in held]).T
+    ax.errorbar(
+        observed,
+        predicted,
+        yerr=[predicted - lo, hi - predicted],
+        fmt="D",
+        color="C3",
+        capsize=3,
+        zorder=4,
+        label=f"held out: {result['inside']} of {len(held)} inside the "
+        f"{100 * result['level']:.0f}% interval",
+    )
+    values = [p["observed"] for p in fitted] + observed.tolist() + lo.tolist() + hi.tolist()
+    lims = [min(values), max(values)]
+    ax.plot(lims, lims, color="grey", ls="--", label="predicted = observed")
+    ax.set_xlabel(f"observed {LOSS_LABEL}")
+    ax.set_ylabel(f"predicted {LOSS_LABEL}")
+    worst = max(abs(p["rel_error"]) for p in held)
+    ax.set_title(
+        f"Backtest of L(N, D): fitted on the smaller budgets\nworst held-out error {worst:.2%}",
+        fontsize=10,
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_ablation(
     rows: Sequence[dict], lr_key: str, variant_keys: Sequence[str], path: str | Path
 ) -> Path:
@@ -489,6 +534,8 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
                 names=[r["name"] for r in done],
             )
         )
+    if fits.get("backtest", {}).get("held_out"):
+        paths.append(plot_backtest(fits["backtest"], out / "backtest.png"))
     swept = results_io.swept_columns(rows)
     lr_key = next((k for k in swept if k.endswith(".lr")), None)
     variants = [k for k in swept if k not in (lr_key, "train.seed")]

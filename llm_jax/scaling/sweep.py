@@ -182,14 +182,17 @@ def shape_for_params(
 class SizeRules:
     """Per-size hyperparameters; a sweep file passes its own instance to change any.
 
-    - Peak learning rate: lr = lr_ref * (n_ref / N)^lr_exponent, capped at lr_max, N the
-      non-embedding parameter count. The defaults follow GPT-3's table (Brown et al. 2020,
-      table 2.1: 6e-4 at GPT-3 Small, N = 85M non-embedding, falling about as N^-1/3 to
-      175B). `lr_ref=None` keeps config.train.lr for every size.
+    - Peak learning rate: lr = lr_ref * (n_ref / N)^lr_exponent
+      * (tokens_ref / D)^lr_tokens_exponent, capped at lr_max, N the non-embedding
+      parameter count and D the run's tokens. The defaults follow GPT-3's table (Brown et
+      al. 2020, table 2.1: 6e-4 at GPT-3 Small, N = 85M non-embedding, falling about as
+      N^-1/3 to 175B; no D term). `lr_ref=None` keeps config.train.lr for every size.
     - Warmup: warmup_fraction of the run's steps, at least min_warmup.
-    - Batch: batch_tokens_ref * (N / n_ref)^batch_exponent tokens, rounded to a power of two
-      sequences (GPT-3's batch grows about as N^0.25). `batch_tokens_ref=0` keeps
-      config.train.batch_size.
+    - Batch: batch_tokens_ref * (N / n_ref)^batch_exponent * (D / tokens_ref)^
+      batch_tokens_exponent tokens, rounded to a power of two sequences (GPT-3's batch
+      grows about as N^0.25). `batch_tokens_ref=0` keeps config.train.batch_size.
+    - `from_fit` builds the lr and batch laws from a fitted hyperparameter law
+      (llm_jax/scaling/hparams.py).
     """
 
     lr_ref: float | None = 6e-4
@@ -200,23 +203,72 @@ class SizeRules:
     min_warmup: int = 10
     batch_tokens_ref: int = 0
     batch_exponent: float = 0.25
+    tokens_ref: float = 1e9
+    lr_tokens_exponent: float = 0.0
+    batch_tokens_exponent: float = 0.0
 
-    def batch_size(self, config: ml_collections.ConfigDict, n_non_embedding: float) -> int:
-        """Global batch in sequences for a model of this size."""
+    def batch_size(
+        self, config: ml_collections.ConfigDict, n_non_embedding: float, tokens: float | None = None
+    ) -> int:
+        """Global batch in sequences for a model of this size (trained on `tokens`)."""
         if not self.batch_tokens_ref:
             return config.train.batch_size
-        tokens = self.batch_tokens_ref * (n_non_embedding / self.n_ref) ** self.batch_exponent
-        return 2 ** max(0, round(math.log2(tokens / config.data.seq_len)))
+        batch_tokens = self.batch_tokens_ref * (n_non_embedding / self.n_ref) ** self.batch_exponent
+        if tokens and self.batch_tokens_exponent:
+            batch_tokens *= (tokens / self.tokens_ref) ** self.batch_tokens_exponent
+        return 2 ** max(0, round(math.log2(batch_tokens / config.data.seq_len)))
 
-    def lr(self, config: ml_collections.ConfigDict, n_non_embedding: float) -> float:
-        """Peak learning rate for a model of this size."""
+    def lr(
+        self, config: ml_collections.ConfigDict, n_non_embedding: float, tokens: float | None = None
+    ) -> float:
+        """Peak learning rate for a model of this size (trained on `tokens`)."""
         if self.lr_ref is None:
             return config.train.lr
-        return min(self.lr_max, self.lr_ref * (self.n_ref / n_non_embedding) ** self.lr_exponent)
+        lr = self.lr_ref * (self.n_ref / n_non_embedding) ** self.lr_exponent
+        if tokens and self.lr_tokens_exponent:
+            lr *= (self.tokens_ref / tokens) ** self.lr_tokens_exponent
+        return min(self.lr_max, lr)
 
     def warmup(self, steps: int) -> int:
         """Warmup steps of a run of `steps` steps."""
         return min(steps, max(self.min_warmup, round(self.warmup_fraction * steps)))
+
+    @classmethod
+    def from_fit(
+        cls, laws: Mapping[str, Any] | str | Path, *, seq_len: int | None = None, **fields
+    ) -> SizeRules:
+        """Rules whose lr (and batch, where a batch law was fitted) follow fitted laws.
+
+        `laws`: what `llm-jax fit --law hparams` stores (fit.json's "hparams" entry, or the
+        fit.json / sweep directory holding it). The laws' reference point (the geometric
+        mean N and D of their optima) becomes n_ref and tokens_ref; a fitted law is not
+        capped (lr_max = inf) unless `fields` say so. A batch law is fitted in sequences:
+        `seq_len` converts it to tokens. `fields` override any other field.
+        """
+        from llm_jax.scaling import hparams  # numpy-only; kept out of sweep-file imports
+
+        if not isinstance(laws, Mapping):
+            laws = hparams.load_laws(laws)
+        lr_law, batch_law = laws.get("train.lr"), laws.get("train.batch_size")
+        if lr_law is None and batch_law is None:
+            raise SweepError("SizeRules.from_fit: no train.lr or train.batch_size law to use")
+        ref = (lr_law or batch_law)["reference"]
+        out: dict[str, Any] = {"n_ref": ref["N"], "tokens_ref": ref["D"], "lr_max": math.inf}
+        if lr_law:
+            out.update(
+                lr_ref=hparams.predict(lr_law, ref["N"], ref["D"]),
+                lr_exponent=-lr_law["exponents"].get("N", 0.0),
+                lr_tokens_exponent=-lr_law["exponents"].get("D", 0.0),
+            )
+        if batch_law:
+            if not seq_len:
+                raise SweepError("SizeRules.from_fit: a batch-size law needs seq_len=")
+            out.update(
+                batch_tokens_ref=round(seq_len * hparams.predict(batch_law, ref["N"], ref["D"])),
+                batch_exponent=batch_law["exponents"].get("N", 0.0),
+                batch_tokens_exponent=batch_law["exponents"].get("D", 0.0),
+            )
+        return cls(**{**out, **fields})
 
 
 def sized_trial(
@@ -240,18 +292,18 @@ def sized_trial(
     shape = shape_for_params(target_n, base, **shape_kwargs)
     overrides = {k: v for k, v in shape.items() if k.startswith("model.")}
     config = apply_overrides(base, overrides)
-    batch = rules.batch_size(config, shape["N_non_embedding"])
-    tokens_per_step = batch * config.data.seq_len
     if budget is not None:
         tokens = budget / getattr(
             flops_lib.flops_per_token(config.model, config.data.seq_len), flops
         )
+    batch = rules.batch_size(config, shape["N_non_embedding"], tokens)
+    tokens_per_step = batch * config.data.seq_len
     steps = max(1, round(tokens / tokens_per_step))
     overrides.update(
         {
             "train.batch_size": batch,
             "train.tokens": steps * tokens_per_step,
-            "train.lr": rules.lr(config, shape["N_non_embedding"]),
+            "train.lr": rules.lr(config, shape["N_non_embedding"], steps * tokens_per_step),
             "train.warmup_steps": rules.warmup(steps),
             "train.eval_every": math.ceil(steps / evals),
         }
