@@ -258,3 +258,25 @@ def test_cli_import_generate_export(tmp_path, hf_tokenizer_dir, capsys):
     assert exported["architectures"] == ["GPT2LMHeadModel"]
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     assert tok.decode(tok("Wherefore art thou")["input_ids"]) == "Wherefore art thou"
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_native_preset_exports_to_transformers(tmp_path, preset):
+    """A model made here (not imported) loads in transformers with the same logits."""
+    import flax.linen as nn
+    import jax
+
+    from llm_jax import config as config_lib
+
+    config = config_lib.apply_preset(config_lib.default_config(), preset)
+    config.model.vocab_size = VOCAB  # padded to 384 rows here, 300 in the export
+    model = Transformer(ModelConfig.from_config(config.model))
+    tokens = _tokens()
+    params = nn.meta.unbox(model.init(jax.random.key(1), tokens)["params"])
+    params = jax.tree.map(lambda p: p * 3, params)  # logits of order 10, not 0.1
+    ours = np.asarray(model.apply({"params": params}, tokens))[..., :VOCAB]
+    io.write_workdir(str(tmp_path / "w"), config, params, None, source="test")
+    io.export_hf(str(tmp_path / "w"), str(tmp_path / "out"))
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert np.abs(ours).max() > 1.0
+    assert np.abs(_hf_logits(reloaded, tokens) - ours).max() < 1e-5 * np.abs(ours).max()
