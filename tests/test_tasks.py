@@ -1,4 +1,5 @@
-"""Tasks: classify (pooling, a run, predict, the genre split), mlm (masking, no leak)."""
+"""Tasks: classify (pooling, a run, predict, the genre split), mlm (masking, no leak),
+sft (packing, completion-only loss)."""
 
 import csv
 import json
@@ -15,7 +16,7 @@ from llm_jax import config as config_lib
 from llm_jax import corpus as corpus_lib
 from llm_jax import tasks as tasks_lib
 from llm_jax.model import ModelConfig, Transformer, pool_hidden
-from llm_jax.tasks import genre, mlm
+from llm_jax.tasks import genre, mlm, sft
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,75 @@ def test_mlm_run_reports_masked_accuracy(corpus, tmp_path):
     assert 0.0 <= result["val/mlm_accuracy"] <= 1.0 and result["val/mlm_loss"] > 0
     saved = json.load(open(tmp_path / "mlm" / "config.json"))
     assert saved["model"]["mask_token"] is True
+
+
+class _ByteTokenizer:
+    """One token per byte (+4), eos 2: enough to pack and weight examples."""
+
+    eos_id = 2
+
+    def encode(self, text):
+        return [b + 4 for b in text.encode()]
+
+
+def test_sft_packs_whole_examples_and_weights_only_completions():
+    pairs = [("ab", "cd"), ("efg", "h"), ("ijklmnop", "qr"), ("s" * 20, "tuv")]
+    encoded = [sft.encode_example(_ByteTokenizer(), p, c, 8) for p, c in pairs]
+    assert [cut for *_, cut in encoded] == [False, False, True, True]
+    assert encoded[3][0][-4:] == [ord("t") + 4, ord("u") + 4, ord("v") + 4, 2]  # prompt cut
+    rows = sft.pack([(ids, n) for ids, n, _ in encoded], 8)
+    # each example sits whole in one row: its token count there is len(ids) - 1
+    counts = sorted(
+        int((rows["segment_ids"][r] == s).sum())
+        for r in range(len(rows["inputs"]))
+        for s in set(rows["segment_ids"][r]) - {0}
+    )
+    assert counts == sorted(len(ids) - 1 for ids, _, _ in encoded)
+    completion_targets = rows["targets"][rows["weights"] > 0]
+    assert sorted(completion_targets.tolist()) == sorted(
+        t for ids, n, _ in encoded for t in ids[n:]
+    )
+
+
+def test_sft_prompt_targets_carry_no_gradient():
+    config = config_lib.default_config()
+    config.task.name = "sft"
+    model, params = _tiny_model()
+    examples = [([5, 6, 7, 8, 9, 10, 2], 4), ([11, 12, 13, 2], 2), ([14, 15, 16, 17, 2], 3)]
+    batch = {k: jnp.asarray(v) for k, v in sft.pack(examples, 8).items()}
+    objective = tasks_lib.objective(config)
+
+    def grads(b):
+        return jax.grad(lambda p: objective.sums(model, p, b, None, True)[0])(params)
+
+    prompt = (batch["weights"] == 0) & (batch["segment_ids"] > 0)
+    assert prompt.any()
+    other = dict(batch, targets=jnp.where(prompt, (batch["targets"] + 1) % 64, batch["targets"]))
+    jax.tree.map(np.testing.assert_array_equal, grads(batch), grads(other))
+    prompt_only = dict(batch, weights=jnp.zeros_like(batch["weights"]))
+    assert all(not np.asarray(g).any() for g in jax.tree.leaves(grads(prompt_only)))
+
+
+def test_sft_run_on_a_jsonl_with_messages(corpus, tmp_path):
+    glob, cache, _ = corpus
+    rows = tmp_path / "chat.jsonl"
+    with open(rows, "w") as f:
+        for i in range(40):
+            messages = [
+                {"role": "user", "content": f"say {i % 3}"},
+                {"role": "assistant", "content": "king"},
+            ]
+            row = (
+                {"messages": messages}
+                if i % 2
+                else {"prompt": f"say {i % 3}", "completion": " king"}
+            )
+            f.write(json.dumps(row) + "\n")
+    config = tiny_config(
+        glob, cache, task__name="sft", task__path=str(rows), data__val_batch_size=8
+    )
+    result = trainer.train_and_evaluate(config, str(tmp_path / "sft"))
+    assert 0.0 <= result["val/exact_match"] <= 1.0 and result["val/completion_loss"] > 0
+    assert sft.render_messages(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "lo"}]
+    ) == ("user: hi\nassistant:", " lo")
