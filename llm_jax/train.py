@@ -4,8 +4,10 @@ Everything here is built without allocating an array: the model, the optimizer a
 schedule, the abstract train state (ShapeDtypeStructs carrying their NamedShardings),
 the batch sharding and the jitted `train_step`, `eval_step` and `init_state`. The
 trainer, the bench and `llm-jax plan` all run this same step; call it under
-`setup.context()` (the mesh and the logical-axis rules). State, batch and loss
-contracts are in docs/ARCHITECTURE.md.
+`setup.context()` (the mesh and the logical-axis rules). The step is the same for every
+task: what it minimises and what evaluation computes come from the task's `Objective`
+(llm_jax/tasks/; next-token loss by default). State, batch and loss contracts are in
+docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Tr
     """The jitted step and the abstract, sharded train state, without allocating arrays."""
     model = Transformer(ModelConfig.from_config(config.model))
     total_steps = config_lib.train_steps(config)
-    optimizer, schedule = optim.make_optimizer(config.train, total_steps)
+    optimizer, schedule = optim.make_optimizer(config.train, total_steps, config.model)
     optimizer = finetune.freeze(optimizer, config.finetune.freeze)
     task = tasks_lib.objective(config)
     init_tokens = jnp.zeros((1, 8), jnp.int32)  # parameter shapes do not depend on these
