@@ -225,3 +225,20 @@ def test_sft_run_on_a_jsonl_with_messages(corpus, tmp_path):
     assert sft.render_messages(
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "lo"}]
     ) == ("user: hi\nassistant:", " lo")
+
+
+def test_example_iterator_resumes_exactly_and_covers_each_epoch():
+    examples = {"x": np.arange(10), "y": np.arange(10) * 2}
+    it = tasks_lib.ExampleIterator(examples, batch_size=4, seed=3, process_index=0, process_count=1)
+    first_epoch = np.concatenate([next(it)["x"] for _ in range(2)] + [next(it)["x"][:2]])
+    assert sorted(first_epoch) == list(range(10))  # 12 rows: one epoch, then 2 of the next
+    state = it.get_state()
+    ahead = [next(it) for _ in range(3)]
+    again = tasks_lib.ExampleIterator(
+        examples, batch_size=4, seed=3, process_index=0, process_count=1
+    )
+    again.set_state(state)
+    for want in ahead:
+        got = next(again)
+        np.testing.assert_array_equal(got["x"], want["x"])
+        np.testing.assert_array_equal(got["y"], 2 * got["x"])
