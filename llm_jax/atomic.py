@@ -15,6 +15,15 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Replace `path` with `data` atomically, creating its directory if needed."""
     path = Path(path)
@@ -23,6 +32,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -46,6 +46,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
+from llm_jax import trees
 from llm_jax.errors import UserError
 from llm_jax.preemption import PreemptionGuard
 
@@ -87,16 +88,12 @@ def fingerprints(state: Any) -> dict[str, int]:
     sharding = getattr(arrays[0], "sharding", None) if arrays else None
     mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
     values = jax.device_get(_fingerprinter(mesh)(arrays))
-    return {_path_str(p): int(v) for (p, _), v in zip(leaves, values, strict=True)}
-
-
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+    return {trees.path_str(p): int(v) for (p, _), v in zip(leaves, values, strict=True)}
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_str(p): tuple(getattr(x, "shape", ())) for p, x in leaves}
+    return {trees.path_str(p): tuple(getattr(x, "shape", ())) for p, x in leaves}
 
 
 def _differences(saved: dict, current: dict) -> list[str]:
@@ -294,6 +291,36 @@ class Checkpointer:
         finally:
             manager.close()
 
+    def restore_verified_subtree(
+        self, abstract: dict[str, Any], model: dict[str, Any] | None = None, step: int | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """(step, entries) of `abstract` (e.g. params) from the newest checkpoint that reads
+        and matches its fingerprints, or from `step` only. Read-only: nothing is moved.
+        """
+        steps = self.steps()
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {self.directory} yet")
+        if step is not None and step not in steps:
+            raise CheckpointError(
+                f"no checkpoint at step {step} in {self.directory}; saved steps: "
+                f"{', '.join(map(str, steps))}"
+            )
+        failures: list[str] = []
+        for candidate in [step] if step is not None else reversed(steps):
+            try:
+                entries = self.restore_subtree(candidate, abstract, model)
+                why = _checksum_mismatch(entries, self.read_meta(candidate), partial=True)
+            except CheckpointError:  # another model shape: the user's to fix
+                raise
+            except Exception as e:  # noqa: BLE001 - any read failure makes it unusable
+                why = _first_line(e)
+            if not why:
+                if failures:
+                    log.warning("warning: skipped newer checkpoints (%s)", "; ".join(failures))
+                return candidate, entries
+            failures.append(f"step {candidate}: {why}")
+        raise CheckpointError(f"no checkpoint in {self.directory} restores ({'; '.join(failures)})")
+
     def wait(self) -> None:
         """Block until pending asynchronous saves are committed."""
         self._manager.wait_until_finished()
@@ -304,13 +331,16 @@ class Checkpointer:
         self._manager.close()
 
 
-def _checksum_mismatch(state: Any, meta: Any) -> str:
-    """'' if the restored arrays match the fingerprints saved with them (or none were)."""
+def _checksum_mismatch(state: Any, meta: Any, partial: bool = False) -> str:
+    """'' if the restored arrays match the fingerprints saved with them (or none were).
+
+    `partial`: `state` holds only some entries (e.g. the params); only those are checked.
+    """
     expected = meta.get("checksums") if isinstance(meta, dict) else None
     if expected is None:  # a checkpoint from before fingerprints
         return ""
     got = fingerprints(state)
-    bad = [k for k in expected if got.get(k) != expected[k]]
+    bad = [k for k in expected if got.get(k) != expected[k] and (k in got or not partial)]
     return f"checksum mismatch in {', '.join(bad[:3])}" if bad else ""
 
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+# EX_TEMPFAIL: stopped by a signal after saving; rerunning the same command resumes. The
+# trainer exits with it and the sweep runner reads it.
+PREEMPTED_EXIT_CODE = 75
+
 
 class PreemptionGuard:
     """While active, SIGTERM and SIGINT set `requested` instead of killing the process.

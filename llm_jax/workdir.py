@@ -89,19 +89,11 @@ def restore_params(
         mesh = sharding_lib.make_mesh(mesh_cfg)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, CHECKPOINTS_DIR), read_only=True)
     try:
-        steps = checkpointer.steps()
-        if not steps:
-            raise ckpt_lib.CheckpointError(f"no checkpoint in {workdir}/{CHECKPOINTS_DIR} yet")
-        if step is not None and step not in steps:
-            raise ckpt_lib.CheckpointError(
-                f"no checkpoint at step {step} in {workdir}; saved steps: "
-                f"{', '.join(map(str, steps))}"
-            )
-        step = steps[-1] if step is None else step
         from llm_jax.train import abstract_params
 
         target = {"params": abstract_params(config.model, mesh)}
-        params = checkpointer.restore_subtree(step, target, config.model.to_dict())["params"]
+        _, restored = checkpointer.restore_verified_subtree(target, config.model.to_dict(), step)
+        params = restored["params"]
     finally:
         checkpointer.close()
     return config, params

@@ -10,9 +10,8 @@ import time
 from collections.abc import Sequence
 
 from llm_jax.cli import args as args_lib
-from llm_jax.preemption import PreemptionGuard
+from llm_jax.preemption import PREEMPTED_EXIT_CODE, PreemptionGuard
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint saved, rerun the same command to resume
 PARENT_ENV = "LLM_JAX_DIE_WITH_PARENT"  # set by the sweep runner to its pid
 _PR_SET_PDEATHSIG = 1
 

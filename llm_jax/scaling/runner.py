@@ -49,12 +49,11 @@ from pathlib import Path
 
 from llm_jax import atomic
 from llm_jax import lease as lease_lib
+from llm_jax.preemption import PREEMPTED_EXIT_CODE
 from llm_jax.scaling import collect as collect_lib
 from llm_jax.scaling import results as results_io
 from llm_jax.scaling import sweep as sweep_lib
 
-PREEMPTED_EXIT_CODE = 75  # llm_jax.train's "checkpoint saved, rerun to resume" (not imported:
-#                           importing train pulls in JAX, which the runner does not need)
 PARENT_ENV = "LLM_JAX_DIE_WITH_PARENT"  # read by `llm-jax train` (llm_jax.cli.train)
 HEARTBEAT_S = 30.0  # refresh of a running attempt's end time in status.json
 QUIET_REPORT_S = 300.0  # off a terminal: a status line at least this often
