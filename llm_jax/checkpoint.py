@@ -76,19 +76,23 @@ def _leaf_fingerprint(x: jax.Array) -> jax.Array:
 
 @functools.lru_cache(maxsize=4)
 def _fingerprinter(mesh: jax.sharding.Mesh | None):
-    """One jitted function per mesh, its results replicated (readable on every host)."""
+    """One jitted function per mesh, its result replicated (readable on every host)."""
     out = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(lambda xs: [_leaf_fingerprint(x) for x in xs], out_shardings=out)
+    return jax.jit(_leaf_fingerprint, out_shardings=out)
 
 
 def fingerprints(state: Any) -> dict[str, int]:
-    """Path -> fingerprint of every array of `state` (a collective on multi-host runs)."""
+    """Path -> fingerprint of every array of `state` (a collective on multi-host runs).
+
+    Leaf by leaf: the temporaries of one array at a time, not of the whole state (an 8B
+    import must fit its host).
+    """
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-    arrays = [x for _, x in leaves]
-    sharding = getattr(arrays[0], "sharding", None) if arrays else None
-    mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
-    values = jax.device_get(_fingerprinter(mesh)(arrays))
-    return {trees.path_str(p): int(v) for (p, _), v in zip(leaves, values, strict=True)}
+    sharding = getattr(leaves[0][1], "sharding", None) if leaves else None
+    fingerprint = _fingerprinter(
+        sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
+    )
+    return {trees.path_str(p): int(jax.device_get(fingerprint(x))) for p, x in leaves}
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -39,6 +39,7 @@ ParamDtype = Literal["float32", "bfloat16"]
 Remat = Literal["none", "full", "save_dots", "save_qkv", "save_proj"]
 AttentionImpl = Literal["auto", "xla", "cudnn"]
 Pool = Literal["last", "mean"]
+Parametrization = Literal["sp", "mup"]
 MODEL_CHOICES = {
     "positions": Positions,
     "rope_scaling": RopeScaling,
@@ -50,6 +51,7 @@ MODEL_CHOICES = {
     "remat": Remat,
     "attention_impl": AttentionImpl,
     "pool": Pool,
+    "parametrization": Parametrization,
 }
 
 # Model shapes users know. Each entry overrides `config.model` fields.
@@ -176,7 +178,6 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     c.model = m = ml_collections.ConfigDict()
-    m.preset = ""  # informative: the MODEL_PRESETS entry this shape came from
     m.vocab_size = 512  # real tokens; the tokenizer is trained to this size
     m.vocab_multiple = 128  # embedding rows padded to a multiple of this, for speed
     m.d_model = 64
@@ -211,6 +212,10 @@ def default_config() -> ml_collections.ConfigDict:
     m.embed_scale = False  # multiply token embeddings by sqrt(d_model) (2017 paper)
     m.init_std = 0.02
     m.scaled_residual_init = True  # output projections init std / sqrt(2 * n_layers)
+    # sp (standard) | mup: init, Adam LRs, attention and logit scales follow µP relative to
+    # a base model of width mup_base_width (0: d_model itself); rules in llm_jax/mup.py
+    m.parametrization = "sp"
+    m.mup_base_width = 0
     m.dropout = 0.0
     m.dtype = "float32"  # compute dtype; bfloat16 on accelerators
     m.param_dtype = "float32"
@@ -316,7 +321,6 @@ def apply_preset(config: ml_collections.ConfigDict, name: str) -> ml_collections
             f"unknown model preset {name!r}; choose one of: {', '.join(sorted(MODEL_PRESETS))}"
         )
     config.model.update(MODEL_PRESETS[name])
-    config.model.preset = name
     return config
 
 
@@ -510,6 +514,7 @@ _RANGES = (
     ("model.dropout", 0.0, 1.0, True, False),
     ("checkpoint.keep_every", 0, None, True, None),
     ("model.num_classes", 0, None, True, None),
+    ("model.mup_base_width", 0, None, True, None),
     ("task.mask_rate", 0.0, 1.0, False, False),
 )
 

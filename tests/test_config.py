@@ -12,7 +12,7 @@ def test_every_preset_validates(name):
     c = cfg.apply_preset(cfg.default_config(), name)
     c.data.seq_len = min(c.data.seq_len, c.model.max_seq_len)
     cfg.validate(c)
-    assert c.model.preset == name
+    assert all(c.model[k] == v for k, v in cfg.MODEL_PRESETS[name].items())
 
 
 def test_unknown_preset_names_the_choices():
