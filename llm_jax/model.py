@@ -49,6 +49,7 @@ import ml_collections
 from jax.ad_checkpoint import checkpoint_name
 
 from llm_jax import config as config_lib
+from llm_jax import mup
 
 # Logits of the vocabulary padding columns: exp() of it is exactly 0 in float32, and
 # unlike -inf it stays finite under temperature scaling and 0 * logit in a loss.
@@ -113,6 +114,8 @@ class ModelConfig:
     scan_layers: bool
     remat: config_lib.Remat
     attention_impl: config_lib.AttentionImpl
+    parametrization: config_lib.Parametrization
+    mup_base_width: int
 
     @classmethod
     def from_config(cls, model_cfg: ml_collections.ConfigDict) -> ModelConfig:
@@ -143,9 +146,10 @@ def _param(module: nn.Module, name: str, shape: tuple, axes: tuple, init) -> jax
 def _init_std(cfg: ModelConfig, residual_output: bool) -> float:
     # Output projections feed the residual stream 2 * n_layers times; scaling their init
     # keeps the stream's variance independent of depth (GPT-2).
+    std = cfg.init_std * mup.hidden_init_scale(cfg)  # only hidden matrices come here
     if residual_output and cfg.scaled_residual_init:
-        return cfg.init_std / math.sqrt(2 * cfg.n_layers)
-    return cfg.init_std
+        return std / math.sqrt(2 * cfg.n_layers)
+    return std
 
 
 class Norm(nn.Module):
@@ -344,6 +348,7 @@ class Attention(nn.Module):
                 v_BxSxGxK,
                 mask=mask_Bx1xLxS,
                 is_causal=mask_Bx1xLxS is None and s.causal,
+                scale=mup.attention_scale(s),
                 implementation=choose_attention_impl(s, self.decode),
             )
         out_BxLxHxK = nn.with_logical_constraint(out_BxLxHxK, ACTIVATION_HEADS["heads"])
@@ -373,7 +378,7 @@ class Attention(nn.Module):
         q_BxLxGxRxK = q_BxLxHxK.reshape(B, L, G, H // G, K)
         scores_BxGxRxLxS = jnp.einsum(
             "BLGRK,BSGK->BGRLS", q_BxLxGxRxK, k_BxSxGxK, preferred_element_type=jnp.float32
-        ) / math.sqrt(K)
+        ) * mup.attention_scale(self.config)
         scores_BxGxRxLxS = jnp.where(
             mask_Bx1xLxS[:, :, None], scores_BxGxRxLxS, jnp.finfo(jnp.float32).min
         )
@@ -594,6 +599,7 @@ class Transformer(nn.Module):
             logits_BxLxV = jnp.einsum(
                 "BLD,DV->BLV", x_BxLxD, head_DxV, preferred_element_type=jnp.float32
             )
+        logits_BxLxV = mup.scale_logits(s, logits_BxLxV)
         logits_BxLxV = nn.with_logical_constraint(
             logits_BxLxV, ("activation_batch", "activation_length", "activation_vocab")
         )

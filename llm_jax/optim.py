@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from llm_jax import trees
+from llm_jax import mup, trees
 
 Schedule = Callable[[jax.Array | int], jax.Array]
 
@@ -91,9 +91,17 @@ def weight_decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
 
 
 def make_optimizer(
-    train_cfg: ml_collections.ConfigDict, total_steps: int
+    train_cfg: ml_collections.ConfigDict,
+    total_steps: int,
+    model_cfg: ml_collections.ConfigDict | None = None,
 ) -> tuple[optax.GradientTransformation, Schedule]:
-    """AdamW (with masked decay) after global-norm clipping; returns (optimizer, schedule)."""
+    """AdamW (with masked decay) after global-norm clipping; returns (optimizer, schedule).
+
+    Under µP (`model_cfg.parametrization == 'mup'`) each parameter's update is then
+    scaled by its partition's learning-rate multiplier (llm_jax/mup.py): AdamW's update,
+    decoupled decay included, is proportional to the learning rate, so this is AdamW at
+    lr x multiplier per partition, with no extra optimizer state.
+    """
     schedule = make_schedule(train_cfg, total_steps)
     adamw = optax.adamw(
         learning_rate=schedule,
@@ -103,6 +111,16 @@ def make_optimizer(
         weight_decay=train_cfg.weight_decay,
         mask=lambda p: weight_decay_mask(p, train_cfg.decay_embeddings),
     )
+    if model_cfg is not None and model_cfg.parametrization == "mup":
+        multipliers = mup.lr_multipliers(model_cfg)
+        adamw = optax.chain(
+            adamw,
+            optax.stateless(
+                lambda updates, _params: jax.tree.map(
+                    lambda u, label: u * multipliers[label], updates, mup.param_labels(updates)
+                )
+            ),
+        )
     if train_cfg.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), adamw), schedule
     return adamw, schedule
