@@ -11,6 +11,7 @@ from llm_jax import mup
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
 from llm_jax.model import ModelConfig
+from llm_jax.scaling import sweep
 
 VOCAB = 64
 
@@ -99,3 +100,15 @@ def test_coordinate_check_flat_under_mup_growing_under_sp():
     assert np.all(np.abs(np.log(mup_coords[-1] / mup_coords[1])) < np.log(1.25))
     assert np.all(sp_coords[-1, :-1] / sp_coords[0, :-1] > 10)  # the residual stream
     assert sp_coords[-1, -1] / sp_coords[0, -1] > 3  # the logits
+
+
+def test_size_rules_mup_mode_keeps_one_learning_rate_across_sizes():
+    base = tiny_train_config()
+    rules = sweep.SizeRules(lr_ref=3e-3, mup_base_width=64)
+    trials = sweep.model_sizes(base, [3e4, 3e5], tokens=2e5, rules=rules, head_dim=16)
+    assert len({t.overrides["model.d_model"] for t in trials}) == 2
+    for t in trials:
+        assert t.overrides["train.lr"] == 3e-3
+        assert t.overrides["model.parametrization"] == "mup"
+        assert t.overrides["model.mup_base_width"] == 64
+    assert sweep.SizeRules().lr(base, 3e5) != sweep.SizeRules().lr(base, 3e4)  # SP rules

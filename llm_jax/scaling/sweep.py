@@ -193,6 +193,9 @@ class SizeRules:
       grows about as N^0.25). `batch_tokens_ref=0` keeps config.train.batch_size.
     - `from_fit` builds the lr and batch laws from a fitted hyperparameter law
       (llm_jax/scaling/hparams.py).
+    - µP mode (`mup_base_width` > 0): every size trains under µP relative to that width
+      (llm_jax/mup.py) at one learning rate, lr_ref (or config.train.lr when None), tuned
+      once at the base width: µP's per-tensor multipliers do the width scaling.
     """
 
     lr_ref: float | None = 6e-4
@@ -206,6 +209,7 @@ class SizeRules:
     tokens_ref: float = 1e9
     lr_tokens_exponent: float = 0.0
     batch_tokens_exponent: float = 0.0
+    mup_base_width: int = 0
 
     def batch_size(
         self, config: ml_collections.ConfigDict, n_non_embedding: float, tokens: float | None = None
@@ -222,8 +226,8 @@ class SizeRules:
         self, config: ml_collections.ConfigDict, n_non_embedding: float, tokens: float | None = None
     ) -> float:
         """Peak learning rate for a model of this size (trained on `tokens`)."""
-        if self.lr_ref is None:
-            return config.train.lr
+        if self.lr_ref is None or self.mup_base_width:
+            return config.train.lr if self.lr_ref is None else self.lr_ref
         lr = self.lr_ref * (self.n_ref / n_non_embedding) ** self.lr_exponent
         if tokens and self.lr_tokens_exponent:
             lr *= (self.tokens_ref / tokens) ** self.lr_tokens_exponent
@@ -308,6 +312,10 @@ def sized_trial(
             "train.eval_every": math.ceil(steps / evals),
         }
     )
+    if rules.mup_base_width:
+        overrides.update(
+            {"model.parametrization": "mup", "model.mup_base_width": rules.mup_base_width}
+        )
     d, n_layers = overrides["model.d_model"], overrides["model.n_layers"]
     tags = {"target_N": target_n}
     name = f"{name_prefix}d{d}-L{n_layers}"
