@@ -281,9 +281,12 @@ class MetricsWriter:
 
 
 def duration(seconds: float) -> str:
-    """'h:mm:ss'."""
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
+    """A time span as people read it: '120 ms', '7.5 s', '0:02:05' (h:mm:ss from a minute)."""
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    if seconds < 60:
+        return f"{seconds:.3g} s"
+    h, rem = divmod(int(round(seconds)), 3600)
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
 
 

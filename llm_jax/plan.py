@@ -32,6 +32,7 @@ import ml_collections
 
 from llm_jax import config as config_lib
 from llm_jax import flops as flops_lib
+from llm_jax import metrics as metrics_lib
 from llm_jax import sharding as sharding_lib
 from llm_jax import tpu_env
 from llm_jax import train as train_lib
@@ -294,10 +295,6 @@ def _size(n: float) -> str:
     return _gib(n) if abs(n) >= GiB / 10 else f"{n / 2**20:.1f} MiB"
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
-
-
 def _does_not_fit(needed: int, hbm: int, devices: int, mesh: dict[str, int], remat: str) -> str:
     """The one-line verdict with the changes that cut memory, those already made left out."""
     need = _gib(needed) if needed else "more than the HBM"
@@ -349,10 +346,11 @@ def format_report(report: PlanReport) -> str:
     )
     lines += [
         f"flops     {r.model_flops_per_step:.3e} model FLOPs per step{xla}",
-        f"speed     at 100% of peak: {_duration(r.step_seconds_at_peak)} per step, "
+        f"speed     at 100% of peak: {metrics_lib.duration(r.step_seconds_at_peak)} per step, "
         f"{r.tokens_per_second_at_peak:,.0f} tokens/s",
-        f"          at {100 * r.assumed_mfu:.0f}% MFU: {_duration(r.step_seconds_at_mfu)} per "
-        f"step, {r.tokens_per_second_at_mfu:,.0f} tokens/s",
+        f"          at {100 * r.assumed_mfu:.0f}% MFU: "
+        f"{metrics_lib.duration(r.step_seconds_at_mfu)} per step, "
+        f"{r.tokens_per_second_at_mfu:,.0f} tokens/s",
         f"compiled  in {r.compile_seconds:.1f} s"
         + (f"; executable saved to {r.executable_path}" if r.executable_path else ""),
     ]

@@ -49,6 +49,7 @@ from pathlib import Path
 
 from llm_jax import atomic
 from llm_jax import lease as lease_lib
+from llm_jax import metrics as metrics_lib
 from llm_jax.preemption import PREEMPTED_EXIT_CODE
 from llm_jax.scaling import collect as collect_lib
 from llm_jax.scaling import results as results_io
@@ -154,15 +155,6 @@ class _Running:
         return status
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-        if seconds >= 3600
-        else (f"{seconds // 60}m{seconds % 60:02d}s")
-    )
-
-
 class _Eta:
     """Seconds left: FLOPs left over the FLOP/s that finished trials achieved."""
 
@@ -243,7 +235,7 @@ def _status_line(outcome: dict, running: list, queue: list, eta: _Eta, total: in
         )
     left = eta.left(queue, running)
     if left is not None:
-        parts.append(f"ETA {_duration(left)}")
+        parts.append(f"ETA {metrics_lib.duration(left)}")
     return " | ".join(parts)
 
 
@@ -269,7 +261,7 @@ def _finished(r: _Running, eta: _Eta, out: _Reporter) -> str:
     seconds = time.time() - r.start
     if status == "done":
         eta.add(r.plan["C_detailed"], seconds)
-        out.event(f"[sweep] done  {r.trial.name} in {_duration(seconds)}")
+        out.event(f"[sweep] done  {r.trial.name} in {metrics_lib.duration(seconds)}")
     else:
         tail = _tail(r.dir / "train.log", 1)
         out.event(
