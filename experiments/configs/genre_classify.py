@@ -17,7 +17,7 @@ def get_config():
     """128-token passages, 300 steps of 16, a fine-tuning learning rate."""
     config = default_config()
     config.task.name = "classify"
-    config.model.pool = "last"
+    config.model.pool = "mean"  # beat "last" from scratch and fine-tuned (README table)
     config.data.seq_len = 128
     config.data.val_batch_size = 64
     config.train.update(
