@@ -10,7 +10,7 @@
 TensorBoard files are written without TensorFlow: a tfevents file is a sequence of
 records (uint64 length, masked crc32c of the length, an `Event` protocol buffer,
 masked crc32c of the data); the few protobuf fields needed are encoded by hand.
-`mfu` is model FLOPs per second over the peak of the devices in `PEAK_FLOPS`
+`mfu` is model FLOPs per second over the peak of the devices in `chips.PEAK_FLOPS`
 (dense bf16), null when the device is not in the table (e.g. CPU).
 """
 
@@ -29,30 +29,6 @@ from typing import IO, Any
 from llm_jax import atomic
 
 log = logging.getLogger(__name__)
-
-# Dense bf16 peak FLOP/s per device, matched as a substring of `device.device_kind`,
-# most specific first.
-PEAK_FLOPS: tuple[tuple[str, float], ...] = (
-    ("h200", 989e12),
-    ("h100 pcie", 756e12),
-    ("h100", 989e12),
-    ("a100", 312e12),
-    ("tpu v6", 918e12),  # v6e ("TPU v6 lite")
-    ("tpu v5 lite", 197e12),
-    ("tpu v5e", 197e12),
-    ("tpu v5", 459e12),  # v5p
-    ("tpu v4", 275e12),
-)
-
-
-def peak_flops(device_kind: str) -> float | None:
-    """Peak dense bf16 FLOP/s of one device of this kind, or None when unknown."""
-    kind = device_kind.lower()
-    for key, value in PEAK_FLOPS:
-        if key in kind:
-            return value
-    return None
-
 
 # --- TensorBoard event files ---------------------------------------------------------------
 

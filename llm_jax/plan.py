@@ -36,9 +36,9 @@ from llm_jax import metrics as metrics_lib
 from llm_jax import sharding as sharding_lib
 from llm_jax import tpu_env
 from llm_jax import train as train_lib
+from llm_jax.chips import CHIPS, Chip, GiB
 from llm_jax.config import ConfigError
 
-GiB = 2**30
 DEFAULT_MFU = 0.4
 LIBTPU_HINT = (
     "llm-jax plan compiles for TPU topologies with the libtpu wheel, which is not "
@@ -53,25 +53,6 @@ class LibtpuMissing(RuntimeError):
 
 # --- chips and topologies ------------------------------------------------------------------
 
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-    """One TPU generation, as libtpu and the price list see it."""
-
-    generation: str  # the name users write: v4, v5e, v5p, v6e
-    topology_prefix: str  # libtpu's: 'v5:4x4x8' is a v5p slice
-    chip_config: str  # megacore: the chip's two TensorCores form one JAX device
-    cores_per_chip: int  # v4/v5p names count TensorCores (v5p-8 = 4 chips), v5e/v6e chips
-    hbm_bytes: int
-    peak_flops: float  # dense bf16 FLOP/s per chip
-
-
-CHIPS: dict[str, Chip] = {
-    "v4": Chip("v4", "v4", "megacore", 2, 32 * GiB, 275e12),
-    "v5e": Chip("v5e", "v5e", "default", 1, 16 * GiB, 197e12),
-    "v5p": Chip("v5p", "v5", "megacore", 2, 95 * GiB, 459e12),
-    "v6e": Chip("v6e", "v6e", "default", 1, 32 * GiB, 918e12),
-}
 
 # Physical chip layouts of the common slice sizes, by chip count.
 _TORUS_3D = {  # v4, v5p

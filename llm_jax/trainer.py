@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from llm_jax import atomic, finetune
+from llm_jax import atomic, chips, finetune
 from llm_jax import checkpoint as ckpt_lib
 from llm_jax import config as config_lib
 from llm_jax import lease as lease_lib
@@ -138,7 +138,7 @@ class Trainer:
         t, seq_len = config.train, config.data.seq_len
         self.tokens_per_step = t.batch_size * seq_len
         self.flops_per_token = flops_lib.flops_per_token(config.model, seq_len).detailed
-        peak = metrics_lib.peak_flops(jax.devices()[0].device_kind)
+        peak = chips.peak_flops(jax.devices()[0].device_kind)
         self.peak_total = peak * jax.device_count() if peak else None
         self.checkpointer = ckpt_lib.Checkpointer(
             os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR),
@@ -212,10 +212,14 @@ class Trainer:
         restored = self.checkpointer.restore_latest(
             self.setup.abstract_state, self.config.model.to_dict()
         )
+        directory = self.checkpointer.directory
+        if restored is None and self.config.init.state:  # a branch's first start
+            restored = finetune.branch_point(self.config, self.setup.abstract_state)
+            directory = os.path.join(self.config.init.workdir, workdir_lib.CHECKPOINTS_DIR)
         if restored is None:
             return finetune.initial_state(self.config, self.setup)
         latest, state, meta = restored
-        self.restored_from = os.path.join(self.checkpointer.directory, str(latest))
+        self.restored_from = os.path.join(directory, str(latest))
         self._saved_window = meta.get("window", [])
         hosts = meta["data"]
         if len(hosts) != jax.process_count():

@@ -7,7 +7,7 @@ import struct
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from llm_jax import metrics
+from llm_jax import chips, metrics
 
 
 def _event_class():
@@ -102,7 +102,7 @@ def test_jsonl_rows_nan_and_truncate(tmp_path):
     ],
 )
 def test_peak_flops_table(kind, peak):
-    assert metrics.peak_flops(kind) == peak
+    assert chips.peak_flops(kind) == peak
 
 
 class _Terminal(io.StringIO):

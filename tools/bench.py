@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm_jax import chips
 from llm_jax import config as config_lib
 from llm_jax import flops as flops_lib
-from llm_jax import metrics as metrics_lib
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
 
@@ -102,7 +102,7 @@ def main(argv=None) -> None:
     per_token = flops_lib.flops_per_token(config.model, args.seq_len).detailed
     tflops = tokens_per_s * per_token / 1e12
     device = jax.devices()[0]
-    peak = metrics_lib.peak_flops(device.device_kind)
+    peak = chips.peak_flops(device.device_kind)
     mfu = tflops * 1e12 / (peak * jax.device_count()) if peak else None
     stats = device.memory_stats() or {}
     peak_mem = stats.get("peak_bytes_in_use")
