@@ -309,6 +309,9 @@ def _add_stage_two_sections(c: ml_collections.ConfigDict) -> None:
     c.init = i = ml_collections.ConfigDict()
     i.workdir = ""  # a training workdir whose params start this run (fresh optimizer, step 0)
     i.step = -1  # its checkpoint to read; -1: the latest
+    # True: take that checkpoint's whole train state (params, optimizer, step, data
+    # position), continuing the run there under this config (WSD cooldown branches)
+    i.state = False
     c.finetune = f = ml_collections.ConfigDict()
     # param-path patterns kept frozen, e.g. ('token_embed', 'layer_0/*'); '/' joins names
     f.freeze = ()
@@ -615,8 +618,10 @@ def _check_task(config: ml_collections.ConfigDict) -> None:
             f"config.model.num_classes={m.num_classes} (a classification head) needs "
             "task.name='classify'; set model.num_classes=0 for other tasks"
         )
-    if config.init.step >= 0 and not config.init.workdir:
-        raise ConfigError("config.init.step needs config.init.workdir (the run to start from)")
+    if (config.init.step >= 0 or config.init.state) and not config.init.workdir:
+        raise ConfigError(
+            "config.init.step and init.state need config.init.workdir (the run to start from)"
+        )
 
 
 def train_steps(config: ml_collections.ConfigDict) -> int:

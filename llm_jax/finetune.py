@@ -11,6 +11,11 @@ are copied (a shape that differs is a one-line error), params only this model ha
 classification head) keep their fresh init, params only the source has (its LM head
 under a classifier) are left out; the log line names both.
 
+With `config.init.state`, `branch_point` reads that checkpoint's whole train state
+instead (params, optimizer state, step, data position): the run continues the source
+exactly, under its own config (a WSD cooldown branch, llm_jax/scaling/sweep.py); the
+trainer restores it as it resumes its own checkpoints.
+
 `config.finetune.freeze` lists param-path patterns ('/' joins module names: e.g.
 'token_embed', 'layer_0/*', 'layers/attn/*'); `freeze` masks the optimizer so their
 updates are exactly zero (gradients zeroed before it, so they do not count in clipping,
@@ -125,6 +130,29 @@ def initial_state(config: ml_collections.ConfigDict, setup) -> dict:
         _, source = workdir_lib.restore_params(source_dir, setup.mesh, step)
     where = f"{source_dir} (step {step if step is not None else 'latest'})"
     return dict(state, params=init_params(state["params"], source, where))
+
+
+def branch_point(config: ml_collections.ConfigDict, abstract_state: Any) -> tuple[int, Any, dict]:
+    """(step, state, meta) of `config.init.workdir`'s checkpoint at `config.init.step`
+    (-1: its latest), onto this run's shardings; what `Trainer` restores a branch from."""
+    from llm_jax import checkpoint as ckpt_lib
+    from llm_jax import workdir as workdir_lib
+
+    source_dir = config.init.workdir
+    checkpointer = ckpt_lib.Checkpointer(
+        os.path.join(source_dir, workdir_lib.CHECKPOINTS_DIR), read_only=True
+    )
+    try:
+        step = config.init.step if config.init.step >= 0 else checkpointer.latest_step()
+        if step not in checkpointer.steps():
+            raise ckpt_lib.CheckpointError(
+                f"init.workdir {source_dir} has no checkpoint at step {step} (it has "
+                f"{checkpointer.steps() or 'none'}); keep it with checkpoint.keep_every"
+            )
+        state, meta = checkpointer.restore(step, abstract_state, config.model.to_dict())
+    finally:
+        checkpointer.close()
+    return step, state, meta
 
 
 def _frozen(name: str, patterns) -> bool:

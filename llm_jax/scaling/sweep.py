@@ -20,6 +20,9 @@ Each trial is the base config plus `overrides` ({"model.d_model": 256, ...}), ru
 - `model_sizes(base, sizes, tokens)` (Kaplan L(N)), `data_sizes(base, tokens, size)` (L(D)),
   `nd_grid(base, sizes, tokens)` (the parametric L(N, D) fit).
 - `ablation(grid, seeds=, lrs=)`: config fields x values x seeds, optionally x learning rates.
+- `wsd_branches(base, sizes, token_counts, cooldown_fraction=)`: L(N, D) at every token
+  count from one constant-LR run per size plus a short cooldown branched from each
+  token count (Hägele et al. 2024), instead of one run per D.
 
 Model shapes come from a target parameter count (`shape_for_params`), and learning rate,
 warmup and batch size from `SizeRules`; a sweep file passes its own rules to change them.
@@ -47,11 +50,16 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 
 @dataclasses.dataclass(frozen=True)
 class Trial:
-    """One run of a sweep: its directory name, config overrides and reported tags."""
+    """One run of a sweep: its directory name, config overrides and reported tags.
+
+    `parent`: the trial whose checkpoint (at `init.step`) this one branches from; the
+    runner starts it once that checkpoint exists, with init.workdir set to the parent's.
+    """
 
     name: str
     overrides: dict[str, Any]
     tags: dict[str, Any] = dataclasses.field(default_factory=dict)
+    parent: str = ""
 
 
 class SweepError(UserError, ValueError):
@@ -392,6 +400,89 @@ def ablation(
     return _unique(trials)
 
 
+def wsd_branches(
+    base: ml_collections.ConfigDict,
+    sizes: Sequence[float],
+    token_counts: Sequence[float],
+    *,
+    cooldown_fraction: float = 0.2,
+    rules: SizeRules = SizeRules(),
+    **shape_kwargs,
+) -> list[Trial]:
+    """Per size, a constant-LR parent run and one cooldown branch per token count.
+
+    The parent (`<shape>-wsd`) warms up as the shortest run would, then holds its
+    learning rate to the largest token count, keeping a checkpoint at every token count
+    (`checkpoint.keep_every`, the steps' greatest common divisor; token counts are rounded
+    to a grid of an eighth of the shortest run's steps). The branch at token
+    count D_k (`<shape>-wsd-D<D_k>`) restores the parent's whole train state there
+    (`init.state`: params, optimizer, step, data position) and decays the rate linearly
+    to zero over `cooldown_fraction` x the steps so far (the `wsd` schedule), so it ends
+    at D_k (1 + cooldown_fraction) tokens. Its tags record the branch point; its C in
+    results.csv counts the shared prefix too. Parents are tagged wsd_role=parent:
+    their constant-LR losses are not cooled down, and fits leave them out.
+    """
+    if not 0 < cooldown_fraction <= 1:
+        raise SweepError(f"cooldown_fraction must be in (0, 1] (got {cooldown_fraction})")
+    trials = []
+    for target_n in sizes:
+        shape = sized_trial(base, target_n, tokens=min(token_counts), rules=rules, **shape_kwargs)
+        tokens_per_step = shape.overrides["train.batch_size"] * base.data.seq_len
+        # Branch points on a grid of an eighth of the shortest run, so the parent keeps
+        # a checkpoint every `grid` steps rather than at every step.
+        grid = max(1, round(min(token_counts) / tokens_per_step) // 8)
+        points = sorted({max(1, round(t / tokens_per_step / grid)) * grid for t in token_counts})
+        shared = {
+            k: v
+            for k, v in shape.overrides.items()
+            if k.startswith("model.") or k in ("train.batch_size", "train.warmup_steps")
+        }
+        n_non_embedding = flops_lib.param_counts(apply_overrides(base, shared).model).non_embedding
+        shared["train.lr"] = rules.lr(base, n_non_embedding, points[-1] * tokens_per_step)
+        parent = f"{shape.name.rsplit('-D', 1)[0]}-wsd"
+        keep = math.gcd(*points)
+        trials.append(
+            Trial(
+                parent,
+                {
+                    **shared,
+                    "train.tokens": points[-1] * tokens_per_step,
+                    "train.schedule": "constant",
+                    "train.eval_every": points[0],
+                    "checkpoint.every": keep,
+                    "checkpoint.keep_every": keep,
+                },
+                {"target_N": target_n, "wsd_role": "parent"},
+            )
+        )
+        for step in points:
+            cooldown = max(1, round(cooldown_fraction * step))
+            total = step + cooldown
+            trials.append(
+                Trial(
+                    f"{parent}-D{_short(total * tokens_per_step)}",
+                    {
+                        **shared,
+                        "train.tokens": total * tokens_per_step,
+                        "train.schedule": "wsd",
+                        "train.decay_fraction": cooldown / total,
+                        "train.min_lr_ratio": 0.0,
+                        "train.eval_every": total,
+                        "init.step": step,
+                        "init.state": True,
+                    },
+                    {
+                        "target_N": target_n,
+                        "wsd_role": "branch",
+                        "branch_step": step,
+                        "branch_tokens": step * tokens_per_step,
+                    },
+                    parent=parent,
+                )
+            )
+    return _unique(trials)
+
+
 def _unique(trials: list[Trial]) -> list[Trial]:
     seen: dict[str, Trial] = {}
     for t in trials:
@@ -442,13 +533,18 @@ def load_sweep(path: str | Path) -> LoadedSweep:
     if not trials:
         raise SweepError(f"{path}: get_sweep() returned no trials")
     _unique(trials)
+    names = {t.name for t in trials}
     for t in trials:
         if not _NAME_OK.match(t.name):
             raise SweepError(
                 f"trial name {t.name!r} must be letters, digits and ._=+- (it names a directory)"
             )
+        if t.parent and (t.parent not in names or t.parent == t.name):
+            raise SweepError(f"trial {t.name}: its parent {t.parent!r} is not another trial")
+        # A branch's init.workdir is its parent's directory, known once the sweep runs.
+        branch = {"init.workdir": t.parent} if t.parent else {}
         try:
-            config_lib.validate(apply_overrides(base, t.overrides))
+            config_lib.validate(apply_overrides(base, {**t.overrides, **branch}))
         except config_lib.ConfigError as err:
             raise SweepError(f"trial {t.name}: {err}") from err
     return LoadedSweep(base, trials, int(getattr(module, "PARALLEL", 1)))

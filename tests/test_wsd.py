@@ -1,0 +1,96 @@
+"""WSD branches: the design's trials and dependencies, and a branch that restores exactly."""
+
+import jax
+import numpy as np
+import pytest
+from tiny_run import tiny_config, write_corpus
+
+from llm_jax import config as config_lib
+from llm_jax import trainer
+from llm_jax import workdir as workdir_lib
+from llm_jax.scaling import sweep
+
+
+def _base():
+    base = config_lib.default_config()
+    base.model.update(vocab_size=512, max_seq_len=64)
+    base.data.seq_len = 64
+    return base
+
+
+def test_wsd_branches_expand_to_parents_and_cooldown_branches():
+    trials = sweep.wsd_branches(
+        _base(), [3e4, 8e4], [1e5, 2e5, 4e5], cooldown_fraction=0.25, aspect=32, head_dim=16
+    )
+    parents = [t for t in trials if not t.parent]
+    assert len(parents) == 2 and len(trials) == 8
+    for parent in parents:
+        branches = [t for t in trials if t.parent == parent.name]
+        assert [t.tags["wsd_role"] for t in branches] == ["branch"] * 3
+        p = parent.overrides
+        assert p["train.schedule"] == "constant"
+        tokens_per_step = p["train.batch_size"] * 64
+        steps = [b.overrides["init.step"] for b in branches]
+        # Each branch point is a kept checkpoint of the parent, the last its final step.
+        assert all(s % p["checkpoint.keep_every"] == 0 for s in steps)
+        assert steps[-1] * tokens_per_step == p["train.tokens"]
+        for b, step, target in zip(branches, steps, (1e5, 2e5, 4e5), strict=True):
+            o = b.overrides
+            assert step * tokens_per_step == pytest.approx(target, rel=0.1)
+            assert o["init.state"] and o["train.schedule"] == "wsd"
+            total = o["train.tokens"] // tokens_per_step
+            assert total - step == round(0.25 * step)  # the cooldown: a quarter of the steps
+            assert round(o["train.decay_fraction"] * total) == total - step
+            assert o["train.min_lr_ratio"] == 0.0
+            assert b.tags["branch_tokens"] == step * tokens_per_step
+            # Same model, batch, peak rate and warmup as the parent: only the tail differs.
+            shared = ("train.lr", "train.warmup_steps", "train.batch_size", "model.d_model")
+            assert all(o[k] == p[k] for k in shared)
+
+
+def test_a_branch_without_its_parent_is_refused(tmp_path):
+    path = tmp_path / "bad_sweep.py"
+    path.write_text(
+        "from llm_jax.config import default_config\n"
+        "from llm_jax.scaling.sweep import Trial\n"
+        "def get_config():\n    return default_config()\n"
+        "def get_sweep():\n"
+        "    return [Trial('b', {'init.step': 4, 'init.state': True}, parent='gone')]\n"
+    )
+    with pytest.raises(sweep.SweepError, match="parent 'gone' is not another trial"):
+        sweep.load_sweep(path)
+
+
+def _params(workdir, step):
+    _, params = workdir_lib.restore_params(str(workdir), step=step)
+    return jax.tree.leaves(jax.device_get(params))
+
+
+def test_branch_first_step_is_bit_equal_to_continuing_the_parent(tmp_path):
+    corpus, cache = write_corpus(tmp_path / "corpus"), tmp_path / "cache"
+    common = dict(train__schedule="constant", checkpoint__every=1, checkpoint__keep=10)
+    common.update(checkpoint__async_save=False, train__warmup_steps=2)
+    parent = tmp_path / "parent"
+    trainer.train_and_evaluate(tiny_config(corpus, cache, train__steps=5, **common), parent)
+    # The cooldown branch from step 4: its first step (the 5th) still runs at the peak
+    # rate, as the parent's did, and reads the parent's next batch.
+    branch = tmp_path / "branch"
+    config = tiny_config(
+        corpus,
+        cache,
+        **{**common, "train__schedule": "wsd"},
+        train__steps=6,
+        train__decay_fraction=2 / 6,
+        train__min_lr_ratio=0.0,
+        init__workdir=str(parent),
+        init__step=4,
+        init__state=True,
+    )
+    trainer.train_and_evaluate(config, branch)
+    for a, b in zip(_params(parent, 5), _params(branch, 5), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Its second step decays: the two runs part.
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(_params(parent, 5), _params(branch, 6), strict=True)
+    )
