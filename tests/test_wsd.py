@@ -8,7 +8,7 @@ from tiny_run import tiny_config, write_corpus
 from llm_jax import config as config_lib
 from llm_jax import trainer
 from llm_jax import workdir as workdir_lib
-from llm_jax.scaling import sweep
+from llm_jax.scaling import collect, sweep
 
 
 def _base():
@@ -94,3 +94,26 @@ def test_branch_first_step_is_bit_equal_to_continuing_the_parent(tmp_path):
         not np.array_equal(a, b)
         for a, b in zip(_params(parent, 5), _params(branch, 6), strict=True)
     )
+
+
+def test_fits_use_the_cooldown_ends_and_leave_the_parents_out(tmp_path):
+    true = dict(E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28)
+
+    def law(n, d):
+        return true["E"] + true["A"] / n ** true["alpha"] + true["B"] / d ** true["beta"]
+
+    rows = []
+    for n in np.logspace(6, 8, 5):
+        for d in np.logspace(8, 11, 7):
+            rows.append(dict(N=n, D=d, C=6 * n * d, C_detailed=6 * n * d, loss=law(n, d)))
+            rows[-1].update(status="done", wsd_role="branch")
+        # A constant-LR parent sits above its cooled-down branches.
+        rows.append(dict(rows[-1], wsd_role="parent", loss=law(n, d) + 0.3))
+    fits = collect.fit_sweep(tmp_path, rows, n_boot=10)
+    assert fits["chinchilla"]["n_points"] == 35  # branches only
+    assert fits["chinchilla"]["alpha"] == pytest.approx(true["alpha"], rel=0.02)
+    assert any("WSD parents left out" in note for note in fits["notes"])
+    # Approach 1 reads the branches' final losses (this directory has no metrics files).
+    for p in fits["envelope"]["envelope"]:
+        assert p["loss"] == pytest.approx(law(p["N"], p["D"]), rel=0.03)
+    assert fits["envelope"]["a"] == pytest.approx(true["beta"] / 0.62, abs=0.1)

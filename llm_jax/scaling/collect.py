@@ -78,10 +78,42 @@ def _constant(values: np.ndarray) -> bool:
     return bool(values.max() <= values.min() * 1.01)
 
 
+def _curves(sweep_dir: Path, rows: list[dict]) -> list[dict]:
+    """Approach 1's loss curves: each run's training curve, or for WSD branches, each
+    size's cooldown ends (one point per branch: losses of a finished schedule, not the
+    middle of one)."""
+    branches = [r for r in rows if r.get("wsd_role") == "branch"]
+    if not branches:
+        return plotting.load_curves(sweep_dir, rows)
+    curves = []
+    for size in sorted({r["N"] for r in branches}):
+        ends = sorted((r for r in branches if r["N"] == size), key=lambda r: r["D"])
+        curves.append(
+            {
+                "N": size,
+                "tokens": [r["D"] for r in ends],
+                "flops": [r["C_detailed"] or r["C"] for r in ends],
+                "loss": [r["loss"] for r in ends],
+            }
+        )
+    return curves
+
+
+def _smooth(rows: list[dict]) -> int:
+    """Trailing-mean window of approach 1: none over cooldown ends (they are final losses)."""
+    return 1 if any(r.get("wsd_role") == "branch" for r in rows) else 5
+
+
 def fit_sweep(sweep_dir: Path, rows: list[dict], n_boot: int = 100) -> dict:
     """Every law the finished trials support; `notes` says why others were skipped."""
     done = [r for r in rows if r["status"] == "done" and r.get("loss") is not None]
     fits: dict = {"notes": []}
+    if any(r.get("wsd_role") == "parent" for r in done):
+        done = [r for r in done if r.get("wsd_role") != "parent"]
+        fits["notes"].append(
+            "WSD parents left out of every fit (constant-LR losses, not cooled down); the "
+            "branches' cooldown ends are the points, and approach 1's curves"
+        )
     if not done:
         fits["notes"].append("no finished trials to fit")
         return fits
@@ -93,7 +125,7 @@ def fit_sweep(sweep_dir: Path, rows: list[dict], n_boot: int = 100) -> dict:
         "chinchilla": (lambda: fitting.fit_parametric(n, d, loss, n_boot=n_boot))
         if len(done) >= 5 and not _constant(n) and not _constant(d)
         else None,
-        "envelope": (lambda: fitting.fit_envelope(plotting.load_curves(sweep_dir, done)))
+        "envelope": (lambda: fitting.fit_envelope(_curves(sweep_dir, done), smooth=_smooth(done)))
         if len(set(n)) >= 2
         else None,
     }
