@@ -9,9 +9,9 @@ heartbeat is older than `timeout_s`, on another) is taken over with a warning.
 
 The file operations go through a `Store` with three primitives a object store also has:
 create-if-absent, read with a generation, and replace-if-generation-matches. `LocalStore`
-implements them with `O_EXCL` and atomic renames on a POSIX filesystem; a `gs://` store
-(GCS `ifGenerationMatch=0` create and generation-checked write) can slot in behind the same
-interface once the workdir layer speaks gs://.
+implements them with `O_EXCL` and atomic renames on a POSIX filesystem; `storage.GCSStore`
+with GCS preconditions (`ifGenerationMatch=0` create, generation-checked write) on a gs://
+directory.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import time
 import uuid
 from typing import Any
 
+from llm_jax import storage
 from llm_jax.errors import UserError
 
 LEASE_FILE = "lease.json"
@@ -87,6 +88,11 @@ class LocalStore:
             os.unlink(path)
 
 
+def store_for(directory: str) -> LocalStore | storage.GCSStore:
+    """The store that fits `directory`: GCS preconditions on gs://, the filesystem otherwise."""
+    return storage.GCSStore() if storage.is_gcs(directory) else LocalStore()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -132,13 +138,13 @@ class Lease:
         self,
         directory: str,
         what: str = "workdir",
-        store: LocalStore | None = None,
+        store: LocalStore | storage.GCSStore | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         timeout_s: float = TIMEOUT_S,
     ):
-        self.path = os.path.join(directory, LEASE_FILE)
+        self.path = storage.join(directory, LEASE_FILE)
         self.directory, self.what = directory, what
-        self.store = store or LocalStore()
+        self.store = store or store_for(directory)
         self.heartbeat_s, self.timeout_s = heartbeat_s, timeout_s
         self.lost = False
         self._token = uuid.uuid4().hex
@@ -160,7 +166,7 @@ class Lease:
 
     def acquire(self) -> Lease:
         """Take the lease (taking over a dead holder's); raise LeaseHeld if it is live."""
-        os.makedirs(self.directory, exist_ok=True)
+        storage.makedirs(self.directory)
         for _ in range(3):  # lost races retry: the winner is then the live holder
             if self.store.create(self.path, self._record()):
                 return self._started()
@@ -228,7 +234,7 @@ def _parse(data: bytes) -> dict | None:
 
 def read_holder(directory: str) -> dict | None:
     """The live holder of `directory`'s lease, or None (no lease, or a dead holder)."""
-    current = LocalStore().read(os.path.join(directory, LEASE_FILE))
+    current = store_for(directory).read(storage.join(directory, LEASE_FILE))
     holder = _parse(current[0]) if current else None
     if holder is None or holder_is_dead(holder, TIMEOUT_S):
         return None
