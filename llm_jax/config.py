@@ -260,6 +260,7 @@ def default_config() -> ml_collections.ConfigDict:
     t.warmup_steps = 20
     t.min_lr_ratio = 0.1
     t.decay_fraction = 0.2  # wsd: share of steps spent decaying
+    t.decay_shape = "linear"  # wsd: linear | 1-sqrt (lr x (1 - sqrt(progress)), Hägele 2024)
     t.b1 = 0.9
     t.b2 = 0.95
     t.eps = 1e-8
@@ -473,6 +474,7 @@ _CHOICES = {
     "data.on_decode_error": ("error", "replace"),
     "data.tokenizer_type": ("bpe", "unigram"),
     "train.schedule": ("cosine", "linear", "wsd", "constant", "rsqrt"),
+    "train.decay_shape": ("linear", "1-sqrt"),
     "mesh.distributed": ("auto", "on", "off"),
     "task.name": ("lm", "classify", "mlm", "sft"),
 }

@@ -7,8 +7,9 @@ lr_min = lr * min_lr_ratio:
 
   cosine    lr_min + (lr - lr_min) * (1 + cos(pi * p)) / 2,  p = (s - warmup)/(T - warmup)
   linear    lr - (lr - lr_min) * p
-  wsd       lr until the last decay_fraction*T steps, then linear down to lr_min
-            (warmup-stable-decay, Hu et al. 2024 / Hägele et al. 2024)
+  wsd       lr until the last decay_fraction*T steps, then down to lr_min: linear, or
+            with decay_shape='1-sqrt' lr_min + (lr - lr_min) * (1 - sqrt(q)), q the
+            decay's progress (warmup-stable-decay, Hu et al. 2024 / Hägele et al. 2024)
   constant  lr
   rsqrt     lr * sqrt(warmup / s)  (inverse square root, Vaswani et al. 2017)
 
@@ -50,7 +51,10 @@ def make_schedule(train_cfg: ml_collections.ConfigDict, total_steps: int) -> Sch
         elif kind == "wsd":
             start = max(warmup, total_steps - decay_steps)
             q = jnp.clip((s - start) / max(1, total_steps - start), 0.0, 1.0)
-            after = peak - (peak - low) * q
+            if train_cfg.decay_shape == "1-sqrt":
+                after = low + (peak - low) * (1.0 - jnp.sqrt(q))
+            else:
+                after = peak - (peak - low) * q
         elif kind == "constant":
             after = jnp.full_like(s, peak)
         elif kind == "rsqrt":

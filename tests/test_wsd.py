@@ -6,7 +6,7 @@ import pytest
 from tiny_run import tiny_config, write_corpus
 
 from llm_jax import config as config_lib
-from llm_jax import trainer
+from llm_jax import optim, trainer
 from llm_jax import workdir as workdir_lib
 from llm_jax.scaling import collect, sweep
 
@@ -117,3 +117,13 @@ def test_fits_use_the_cooldown_ends_and_leave_the_parents_out(tmp_path):
     for p in fits["envelope"]["envelope"]:
         assert p["loss"] == pytest.approx(law(p["N"], p["D"]), rel=0.03)
     assert fits["envelope"]["a"] == pytest.approx(true["beta"] / 0.62, abs=0.1)
+
+
+def test_one_minus_sqrt_cooldown():
+    t = config_lib.default_config().train
+    t.update(lr=1.0, warmup_steps=0, schedule="wsd", decay_fraction=0.5, min_lr_ratio=0.0)
+    t.decay_shape = "1-sqrt"
+    schedule = optim.make_schedule(t, total_steps=100)
+    assert float(schedule(49)) == 1.0
+    assert float(schedule(75)) == pytest.approx(1 - 0.5**0.5, rel=1e-6)
+    assert float(schedule(100)) == 0.0

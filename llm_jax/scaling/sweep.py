@@ -406,6 +406,7 @@ def wsd_branches(
     token_counts: Sequence[float],
     *,
     cooldown_fraction: float = 0.2,
+    decay: str = "linear",
     rules: SizeRules = SizeRules(),
     **shape_kwargs,
 ) -> list[Trial]:
@@ -417,7 +418,8 @@ def wsd_branches(
     to a grid of an eighth of the shortest run's steps). The branch at token
     count D_k (`<shape>-wsd-D<D_k>`) restores the parent's whole train state there
     (`init.state`: params, optimizer, step, data position) and decays the rate linearly
-    to zero over `cooldown_fraction` x the steps so far (the `wsd` schedule), so it ends
+    to zero over `cooldown_fraction` x the steps so far (the `wsd` schedule, `decay`
+    linear or 1-sqrt), so it ends
     at D_k (1 + cooldown_fraction) tokens. Its tags record the branch point; its C in
     results.csv counts the shared prefix too. Parents are tagged wsd_role=parent:
     their constant-LR losses are not cooled down, and fits leave them out.
@@ -466,6 +468,7 @@ def wsd_branches(
                         "train.tokens": total * tokens_per_step,
                         "train.schedule": "wsd",
                         "train.decay_fraction": cooldown / total,
+                        "train.decay_shape": decay,
                         "train.min_lr_ratio": 0.0,
                         "train.eval_every": total,
                         "init.step": step,
