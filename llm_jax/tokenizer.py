@@ -27,11 +27,10 @@ import io
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 
 import sentencepiece as spm
 
-from llm_jax import atomic
+from llm_jax import storage
 from llm_jax.errors import UserError
 
 META = "\u2581"  # SentencePiece's stand-in for a space inside pieces
@@ -102,7 +101,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model atomically: a reader never sees a partial file."""
-        atomic.write_bytes(path, self.model_proto)
+        storage.write_bytes(path, self.model_proto)
         self.path = str(path)
 
 
@@ -192,7 +191,7 @@ def load_tokenizer(path: str | os.PathLike, vocab_size: int | None = None) -> To
         from llm_jax.hf.tokenizer import load_hf_tokenizer
 
         return load_hf_tokenizer(path, vocab_size)
-    path = Path(path).expanduser()
+    path = storage.path(path)
     if not path.is_file():
         raise DataError(
             f"tokenizer file {str(path)!r} does not exist; fix config.data.tokenizer_path, or "

@@ -12,6 +12,7 @@ import ml_collections
 from llm_jax import checkpoint as ckpt_lib
 from llm_jax import config as config_lib
 from llm_jax import sharding as sharding_lib
+from llm_jax import storage
 
 CONFIG_FILE = "config.json"  # the resolved config, written at the start of every run
 TOKENIZER_FILE = "tokenizer.model"  # the run's SentencePiece model, copied into its workdir
@@ -19,8 +20,9 @@ CHECKPOINTS_DIR = "checkpoints"
 
 
 def check_workdir(workdir: str) -> None:
-    """Refuse a workdir path that exists but is not a directory."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    """Refuse a local workdir path that exists but is not a directory (on gs:// a prefix
+    and an object of the same name can coexist)."""
+    if not storage.is_gcs(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ckpt_lib.CheckpointError(
             f"workdir {workdir} is a file, not a directory; "
             "pass a directory (it is created if missing)"
@@ -30,13 +32,11 @@ def check_workdir(workdir: str) -> None:
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config a run wrote to `workdir/config.json`."""
     check_workdir(workdir)
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = storage.join(workdir, CONFIG_FILE)
+    if not storage.exists(path):
         raise ckpt_lib.CheckpointError(f"{path} not found: is {workdir!r} a training workdir?")
     try:
-        with open(path, encoding="utf-8") as f:
-            stored = json.load(f)
-        return config_lib.with_defaults(stored)
+        return config_lib.with_defaults(json.loads(storage.read_text(path)))
     except (ValueError, UnicodeDecodeError, AttributeError) as e:
         raise ckpt_lib.CheckpointError(
             f"{path} is not valid JSON ({e}); rerun `llm-jax train` with the run's config to "
@@ -51,7 +51,7 @@ def save_run_tokenizer(workdir: str, tokenizer) -> None:
     if isinstance(tokenizer, HFTokenizer):
         tokenizer.save(workdir)  # tokenizer.json and tokenizer_config.json
     else:
-        tokenizer.save(os.path.join(workdir, TOKENIZER_FILE))
+        tokenizer.save(storage.join(workdir, TOKENIZER_FILE))
 
 
 def load_run_tokenizer(workdir: str, config: ml_collections.ConfigDict | None = None):
@@ -64,10 +64,10 @@ def load_run_tokenizer(workdir: str, config: ml_collections.ConfigDict | None = 
     from llm_jax import tokenizer as tokenizer_lib
     from llm_jax.hf import tokenizer as hf_tokenizer
 
-    if os.path.exists(os.path.join(workdir, hf_tokenizer.TOKENIZER_JSON)):
+    if storage.exists(storage.join(workdir, hf_tokenizer.TOKENIZER_JSON)):
         return hf_tokenizer.load_hf_tokenizer(workdir)
-    path = os.path.join(workdir, TOKENIZER_FILE)
-    if os.path.exists(path):
+    path = storage.join(workdir, TOKENIZER_FILE)
+    if storage.exists(path):
         return tokenizer_lib.load_tokenizer(path)
     from llm_jax import data as data_lib  # heavy (datasets): only without a tokenizer file
 
@@ -87,7 +87,7 @@ def restore_params(
         mesh_cfg = ml_collections.ConfigDict(dict(config.mesh.to_dict(), data=-1))
         mesh_cfg.fsdp = mesh_cfg.tensor = 1
         mesh = sharding_lib.make_mesh(mesh_cfg)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, CHECKPOINTS_DIR), read_only=True)
+    checkpointer = ckpt_lib.Checkpointer(storage.join(workdir, CHECKPOINTS_DIR), read_only=True)
     try:
         from llm_jax.train import abstract_params
 
