@@ -28,6 +28,7 @@ import functools
 import glob as glob_lib
 import json
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -249,6 +250,30 @@ def makedirs(p: str | os.PathLike) -> None:
     """Create directory `p` and its parents (a no-op on gs://: prefixes need no creation)."""
     if not is_gcs(p):
         os.makedirs(os.path.expanduser(os.fspath(p)), exist_ok=True)
+
+
+def move(source: str, target: str) -> None:
+    """Move file or directory `source` to `target` (its parent created if needed).
+
+    On gs:// a copy of every object then a delete: not atomic, for moving things aside.
+    """
+    if not is_gcs(source):
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        shutil.move(source, target)
+        return
+    with errors(source, "move"):
+        filesystem().mv(source[len(GCS_PREFIX) :], target[len(GCS_PREFIX) :], recursive=True)
+
+
+def file_version(p: str | os.PathLike) -> tuple[int, int]:
+    """(size, version) of file `p`: a change of either means new content. The version is
+    the modification time in ns locally, the object's generation on gs://."""
+    if not is_gcs(p):
+        st = os.stat(os.path.expanduser(os.fspath(p)))
+        return st.st_size, st.st_mtime_ns
+    with errors(p, "stat"):
+        info = filesystem().info(os.fspath(p)[len(GCS_PREFIX) :])
+    return int(info["size"]), int(info["generation"])
 
 
 def glob(pattern: str) -> list[str]:

@@ -43,6 +43,18 @@ def test_gcs_write_read_exists_glob(gs):
     assert storage.path(gs) / "data" / "a.txt" == storage.path(f"{gs}/data/a.txt")
 
 
+def test_gcs_move_and_file_version(gs):
+    storage.write_text(f"{gs}/ckpt/3/a", "x")
+    storage.write_text(f"{gs}/ckpt/3/b/c", "y")
+    size, version = storage.file_version(f"{gs}/ckpt/3/a")
+    storage.write_text(f"{gs}/ckpt/3/a", "z")
+    assert storage.file_version(f"{gs}/ckpt/3/a")[0] == size == 1
+    assert storage.file_version(f"{gs}/ckpt/3/a")[1] != version  # rewritten: new generation
+    storage.move(f"{gs}/ckpt/3", f"{gs}/aside/3-1")
+    assert not storage.exists(f"{gs}/ckpt/3/a")
+    assert storage.glob(f"{gs}/aside/**") == [f"{gs}/aside/3-1/a", f"{gs}/aside/3-1/b/c"]
+
+
 def test_gcs_append_rewrites_the_object(gs):
     for step in range(3):
         storage.append_text(f"{gs}/metrics.jsonl", f'{{"step": {step}}}\n')
