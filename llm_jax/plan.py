@@ -34,7 +34,7 @@ from llm_jax import config as config_lib
 from llm_jax import flops as flops_lib
 from llm_jax import metrics as metrics_lib
 from llm_jax import sharding as sharding_lib
-from llm_jax import tpu_env
+from llm_jax import storage, tpu_env
 from llm_jax import train as train_lib
 from llm_jax.chips import CHIPS, Chip, GiB
 from llm_jax.config import ConfigError
@@ -386,8 +386,7 @@ def _save_executable(compiled, path: str) -> None:
 
     from jax.experimental import serialize_executable
 
-    with open(path, "wb") as f:
-        pickle.dump(serialize_executable.serialize(compiled), f)
+    storage.write_bytes(path, pickle.dumps(serialize_executable.serialize(compiled)))
 
 
 def _notes(config: ml_collections.ConfigDict, have_xla_flops: bool) -> list[str]:
