@@ -94,6 +94,10 @@ def test_branch_first_step_is_bit_equal_to_continuing_the_parent(tmp_path):
         not np.array_equal(a, b)
         for a, b in zip(_params(parent, 5), _params(branch, 6), strict=True)
     )
+    # Restarted (killed, or extended), a branch resumes from its own checkpoints.
+    with trainer.Trainer(config_lib.validate(config), str(branch)) as resumed:
+        assert resumed.step_count == 6
+        assert resumed.restored_from == str(branch / "checkpoints" / "6")
 
 
 def test_fits_use_the_cooldown_ends_and_leave_the_parents_out(tmp_path):
