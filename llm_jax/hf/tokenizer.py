@@ -17,9 +17,10 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
-from llm_jax import atomic
+from etils import epath
+
+from llm_jax import storage
 from llm_jax.errors import UserError
 
 HF_PREFIX = "hf:"
@@ -97,16 +98,16 @@ class HFTokenizer:
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write tokenizer.json and tokenizer_config.json into `folder`, atomically each."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic.write_bytes(folder / TOKENIZER_JSON, self.tokenizer_json.encode())
+        folder = storage.path(folder)
+        storage.makedirs(folder)
+        storage.write_bytes(folder / TOKENIZER_JSON, self.tokenizer_json.encode())
         config = {k: v for k, v in self.special.items() if v is not None}
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
-        atomic.write_bytes(folder / TOKENIZER_CONFIG, json.dumps(config, indent=1).encode())
+        storage.write_bytes(folder / TOKENIZER_CONFIG, json.dumps(config, indent=1).encode())
         self.path = HF_PREFIX + str(folder)
 
 
-def _special_tokens(folder: Path, tokenizer_json: str) -> dict[str, str | None]:
+def _special_tokens(folder: epath.Path, tokenizer_json: str) -> dict[str, str | None]:
     config_path = folder / TOKENIZER_CONFIG
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     special = {k: _token_name(config.get(k)) for k in ("bos_token", "eos_token", "pad_token")}
@@ -120,7 +121,7 @@ def _special_tokens(folder: Path, tokenizer_json: str) -> dict[str, str | None]:
 
 def load_hf_tokenizer(path: str | os.PathLike, vocab_size: int | None = None) -> HFTokenizer:
     """The tokenizer in directory `path` ('hf:' prefix allowed); must fit in `vocab_size`."""
-    folder = Path(str(path).removeprefix(HF_PREFIX)).expanduser()
+    folder = storage.path(str(path).removeprefix(HF_PREFIX))
     file = folder / TOKENIZER_JSON
     if not file.is_file():
         raise TokenizerFileError(
