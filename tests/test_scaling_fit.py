@@ -382,6 +382,25 @@ def _hparam_rows(noise=0.003, seed=0):
     return rows
 
 
+def test_hyperparameter_laws_of_each_variant_apart():
+    # Two parametrizations whose optima differ 4x: one law each, never a mixture.
+    rows = _hparam_rows(seed=1)
+    shifted = [r | {"train.lr": r["train.lr"] * 4} for r in rows]
+    laws = hparams.fit_hyperparameters(
+        [r | {"model.parametrization": "sp"} for r in rows]
+        + [r | {"model.parametrization": "mup"} for r in shifted]
+    )
+    sp, mup = (
+        laws["train.lr[model.parametrization=sp]"],
+        laws["train.lr[model.parametrization=mup]"],
+    )
+    assert mup["K"] / sp["K"] == pytest.approx(4, rel=0.05)
+    assert mup["exponents"]["N"] == pytest.approx(sp["exponents"]["N"], abs=1e-6)
+    rules = sweep.SizeRules.from_fit(laws, variant="[model.parametrization=mup]", seq_len=64)
+    base = config_lib.default_config()
+    assert rules.lr(base, 1e7, 1e9) == pytest.approx(hparams.predict(mup, 1e7, 1e9))
+
+
 def test_hyperparameter_law_recovers_known_exponents():
     laws = hparams.fit_hyperparameters(_hparam_rows())
     for key, truth in (("train.lr", LR_LAW), ("train.batch_size", BATCH_LAW)):
@@ -404,7 +423,7 @@ def test_hyperparameter_law_leaves_edge_optima_out_and_feeds_size_rules(tmp_path
     columns = ["N_non_embedding", "D", "loss", "train.lr", "train.batch_size", "status"]
     results_io.write_results(tmp_path / "results.csv", _hparam_rows(), columns)
     assert cli.run(["fit", str(tmp_path), "--law", "hparams"]) == 0
-    assert "train.lr_opt" in capsys.readouterr().out
+    assert "train.lr: optimum = " in capsys.readouterr().out
     rules = sweep.SizeRules.from_fit(tmp_path, seq_len=64)
     laws = hparams.load_laws(tmp_path / "fit.json")
     base = config_lib.default_config()

@@ -135,18 +135,40 @@ def predict(law: dict, n: float, d: float) -> float:
     return law["K"] * math.prod(x ** law["exponents"].get(v, 0.0) for v, x in (("N", n), ("D", d)))
 
 
+def _variants(rows: Sequence[dict]) -> dict[str, list[dict]]:
+    """Rows split by the swept config columns that hold words, not numbers (e.g.
+    model.parametrization): each variant gets laws of its own, labelled '[k=v]'."""
+    words = sorted(
+        k
+        for k in {k for r in rows for k in r}
+        if k.startswith(_CONFIG)
+        and any(isinstance(r.get(k), (str, bool)) for r in rows)
+        and len({repr(r.get(k)) for r in rows}) > 1
+    )
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        label = ",".join(f"{k}={r.get(k)}" for k in words)
+        groups[f"[{label}]" if label else ""].append(r)
+    return dict(groups)
+
+
 def fit_hyperparameters(rows: Sequence[dict], **kwargs) -> dict:
     """The laws of every swept hyperparameter of a results table that has one:
-    {"train.lr": law, "train.batch_size": law, "notes": [...]}; none is a FitError."""
+    {"train.lr": law, "train.batch_size": law, "notes": [...]}; none is a FitError.
+
+    Rows differing in a word-valued column (e.g. model.parametrization) are fitted apart,
+    their laws keyed "train.lr[model.parametrization=mup]" and so on.
+    """
     swept = {k for r in rows for k in r} & {"train.lr", "train.batch_size"}
     out: dict = {"notes": []}
-    for key in sorted(swept, reverse=True):  # lr first
-        if len({r.get(key) for r in rows}) < 3:
-            continue
-        try:
-            out[key] = fit_hyperparameter(rows, key, **kwargs)
-        except FitError as err:
-            out["notes"].append(f"{key}: {err}")
+    for label, group in _variants(rows).items():
+        for key in sorted(swept, reverse=True):  # lr first
+            if len({r.get(key) for r in group}) < 3:
+                continue
+            try:
+                out[key + label] = fit_hyperparameter(group, key, **kwargs)
+            except FitError as err:
+                out["notes"].append(f"{key}{label}: {err}")
     if len(out) == 1:
         raise FitError(
             "no hyperparameter law: the table needs a swept train.lr or train.batch_size "
@@ -173,13 +195,13 @@ def format_laws(laws: dict) -> str:
             continue
         pct = f"{100 * law['level']:.0f}%"
         terms = " ".join(f"{v}^{p:.3f}" for v, p in law["exponents"].items())
-        lines.append(f"{key}_opt = {law['K']:.4g} {terms}   ({len(law['optima'])} optima)")
+        lines.append(f"{key}: optimum = {law['K']:.4g} {terms}   ({len(law['optima'])} optima)")
         for v, p in law["exponents"].items():
             ci = law["ci"].get(v)
             interval = f"[{ci[0]:.3f}, {ci[1]:.3f}] ({pct} t-interval)" if ci else "no interval"
             lines.append(f"  exponent of {v}: {p:+.3f} {interval}")
         for o in law["optima"]:
-            lines.append(f"  optimum at N={o['N']:.3g}, D={o['D']:.3g}: {o[key]:.4g}")
+            lines.append(f"  optimum at N={o['N']:.3g}, D={o['D']:.3g}: {o[law['key']]:.4g}")
         lines += [f"  note: {n}" for n in law["notes"]]
     lines += [f"note: {n}" for n in laws.get("notes", [])]
     return "\n".join(lines)

@@ -247,7 +247,12 @@ class SizeRules:
 
     @classmethod
     def from_fit(
-        cls, laws: Mapping[str, Any] | str | Path, *, seq_len: int | None = None, **fields
+        cls,
+        laws: Mapping[str, Any] | str | Path,
+        *,
+        seq_len: int | None = None,
+        variant: str = "",
+        **fields,
     ) -> SizeRules:
         """Rules whose lr (and batch, where a batch law was fitted) follow fitted laws.
 
@@ -255,13 +260,15 @@ class SizeRules:
         fit.json / sweep directory holding it). The laws' reference point (the geometric
         mean N and D of their optima) becomes n_ref and tokens_ref; a fitted law is not
         capped (lr_max = inf) unless `fields` say so. A batch law is fitted in sequences:
-        `seq_len` converts it to tokens. `fields` override any other field.
+        `seq_len` converts it to tokens. `variant` picks the laws of one variant of the
+        sweep (e.g. "[model.parametrization=sp]"). `fields` override any other field.
         """
         from llm_jax.scaling import hparams  # numpy-only; kept out of sweep-file imports
 
         if not isinstance(laws, Mapping):
             laws = hparams.load_laws(laws)
-        lr_law, batch_law = laws.get("train.lr"), laws.get("train.batch_size")
+        lr_law = laws.get("train.lr" + variant)
+        batch_law = laws.get("train.batch_size" + variant)
         if lr_law is None and batch_law is None:
             raise SweepError("SizeRules.from_fit: no train.lr or train.batch_size law to use")
         ref = (lr_law or batch_law)["reference"]
