@@ -16,13 +16,15 @@ Nothing here imports JAX.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any
 
-from llm_jax import atomic, eval_results
+from etils import epath
+
+from llm_jax import eval_results, storage
 from llm_jax.errors import UserError
 from llm_jax.metrics import read_metrics
 
@@ -69,12 +71,12 @@ class ResultsError(UserError, ValueError):
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write `obj` as indented JSON (NaN/inf become null)."""
-    atomic.write_json(path, jsonable(obj), indent=1)
+    storage.write_json(path, jsonable(obj), indent=1)
 
 
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file; None when it does not exist."""
-    path = Path(path)
+    path = storage.path(path)
     if not path.exists():
         return None
     return json.loads(path.read_text())
@@ -127,14 +129,12 @@ def curve(rows: list[dict], key: str = "train/loss") -> dict[str, list[float]]:
 
 def write_results(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:
     """Atomically write the results table; missing values are left empty."""
-    import io
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
-    atomic.write_text(path, buf.getvalue())
+    storage.write_text(path, buf.getvalue())
 
 
 def _csv_cell(value: Any) -> str:
@@ -149,7 +149,7 @@ def _csv_cell(value: Any) -> str:
 
 def read_results(path: str | os.PathLike) -> list[dict]:
     """Rows of a results CSV (or of DIR/results.csv), numbers parsed, empty cells None."""
-    path = Path(path)
+    path = storage.path(path)
     if path.is_dir():
         path = path / RESULTS_CSV
     if not path.exists():
@@ -158,8 +158,8 @@ def read_results(path: str | os.PathLike) -> list[dict]:
             "(or `llm-jax sweep --collect DIR`) first, or pass a CSV with columns N, D, loss"
         )
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        text = io.StringIO(path.read_bytes().decode("utf-8"), newline="")
+        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(text)]
     except (UnicodeDecodeError, csv.Error) as e:
         raise ResultsError(f"{path} is not a UTF-8 CSV table ({e}); pass a results.csv") from e
 
@@ -177,9 +177,9 @@ def _parse_cell(text: str | None) -> Any:
     return text
 
 
-def trial_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
+def trial_dirs(sweep_dir: str | os.PathLike) -> list[epath.Path]:
     """The trial workdirs of a sweep directory (those holding a trial.json or metrics.jsonl)."""
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = storage.path(sweep_dir)
     return sorted(
         p
         for p in sweep_dir.iterdir()
@@ -190,19 +190,19 @@ def trial_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
 # --- trial state ----------------------------------------------------------------------------
 
 
-def last_row(trial_dir: Path, key: str) -> dict | None:
+def last_row(trial_dir: epath.Path, key: str) -> dict | None:
     """The last metrics row of a trial that holds `key`."""
     rows = [r for r in read_metrics(trial_dir / "metrics.jsonl") if key in r]
     return rows[-1] if rows else None
 
 
-def is_complete(trial_dir: Path, steps: int) -> bool:
+def is_complete(trial_dir: epath.Path, steps: int) -> bool:
     """The trial's metrics hold an evaluation at its planned last step."""
     row = last_row(trial_dir, "val/loss")
     return row is not None and row["step"] >= steps
 
 
-def trial_status(trial_dir: Path, steps: int | None = None) -> str:
+def trial_status(trial_dir: epath.Path, steps: int | None = None) -> str:
     """done | failed | stopped | running | incomplete | pending."""
     if (trial_dir / "done.json").exists():
         return "done"
