@@ -1,7 +1,7 @@
 """The one path layer: every file llm_jax reads or writes, on local disk or in a gs:// bucket.
 
-Paths are `etils.epath.Path`s (`path(s)`): pathlib's API on a local path, and on gs:// the
-same API over gcsfs. epath rather than raw fsspec because Orbax speaks it already (its
+`path(s)` gives a `pathlib.Path` for a local path and an `etils.epath.Path` (pathlib's API
+over gcsfs) for gs://. epath rather than raw fsspec because Orbax speaks it already (its
 CheckpointManager lists and deletes step folders through epath), so checkpoints and the
 project's own files share one client and one configuration.
 
@@ -28,6 +28,7 @@ import functools
 import glob as glob_lib
 import json
 import os
+import pathlib
 import shutil
 import socket
 from collections.abc import Iterator
@@ -61,13 +62,14 @@ def split(p: str | os.PathLike) -> tuple[str, str]:
     return bucket, key
 
 
-def path(p: str | os.PathLike) -> epath.Path:
-    """`p` (local, `~` expanded, or gs://) as an epath.Path; configures GCS on first use."""
+def path(p: str | os.PathLike) -> pathlib.Path | epath.Path:
+    """`p` as a path object: a `pathlib.Path` locally (`~` expanded), an `epath.Path` (the
+    same API over gcsfs) for gs://, configuring GCS on first use."""
     s = os.fspath(p)
     if is_gcs(s):
         _check_bucket_reachable(split(s)[0], s)
         return epath.Path(s)
-    return epath.Path(os.path.expanduser(s))
+    return pathlib.Path(os.path.expanduser(s))
 
 
 def join(p: str | os.PathLike, *parts: str) -> str:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from matplotlib import ticker
 from matplotlib.lines import Line2D
 
 from llm_jax import metrics as metrics_lib
+from llm_jax import storage
 from llm_jax.scaling import fit as fitting
 from llm_jax.scaling import results as results_io
 
@@ -63,11 +65,12 @@ def _count_axis(axis, decades: float = 1.0) -> None:
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    """Write `fig` as a PNG through storage (atomic, local or gs://)."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    return path
+    storage.write_bytes(path, png.getvalue())
+    return storage.path(path)
 
 
 def plot_curves(curves: Sequence[dict], path: str | Path) -> Path:
@@ -462,7 +465,7 @@ def plot_ablation(
 def plot_run(workdir: str | Path, path: str | Path | None = None) -> Path:
     """One training run's curves from its metrics.jsonl (default: WORKDIR/plots/run.png):
     train and validation loss vs tokens and vs FLOPs, learning rate and gradient norm."""
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     rows = metrics_lib.read_metrics(workdir / "metrics.jsonl")
     train, val = results_io.curve(rows), results_io.curve(rows, "val/loss")
     if len(train["step"]) + len(val["step"]) < 2:
@@ -489,7 +492,7 @@ def plot_run(workdir: str | Path, path: str | Path | None = None) -> Path:
         ax.set_ylabel(label)
     for ax in axes.flat:
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"Training run {workdir.resolve().name}")
+    fig.suptitle(f"Training run {(workdir if storage.is_gcs(workdir) else workdir.resolve()).name}")
     fig.tight_layout()
     return _save(fig, path or workdir / results_io.PLOTS_DIR / "run.png")
 
@@ -501,7 +504,7 @@ def load_curves(sweep_dir: str | Path, rows: Sequence[dict]) -> list[dict]:
         if r.get("status") != "done" or not r.get("N"):
             continue
         cv = results_io.curve(
-            metrics_lib.read_metrics(Path(sweep_dir) / r["name"] / "metrics.jsonl")
+            metrics_lib.read_metrics(storage.path(sweep_dir) / r["name"] / "metrics.jsonl")
         )
         if len(cv["step"]) >= 2:
             curves.append({"name": r["name"], "N": float(r["N"]), "budget": r.get("budget"), **cv})
@@ -510,7 +513,7 @@ def load_curves(sweep_dir: str | Path, rows: Sequence[dict]) -> list[dict]:
 
 def plot_sweep(sweep_dir: str | Path) -> list[Path]:
     """Draw every plot the sweep's results.csv and fit.json support into DIR/plots/."""
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = storage.path(sweep_dir)
     rows = results_io.read_results(sweep_dir)
     done = [r for r in rows if r.get("status") == "done" and r.get("loss") is not None]
     fits = results_io.read_json(sweep_dir / results_io.FIT_JSON) or {}
