@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from llm_jax import storage
 from llm_jax.cli import args as args_lib
 from llm_jax.errors import UsageError, UserError
 from llm_jax.scaling import fit as fit_lib
@@ -91,7 +91,7 @@ def main(argv: Sequence[str]) -> int:
     # The result is printed before fit.json is touched: a write problem (or stdout being
     # redirected onto fit.json itself) never loses a finished fit.
     _print(json.dumps(results_io.jsonable(fit)) if args.json else table)
-    path = Path(args.file)
+    path = storage.path(args.file)
     folder = path if path.is_dir() else path.parent
     out_path = folder / results_io.FIT_JSON
     try:

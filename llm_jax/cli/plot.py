@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
+from llm_jax import storage
 from llm_jax.cli import args as args_lib
 from llm_jax.errors import UsageError
 from llm_jax.scaling import results as results_io
@@ -22,7 +22,7 @@ def main(argv: Sequence[str]) -> int:
     )
     p.add_argument("dir", help="a sweep directory (holding results.csv) or a training workdir")
     args = p.parse_args(argv[1:])
-    folder = Path(args.dir)
+    folder = storage.path(args.dir)
     if (folder / "metrics.jsonl").exists() and not (folder / results_io.RESULTS_CSV).exists():
         print(f"wrote {plot_lib.plot_run(folder)}")
         return 0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
+from llm_jax import storage
 from llm_jax.cli import args as args_lib
 from llm_jax.errors import UsageError
 
@@ -43,7 +43,7 @@ def main(argv: Sequence[str]) -> int:
     if args.bootstrap < 0:
         raise UsageError(f"--bootstrap must be >= 0 (got {args.bootstrap})")
     if args.collect:
-        if not Path(args.collect).is_dir():
+        if not storage.path(args.collect).is_dir():
             raise UsageError(f"--collect {args.collect}: no such sweep directory")
         collect_lib.collect(args.collect, args.bootstrap)
         return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from llm_jax import eval_results
+from llm_jax import eval_results, storage
 from llm_jax import flops as flops_lib
 from llm_jax import metrics as metrics_lib
 from llm_jax.scaling import fit as fitting
@@ -156,7 +156,7 @@ def fit_sweep(sweep_dir: Path, rows: list[dict], n_boot: int = 100) -> dict:
 
 def collect(sweep_dir: str | Path, n_boot: int = 100) -> dict:
     """Write DIR/results.csv and DIR/fit.json, draw DIR/plots/, print the fitted laws."""
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = storage.path(sweep_dir)
     rows, columns = collect_rows(sweep_dir)
     results_io.write_results(sweep_dir / results_io.RESULTS_CSV, rows, columns)
     fits = fit_sweep(sweep_dir, rows, n_boot)
