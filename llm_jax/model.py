@@ -1,33 +1,8 @@
 """A configurable decoder-only Transformer in Flax Linen, readable top to bottom.
 
-Every architectural choice is a field of `config.model` (see llm_jax/config.py):
-positions (sinusoidal | learned | rope | none), norm (layernorm | rmsnorm) placed
-pre or post, MLP (relu | gelu | swiglu), attention with MHA/GQA/MQA and optional
-qk-norm, tied or untied embeddings, dropout, dtypes, nn.scan over layers, remat.
-
-Usage:
-    model = Transformer(ModelConfig.from_config(config.model))
-    params = model.init(rng, tokens_BxL)['params']          # boxed with logical axes
-    logits_BxLxV = model.apply({'params': params}, tokens_BxL)
-
-Decoding with a KV cache (the sampler drives the loop):
-    cache = init_cache(config.model, batch, max_len)
-    logits, vars = model.apply({'params': p, 'cache': cache}, prompt_BxT,
-                               positions_BxL=..., segment_ids_BxL=..., decode=True,
-                               mutable=['cache'])        # prefill, then T=1 steps
-Cache layout, collection 'cache':
-    index        int32 []      slots filled so far (same for every row: prompts are
-                               left-padded so all rows advance together)
-    segment_ids  int32 [B, S]  segment of each slot; 0 = padding or empty
-    <layers>/attn/key, value   [B, S, G, K] per layer, compute dtype, keys after RoPE;
-                               with scan_layers stacked as [n_layers, B, S, G, K]
-A query in slot i attends to slot j iff j <= i and both hold the same non-zero
-segment, so empty, padding and future slots are masked. Writes past S are
-clamped by XLA (silently wrong): the caller keeps index + T <= S.
-
-Inspecting (what llm_jax/inspect.py reads; see `Transformer.__call__`):
-    logits, vars = model.apply({'params': p}, tokens_BxL, inspect=True,
-                               mutable=['intermediates'])
+Every architectural choice is a field of `config.model` (llm_jax/config.py), frozen into
+a `ModelConfig`. The apply contracts (logits, segment ids, the KV-cache decode path, the
+inspect mode, logical axes) are in docs/ARCHITECTURE.md.
 
 Tensor-name letters (each tensor name ends in its shape):
     B batch         L length of the queries (the tokens passed in)
@@ -35,6 +10,7 @@ Tensor-name letters (each tensor name ends in its shape):
     H query heads   G key/value heads         K head_dim
     F d_ff          V padded vocab            N heads of either kind (H or G)
     R query heads per key/value head (H / G)  Y layers (n_layers)
+    C rotary frequencies (K/2)
 """
 
 from __future__ import annotations
@@ -172,7 +148,8 @@ class Norm(nn.Module):
             (dim,),
             jnp.dtype(s.param_dtype),
         )
-        y = y * scale.astype(jnp.float32)
+        lead = (None,) * (x.ndim - 1)  # broadcast over every axis but the last
+        y = y * scale.astype(jnp.float32)[lead]
         if s.norm == "layernorm" and s.norm_bias:
             bias = self.param(
                 "bias",
@@ -180,7 +157,7 @@ class Norm(nn.Module):
                 (dim,),
                 jnp.dtype(s.param_dtype),
             )
-            y = y + bias.astype(jnp.float32)
+            y = y + bias.astype(jnp.float32)[lead]
         return y.astype(s.dtype)
 
 
@@ -198,7 +175,7 @@ def _lookup(table_NxD: jax.Array, ids_BxL: jax.Array, row_axis: str | None) -> j
 def sinusoidal_embedding(positions_BxL: jax.Array, d_model: int) -> jax.Array:
     """Vaswani et al. 2017: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(same)."""
     exponent = jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model
-    angle_BxLxC = positions_BxL[..., None].astype(jnp.float32) / (10000.0**exponent)
+    angle_BxLxC = positions_BxL[..., None].astype(jnp.float32) / (10000.0**exponent)[None, None]
     pe_BxLxCx2 = jnp.stack([jnp.sin(angle_BxLxC), jnp.cos(angle_BxLxC)], axis=-1)
     return pe_BxLxCx2.reshape(*positions_BxL.shape, -1)[..., :d_model]
 
@@ -229,7 +206,9 @@ def apply_rope(x_BxLxNxK: jax.Array, positions_BxL: jax.Array, inv_freq_C: jax.A
     Pair (i, i + K/2) is rotated by angle p * inv_freq[i] (see `rope_frequencies`), so
     q.k depends on positions only through their difference.
     """
-    angle_BxLx1xC = (positions_BxL.astype(jnp.float32)[..., None] * inv_freq_C)[:, :, None, :]
+    angle_BxLx1xC = (positions_BxL.astype(jnp.float32)[..., None] * inv_freq_C[None, None])[
+        :, :, None, :
+    ]
     sin, cos = jnp.sin(angle_BxLx1xC), jnp.cos(angle_BxLx1xC)
     x1, x2 = jnp.split(x_BxLxNxK.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -246,8 +225,8 @@ def positions_from_segments(segment_ids_BxL: jax.Array) -> jax.Array:
         ],
         axis=1,
     )
-    start_BxL = jax.lax.cummax(jnp.where(starts_BxL, idx_L, 0), axis=1)
-    return idx_L - start_BxL
+    start_BxL = jax.lax.cummax(jnp.where(starts_BxL, idx_L[None], 0), axis=1)
+    return idx_L[None] - start_BxL
 
 
 def attention_mask(
@@ -319,7 +298,9 @@ class Attention(nn.Module):
             w_DxNxK = _param(self, name, (D, n_heads, K), ("embed", head_axis, "kv"), normal)
             y_BxLxNxK = jnp.einsum("BLD,DNK->BLNK", x_BxLxD, w_DxNxK)
             if s.attn_bias:
-                y_BxLxNxK += _param(self, name + "_bias", (n_heads, K), (head_axis, "kv"), zeros)
+                y_BxLxNxK += _param(self, name + "_bias", (n_heads, K), (head_axis, "kv"), zeros)[
+                    None, None
+                ]
             if s.qk_norm and name != "value":
                 y_BxLxNxK = Norm(s, axis_name="kv", name=name + "_norm")(y_BxLxNxK)
             if s.positions == "rope" and name != "value":
@@ -362,7 +343,7 @@ class Attention(nn.Module):
         )
         y_BxLxD = jnp.einsum("BLHK,HKD->BLD", out_BxLxHxK, w_HxKxD)
         if s.attn_bias:
-            y_BxLxD += _param(self, "out_bias", (D,), ("embed",), zeros)
+            y_BxLxD += _param(self, "out_bias", (D,), ("embed",), zeros)[None, None]
         return checkpoint_name(y_BxLxD, "attn_out")
 
     def _explicit_attention(self, q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask_Bx1xLxS):
@@ -418,7 +399,7 @@ class MLP(nn.Module):
                 "BLD,DF->BLF", x_BxLxD, _param(self, name, (D, F), ("embed", "mlp"), normal)
             )
             if s.mlp_bias:
-                h_BxLxF += _param(self, name + "_bias", (F,), ("mlp",), zeros)
+                h_BxLxF += _param(self, name + "_bias", (F,), ("mlp",), zeros)[None, None]
             return checkpoint_name(h_BxLxF, f"mlp_{name}")
 
         if s.mlp == "swiglu":
@@ -440,7 +421,7 @@ class MLP(nn.Module):
             ),
         )
         if s.mlp_bias:
-            y_BxLxD += _param(self, "down_bias", (D,), ("embed",), zeros)
+            y_BxLxD += _param(self, "down_bias", (D,), ("embed",), zeros)[None, None]
         return checkpoint_name(y_BxLxD, "mlp_down")
 
 

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_run import tiny_model
 
-from llm_jax import config as cfg
 from llm_jax import sample
 from llm_jax.model import ModelConfig, Transformer, init_cache
 from llm_jax.sample import SamplingConfig
@@ -114,9 +114,7 @@ def test_prompt_longer_than_the_context():
 @functools.cache
 def _tiny(**overrides):
     """A 2-layer d_model 32 model config and its random params (shared between tests)."""
-    m = cfg.default_config().model
-    m.update(d_model=32, n_layers=2, n_heads=4, vocab_size=61, vocab_multiple=32, max_seq_len=32)
-    m.update(overrides)
+    m = tiny_model(**{**dict(vocab_size=61, vocab_multiple=32, d_ff=0), **overrides})
     init = jax.jit(Transformer(ModelConfig.from_config(m)).init)
     return m, nn.unbox(init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
 
