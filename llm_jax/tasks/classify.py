@@ -253,9 +253,9 @@ def predict(workdir: str, texts: list[str], batch_size: int = 32, step: int | No
     probs = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
-        batch = encode_texts(
-            tokenizer, chunk + [""] * (batch_size - len(chunk)), config.data.seq_len
-        )
+        rows = encode_texts(tokenizer, chunk, config.data.seq_len)
+        fill = ((0, batch_size - len(chunk)), (0, 0))  # one shape for every batch: one compile
+        batch = {k: np.pad(v, fill) for k, v in rows.items()}
         probs.append(np.asarray(apply(params, batch))[: len(chunk)])
     probs = np.concatenate(probs) if probs else np.zeros((0, len(config.task.labels)))
     return tuple(config.task.labels), probs
