@@ -38,6 +38,7 @@ import ml_collections
 import optax
 
 from llm_jax import config as config_lib
+from llm_jax import storage
 from llm_jax.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,10 @@ def _run_tokenizer_path(workdir: str) -> str:
     from llm_jax import workdir as workdir_lib
     from llm_jax.hf import tokenizer as hf_tokenizer
 
-    if os.path.exists(os.path.join(workdir, hf_tokenizer.TOKENIZER_JSON)):
+    if storage.exists(storage.join(workdir, hf_tokenizer.TOKENIZER_JSON)):
         return f"hf:{workdir}"
-    path = os.path.join(workdir, workdir_lib.TOKENIZER_FILE)
-    return path if os.path.exists(path) else ""
+    path = storage.join(workdir, workdir_lib.TOKENIZER_FILE)
+    return path if storage.exists(path) else ""
 
 
 def path_name(path) -> str:
