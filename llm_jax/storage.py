@@ -165,6 +165,25 @@ def _bucket_exists(bucket: str) -> bool:
     return True
 
 
+_buckets_seen: set[str] = set()
+
+
+def _require_bucket(bucket: str, p: str) -> None:
+    """Raise StorageError naming `p` unless `bucket` exists (asked once per process)."""
+    if bucket in _buckets_seen:
+        return
+    if not _bucket_exists(bucket):
+        raise StorageError(_no_bucket(p, bucket, "check"))
+    _buckets_seen.add(bucket)
+
+
+def _no_bucket(p: str, bucket: str, doing: str) -> str:
+    return (
+        f"cannot {doing} {p}: bucket gs://{bucket} does not exist; create it "
+        f"(gcloud storage buckets create gs://{bucket}) or fix the path"
+    )
+
+
 @contextlib.contextmanager
 def errors(p: str | os.PathLike, doing: str = "read") -> Iterator[None]:
     """Turn a gs:// client failure on `p` into a one-line StorageError naming it.
@@ -182,10 +201,7 @@ def errors(p: str | os.PathLike, doing: str = "read") -> Iterator[None]:
             raise StorageError(f"cannot {doing} {p}: {type(e).__name__}: {e}") from e
         bucket = split(p)[0]
         if not _bucket_exists(bucket):
-            raise StorageError(
-                f"cannot {doing} {p}: bucket gs://{bucket} does not exist; create it "
-                f"(gcloud storage buckets create gs://{bucket}) or fix the path"
-            ) from e
+            raise StorageError(_no_bucket(p, bucket, doing)) from e
         raise StorageError(f"cannot {doing} {p}: no such object") from e
 
 
@@ -197,9 +213,13 @@ def _is_not_found(e: Exception) -> bool:
 
 
 def exists(p: str | os.PathLike) -> bool:
-    """Whether the file, object or directory (prefix) `p` exists."""
+    """Whether the file, object or directory (prefix) `p` exists (on gs://, in a bucket that
+    exists: a missing bucket is a StorageError, not False)."""
     with errors(p, "check"):
-        return path(p).exists()
+        found = path(p).exists()
+    if not found and is_gcs(p):
+        _require_bucket(split(p)[0], os.fspath(p))
+    return found
 
 
 def read_bytes(p: str | os.PathLike) -> bytes:

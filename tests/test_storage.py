@@ -69,6 +69,8 @@ def test_gcs_missing_object_and_bucket_name_the_path(gs):
         storage.read_text("gs://no-such-bucket/run/config.json")
     with pytest.raises(storage.StorageError, match="bucket gs://no-such-bucket does not exist"):
         storage.write_text("gs://no-such-bucket/run/config.json", "{}")
+    with pytest.raises(storage.StorageError, match="check gs://no-such-bucket/run: bucket"):
+        storage.exists("gs://no-such-bucket/run")
 
 
 def test_gcs_store_preconditions(gs):
