@@ -451,7 +451,8 @@ def plot_ablation(
         ax.errorbar(lrs, mean, yerr=err, marker="o", capsize=3, color=f"C{i % 10}", label=label)
     ax.set_xscale("log")
     tried = sorted({lr for by_lr in groups.values() for lr in by_lr})
-    ax.set_xticks(tried, [f"{lr:g}" for lr in tried])  # label every learning rate tried
+    # Label every learning rate tried, in 2 significant digits (powers of 2 run long).
+    ax.set_xticks(tried, [f"{lr:.2g}" for lr in tried], rotation=45 if len(tried) > 5 else 0)
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel(f"final validation {LOSS_LABEL}")
