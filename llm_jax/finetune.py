@@ -38,7 +38,7 @@ import ml_collections
 import optax
 
 from llm_jax import config as config_lib
-from llm_jax import storage
+from llm_jax import storage, trees
 from llm_jax.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def _run_tokenizer_path(workdir: str) -> str:
 
 def path_name(path) -> str:
     """'layers/attn/query' for a params tree path (box attributes left out)."""
-    return "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+    return trees.path_str(path)
 
 
 def init_params(params: Any, source: Any, source_name: str) -> Any:
