@@ -6,9 +6,11 @@ import pytest
 from tiny_run import tiny_config, write_corpus
 
 from llm_jax import config as config_lib
+from llm_jax import metrics as metrics_lib
 from llm_jax import optim, trainer
 from llm_jax import workdir as workdir_lib
-from llm_jax.scaling import collect, sweep
+from llm_jax.scaling import collect, runner, sweep
+from llm_jax.scaling import results as results_io
 
 
 def _base():
@@ -131,3 +133,47 @@ def test_one_minus_sqrt_cooldown():
     assert float(schedule(49)) == 1.0
     assert float(schedule(75)) == pytest.approx(1 - 0.5**0.5, rel=1e-6)
     assert float(schedule(100)) == 0.0
+
+
+RUNNER_SWEEP = """
+from llm_jax.config import default_config
+from llm_jax.scaling.sweep import Trial
+
+
+def get_config():
+    config = default_config()
+    config.model.update(d_model=16, n_layers=1, n_heads=1, d_ff=32, vocab_size=512,
+                        max_seq_len=32)
+    config.data.update(seq_len=32, num_val_batches=1)
+    config.train.update(steps=8, batch_size=4, warmup_steps=2, log_every=2, eval_every=8,
+                        schedule="constant")
+    config.checkpoint.update(every=4, keep_every=4, async_save=False)
+    return config
+
+
+def get_sweep():
+    branch = {"train.steps": 6, "train.schedule": "wsd", "train.decay_fraction": 2 / 6,
+              "train.min_lr_ratio": 0.0, "train.eval_every": 6, "init.step": 4,
+              "init.state": True}
+    return [
+        Trial("parent", {}),
+        Trial("parent-branch", branch, parent="parent"),
+        Trial("broken", {"data.source": "files", "data.path": "/nonexistent/corpus.txt"}),
+        Trial("orphan", branch, parent="broken"),
+    ]
+"""
+
+
+def test_runner_starts_a_branch_once_its_checkpoint_exists(tmp_path, capsys):
+    (tmp_path / "sweep.py").write_text(RUNNER_SWEEP)
+    work = tmp_path / "runs"
+    assert runner.run_sweep(str(tmp_path / "sweep.py"), str(work), parallel=2, n_boot=0) == 1
+    out = capsys.readouterr().out
+    # Started at once, the branch would have failed: the parent had no step-4 checkpoint.
+    assert results_io.trial_status(work / "parent-branch") == "done"
+    steps = [r["step"] for r in metrics_lib.read_metrics(work / "parent-branch" / "metrics.jsonl")]
+    assert min(steps) > 4 and max(steps) == 6  # it continued the parent from step 4
+    # A branch whose parent failed is never started.
+    assert "BLOCKED orphan" in out and not (work / "orphan" / "train.log").exists()
+    with pytest.raises(sweep.SweepError, match="launch the parents first"):
+        runner.run_sweep(str(tmp_path / "sweep.py"), str(work), launcher="slurm")

@@ -31,6 +31,14 @@ trials achieved, times the parallel slots.
 trial), so results land in the same layout. Such trials have no done.json; collecting
 counts a trial finished when its metrics reach the planned last step with an evaluation.
 
+A trial with a `parent` (a WSD cooldown branch, `sweep.wsd_branches`) starts once its
+parent's checkpoint at its `init.step` exists, with `init.workdir` set to the parent's
+directory; a branch whose parent did not finish without that checkpoint is reported
+blocked and not started. Resume and skip work as for any trial (a branch resumes from
+its own checkpoints). SLURM arrays start tasks in any order: a branch and its parent are
+refused in one script (launch the parents first, `--only`); the TPU script runs trials
+in order, parents first.
+
 At the end, and with --collect, DIR/results.csv gets one row per trial, the laws the
 results support are fitted into DIR/fit.json, and the plots are drawn into DIR/plots/.
 """
@@ -75,7 +83,20 @@ def train_command(
         "--workdir",
         str(Path(workdir) / trial.name),
         *sweep_lib.override_args(trial.overrides),
+        *([f"--config.init.workdir={Path(workdir) / trial.parent}"] if trial.parent else []),
     ]
+
+
+def branch_ready(trial: sweep_lib.Trial, workdir: str) -> bool:
+    """Whether a trial can start: no parent, or the parent's checkpoint at the trial's
+    init.step is written (Orbax renames a finished checkpoint to its step)."""
+    if not trial.parent:
+        return True
+    step = trial.overrides.get("init.step", -1)
+    checkpoints = Path(workdir) / trial.parent / "checkpoints"
+    if step < 0:
+        return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    return (checkpoints / str(step)).is_dir()
 
 
 def _write_status(trial_dir: Path, status: str, **fields) -> dict:
@@ -271,6 +292,18 @@ def _finished(r: _Running, eta: _Eta, out: _Reporter) -> str:
     return status
 
 
+def _block(queue: list, outcome: dict, out: _Reporter) -> None:
+    """Report the queued branches that can never start (nothing runs to write their
+    parents' checkpoints) and drop them."""
+    for trial, _ in queue:
+        outcome[trial.name] = "blocked"
+        out.event(
+            f"[sweep] BLOCKED {trial.name}: its parent {trial.parent} has no checkpoint at "
+            f"step {trial.overrides.get('init.step')} (did the parent fail?)"
+        )
+    queue.clear()
+
+
 def _stop_all(running: list, outcome: dict) -> None:
     """SIGTERM the running trials (each saves a checkpoint) and record them."""
     for r in running:
@@ -305,8 +338,11 @@ def run_local(
     try:
         while queue or running:
             changed = False
-            while queue and len(running) < parallel:
-                trial, plan = queue.pop(0)
+            while len(running) < parallel:
+                ready = [i for i, (t, _) in enumerate(queue) if branch_ready(t, workdir)]
+                if not ready:
+                    break
+                trial, plan = queue.pop(ready[0])
                 started = _start(trial, plan, sweep_path, workdir, launcher, env, out)
                 if started is None:
                     outcome[trial.name] = "busy"
@@ -320,6 +356,9 @@ def run_local(
                 changed = True
             for r in running:
                 r.heartbeat()
+            if queue and not running and not any(branch_ready(t, workdir) for t, _ in queue):
+                _block(queue, outcome, out)
+                changed = True
             if changed or time.time() - last_status > 1.0:
                 last_status = time.time()
                 out.status(_status_line(outcome, running, queue, eta, total, done_before), changed)
@@ -356,6 +395,12 @@ def write_slurm(sweep_path: str, workdir: str, todo: list, parallel: int) -> Pat
     """
     for path in (sweep_path, workdir, os.getcwd()):
         _check_script_path(path)
+    names = {t.name for t, _ in todo}
+    if any(t.parent in names for t, _ in todo):
+        raise sweep_lib.SweepError(
+            "a SLURM array starts tasks in any order, and this one holds WSD branches with "
+            "their parents; launch the parents first (--only), then the branches"
+        )
     q = shlex.quote
     cases = "\n".join(
         f"  {i}) {shlex.join(train_command(sweep_path, workdir, t))} ;;"
