@@ -35,7 +35,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 import time
 from typing import Any
 
@@ -46,7 +45,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from llm_jax import trees
+from llm_jax import storage, trees
 from llm_jax.errors import UserError
 from llm_jax.preemption import PreemptionGuard
 
@@ -121,7 +120,7 @@ class Checkpointer:
         read_only: bool = False,
         keep_every: int = 0,
     ):
-        self.directory = os.path.abspath(directory)
+        self.directory = directory if storage.is_gcs(directory) else os.path.abspath(directory)
         keep_policies = [policies.LatestN(n=keep)]
         if keep_every:
             keep_policies.append(policies.EveryNSteps(interval_steps=keep_every))
@@ -137,7 +136,9 @@ class Checkpointer:
 
     def _make_manager(self, state_handler) -> ocp.CheckpointManager:
         handlers = {"state": state_handler, "meta": ocp.JsonCheckpointHandler()}
-        return ocp.CheckpointManager(self.directory, options=self._options, item_handlers=handlers)
+        return ocp.CheckpointManager(
+            storage.path(self.directory), options=self._options, item_handlers=handlers
+        )
 
     def latest_step(self) -> int | None:
         """The newest fully written checkpoint's step, or None."""
@@ -163,9 +164,9 @@ class Checkpointer:
 
     def read_meta(self, step: int) -> dict[str, Any]:
         """The JSON metadata of the checkpoint at `step`."""
-        path = os.path.join(self.directory, str(step), "meta", "metadata")
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(
+            storage.read_text(storage.join(self.directory, str(step), "meta", "metadata"))
+        )
 
     def check_shapes(self, step: int, target: Any, model: dict[str, Any] | None = None) -> None:
         """Raise CheckpointError unless the saved `state` has the shapes of `target`.
@@ -266,9 +267,8 @@ class Checkpointer:
         target = os.path.join(
             os.path.dirname(self.directory), CORRUPT_DIR, f"{step}-{int(time.time())}"
         )
-        if jax.process_index() == 0 and os.path.exists(source):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.move(source, target)
+        if jax.process_index() == 0 and storage.exists(source):
+            storage.move(source, target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"checkpoint-aside-{step}")
         log.warning(

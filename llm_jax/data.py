@@ -58,7 +58,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from llm_jax import atomic
+from llm_jax import atomic, storage
 from llm_jax.corpus import Corpus
 from llm_jax.tokenizer import EOS_ID, DataError, Tokenizer, load_tokenizer, train_tokenizer
 
@@ -80,6 +80,11 @@ log = logging.getLogger(__name__)
 def cache_root(data_cfg: ml_collections.ConfigDict) -> Path:
     """The folder holding tokenizers and token caches (shared by all trials of a sweep)."""
     root = data_cfg.cache_dir or os.environ.get("LLM_JAX_CACHE") or "~/.cache/llm_jax"
+    if storage.is_gcs(root):
+        raise DataError(
+            f"data.cache_dir={root!r}: token caches are memory-mapped local files; set a local "
+            "folder (each host builds its own from the corpus, which may be on gs://)"
+        )
     return Path(root).expanduser()
 
 

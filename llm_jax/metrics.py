@@ -7,6 +7,9 @@
   {"step": 100, "tokens": 204800, "flops": 1.2e13, "epochs": 0.04, "val/loss": 3.3,
    "val/bpb": 1.41}
 
+On a gs:// workdir both files are rewritten whole at each write: objects cannot be
+appended to (one writer per workdir: the lease holder).
+
 TensorBoard files are written without TensorFlow: a tfevents file is a sequence of
 records (uint64 length, masked crc32c of the length, an `Event` protocol buffer,
 masked crc32c of the data); the few protobuf fields needed are encoded by hand.
@@ -26,7 +29,7 @@ import sys
 import time
 from typing import IO, Any
 
-from llm_jax import atomic
+from llm_jax import storage
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +139,25 @@ class TensorBoardWriter:
     def __init__(self, logdir: str):
         self.logdir = logdir
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self.path = os.path.join(logdir, name)
+        self.path = storage.join(logdir, name)
         self._file: IO[bytes] | None = None
+        self._written = b""  # gs:// objects cannot be appended to: the file so far, rewritten
 
-    def _open(self) -> IO[bytes]:
+    def _write(self, record: bytes) -> None:
+        if self._file is None and not self._written:
+            header = encode_record(encode_event(time.time(), file_version="brain.Event:2"))
+            if storage.is_gcs(self.path):
+                self._written = header
+            else:
+                os.makedirs(self.logdir, exist_ok=True)
+                self._file = open(self.path, "ab")
+                self._file.write(header)
         if self._file is None:
-            os.makedirs(self.logdir, exist_ok=True)
-            self._file = open(self.path, "ab")
-            self._file.write(encode_record(encode_event(time.time(), file_version="brain.Event:2")))
-        return self._file
+            self._written += record
+            storage.write_bytes(self.path, self._written)
+        else:
+            self._file.write(record)
+            self._file.flush()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """Write the finite numeric entries of `values` at `step`."""
@@ -154,9 +167,7 @@ class TensorBoardWriter:
             if isinstance(v, int | float) and math.isfinite(v)
         }
         if finite:
-            f = self._open()
-            f.write(encode_record(encode_event(time.time(), step, scalars=finite)))
-            f.flush()
+            self._write(encode_record(encode_event(time.time(), step, scalars=finite)))
 
     def close(self) -> None:
         """Close the file (if one was written)."""
@@ -175,11 +186,10 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     resuming such a run, or collecting its sweep, still works; skipped lines other than
     a torn last line are reported in one warning.
     """
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return []
     rows, bad = [], []
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
+    lines = storage.read_bytes(path).split(b"\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -224,24 +234,23 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self._tb = TensorBoardWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+        self.path = storage.join(workdir, "metrics.jsonl")
+        self._tb = TensorBoardWriter(storage.join(workdir, "tensorboard")) if enabled else None
         self.rows_written = 0
 
     def truncate_after(self, step: int) -> None:
         """Keep only rows with `step <= step` (atomically replaces the file)."""
-        if not self.enabled or not os.path.exists(self.path):
+        if not self.enabled or not storage.exists(self.path):
             return
         rows = [r for r in read_metrics(self.path) if r["step"] <= step]
-        atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+        storage.write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def write(self, row: dict[str, Any]) -> None:
         """Append one row (must hold `step`); scalars also go to TensorBoard."""
         if not self.enabled:
             return
         row = {k: _clean(v) for k, v in row.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        storage.append_text(self.path, json.dumps(row) + "\n")
         self.rows_written += 1
         self._tb.scalars(
             row["step"], {k: v for k, v in row.items() if k != "step" and v is not None}

@@ -24,8 +24,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from llm_jax import atomic, chips, finetune
 from llm_jax import checkpoint as ckpt_lib
+from llm_jax import chips, finetune, storage
 from llm_jax import config as config_lib
 from llm_jax import lease as lease_lib
 from llm_jax import metrics as metrics_lib
@@ -128,7 +128,7 @@ class Trainer:
         self.primary = jax.process_index() == 0
         self.setup = train_lib.make_train(config, _make_mesh(config))
         workdir_lib.check_workdir(workdir)
-        os.makedirs(workdir, exist_ok=True)
+        storage.makedirs(workdir)
         self.prepared = data_lib.prepare(config)
         if self.prepared.tokenizer.vocab_size > config.model.vocab_size:
             raise ConfigError(
@@ -179,7 +179,7 @@ class Trainer:
                     data_lib.to_global(b, self.setup.batch_sharding) for b in self.task.val_batches
                 ]
         if self.primary:
-            atomic.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
+            storage.write_json(storage.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
             workdir_lib.save_run_tokenizer(workdir, self.prepared.tokenizer)
         self.step_count = int(jax.device_get(self.state["step"]))
         self.start_step = self.step_count

@@ -1,0 +1,114 @@
+"""Training, resuming and sampling with everything in a bucket (a real local GCS server)."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from gcs_server import gcs_bucket  # noqa: F401 (the fixture)
+from tiny_run import subprocess_env, tiny_config, write_corpus
+
+from llm_jax import data as data_lib
+from llm_jax import metrics as metrics_lib
+from llm_jax import storage, trainer
+
+
+@pytest.fixture
+def gs(gcs_bucket):  # noqa: F811 (uses the imported fixture)
+    return f"{gcs_bucket}/{uuid.uuid4().hex[:8]}"
+
+
+def _upload_corpus(local_glob: str, remote: str) -> None:
+    for f in sorted(glob.glob(local_glob)):
+        with open(f, "rb") as src:
+            storage.write_bytes(f"{remote}/{os.path.basename(f)}", src.read())
+
+
+class _StopAfter:
+    """A guard that "gets SIGTERM" at poll `polls`: one poll before the loop, one per step."""
+
+    def __init__(self, polls):
+        self.left = polls
+
+    @property
+    def requested(self):
+        self.left -= 1
+        return "SIGTERM" if self.left <= 0 else None
+
+
+def _rows(workdir):
+    rows = metrics_lib.read_metrics(storage.join(workdir, "metrics.jsonl"))
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
+
+
+def test_train_stop_resume_and_generate_in_a_bucket(gs, tmp_path):
+    local_glob = write_corpus(tmp_path / "corpus")
+    _upload_corpus(local_glob, f"{gs}/corpus")
+    config = tiny_config(
+        f"{gs}/corpus/*.txt",
+        tmp_path / "cache",
+        train__steps=8,
+        train__log_every=2,
+        train__eval_every=4,
+        checkpoint__every=2,
+        checkpoint__async_save=False,
+    )
+    reference = str(tmp_path / "reference")
+    trainer.train_and_evaluate(config, reference)
+    workdir = f"{gs}/run"
+    stopped = trainer.train_and_evaluate(config, workdir, _StopAfter(1 + 5))
+    assert stopped["preempted"] and stopped["step"] == 5
+    assert storage.exists(f"{workdir}/checkpoints/5") and storage.exists(f"{workdir}/config.json")
+    assert not os.path.exists("gs:")  # nothing went to a local folder named after the URL
+    trainer.train_and_evaluate(config, workdir)
+    assert _rows(workdir) == _rows(reference)  # bit-exact: the same losses, step by step
+    assert json.loads(storage.read_text(f"{workdir}/config.json"))["train"]["steps"] == 8
+
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_jax.cli", "generate", "--workdir", workdir]
+        + ["--prompt", "the king", "--max-new-tokens", "5", "--no-stream"],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("--- prompt 1, sample 1 ---\nthe king")
+
+
+def test_a_jsonl_corpus_in_a_bucket_tokenizes_like_the_local_copy(gs, tmp_path):
+    local = tmp_path / "jsonl"
+    local.mkdir()
+    for i in range(4):
+        rows = [{"text": f"doc {i} line {j} the king speaks"} for j in range(50)]
+        (local / f"part{i}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _upload_corpus(str(local / "*.jsonl"), f"{gs}/jsonl")
+    paths = {"local": str(local / "*.jsonl"), "gcs": f"{gs}/jsonl/*.jsonl"}
+    tokens = {}
+    for where, path in paths.items():
+        prepared = data_lib.prepare(tiny_config(path, tmp_path / "cache"))
+        tokens[where] = (prepared.tokens("train").tolist(), prepared.tokens("val").tolist())
+    assert tokens["gcs"] == tokens["local"] and tokens["gcs"][0]
+
+
+def test_missing_gcs_workdir_is_one_line_error(gs):
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_jax.cli", "generate", "--workdir", f"{gs}/none"],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {gs}/none/config.json not found: is '{gs}/none' a training workdir?"
+    ]
+
+
+def test_a_gcs_token_cache_is_refused_in_one_line():
+    config = tiny_config("corpus/*.txt", "gs://llmjax-test/cache")
+    with pytest.raises(data_lib.DataError, match="token caches are memory-mapped local files"):
+        data_lib.cache_root(config.data)
