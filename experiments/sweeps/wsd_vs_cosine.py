@@ -27,7 +27,9 @@ def get_config():
     config.model.update(vocab_size=512, max_seq_len=64, tie_embeddings=True, scan_layers=False)
     config.data.seq_len = 64
     config.data.num_val_batches = 4
-    config.train.update(batch_size=16, log_every=10, warmup_steps=10)
+    # Both designs decay to zero (WSD cooldowns always do), so only the schedule's shape
+    # differs.
+    config.train.update(batch_size=16, log_every=10, warmup_steps=10, min_lr_ratio=0.0)
     config.checkpoint.every = 250
     return config
 
