@@ -9,11 +9,14 @@ import uuid
 
 import pytest
 from gcs_server import gcs_bucket  # noqa: F401 (the fixture)
+from test_scaling_runner import _write_sweep
 from tiny_run import subprocess_env, tiny_config, write_corpus
 
 from llm_jax import data as data_lib
 from llm_jax import metrics as metrics_lib
 from llm_jax import storage, trainer
+from llm_jax.cli import run as cli_run
+from llm_jax.scaling import results, runner
 
 
 @pytest.fixture
@@ -106,6 +109,32 @@ def test_missing_gcs_workdir_is_one_line_error(gs):
     assert result.stderr.strip().splitlines() == [
         f"error: {gs}/none/config.json not found: is '{gs}/none' a training workdir?"
     ]
+
+
+def test_a_sweep_in_a_bucket_runs_collects_and_plots(gs, tmp_path, capsys):
+    sweep = _write_sweep(
+        tmp_path / "sweep.py",
+        """[
+        Trial("lr-a", {"train.lr": 3e-3}),
+        Trial("broken", {"data.source": "files", "data.path": "/nonexistent/corpus.txt"}),
+    ]""",
+    )
+    work = f"{gs}/sweep"
+    assert runner.run_sweep(sweep, work, n_boot=0) == 1
+    assert "FAILED broken" in capsys.readouterr().out
+    assert results.trial_status(storage.path(work) / "lr-a") == "done"
+    assert {r["name"]: r["status"] for r in results.read_results(work)} == {
+        "lr-a": "done",
+        "broken": "failed",
+    }
+    assert "nonexistent" in storage.read_text(f"{work}/broken/train.log")  # uploaded log
+    assert storage.glob(f"{work}/plots/*.png") == [f"{work}/plots/training_curves.png"]
+    assert not os.path.exists("gs:")
+
+    assert cli_run(["sweep", "--collect", work, "--bootstrap", "0"]) == 0
+    assert cli_run(["plot", f"{work}/lr-a"]) == 0
+    assert f"wrote {work}/lr-a/plots/run.png" in capsys.readouterr().out
+    assert storage.read_bytes(f"{work}/lr-a/plots/run.png").startswith(b"\x89PNG")
 
 
 def test_a_gcs_token_cache_is_refused_in_one_line():

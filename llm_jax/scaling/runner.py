@@ -8,7 +8,8 @@ Local: each trial is one subprocess, exactly the command a user would type,
 
     python -m llm_jax.cli train --config SWEEP.py --workdir DIR/<trial> --config.k=v ...
 
-with its output in DIR/<trial>/train.log. A trial is finished once the process exited 0
+with its output in DIR/<trial>/train.log (for a gs:// DIR, a local file appended there
+when the attempt ends). A trial is finished once the process exited 0
 with its final evaluation in metrics.jsonl; the runner then writes DIR/<trial>/done.json.
 Rerunning the command skips finished trials and reruns the others, which resume from
 their checkpoints (the trainer restores them). A crash is recorded in status.json and the
@@ -51,11 +52,12 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from llm_jax import atomic
+from llm_jax import atomic, storage
 from llm_jax import lease as lease_lib
 from llm_jax import metrics as metrics_lib
 from llm_jax.preemption import PREEMPTED_EXIT_CODE
@@ -81,9 +83,9 @@ def train_command(
         "--config",
         str(sweep_path),
         "--workdir",
-        str(Path(workdir) / trial.name),
+        storage.join(workdir, trial.name),
         *sweep_lib.override_args(trial.overrides),
-        *([f"--config.init.workdir={Path(workdir) / trial.parent}"] if trial.parent else []),
+        *([f"--config.init.workdir={storage.join(workdir, trial.parent)}"] if trial.parent else []),
     ]
 
 
@@ -93,7 +95,7 @@ def branch_ready(trial: sweep_lib.Trial, workdir: str) -> bool:
     if not trial.parent:
         return True
     step = trial.overrides.get("init.step", -1)
-    checkpoints = Path(workdir) / trial.parent / "checkpoints"
+    checkpoints = storage.path(workdir) / trial.parent / "checkpoints"
     if step < 0:
         return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
     return (checkpoints / str(step)).is_dir()
@@ -129,7 +131,13 @@ class _Running:
         state = results_io.read_json(trial_dir / "status.json") or {"attempts": []}
         self.attempt = len(state["attempts"]) + 1
         self._record(None, status="running")
-        self.log = open(trial_dir / "train.log", "a")  # closed in finish()
+        # A gs:// object cannot be appended to: the attempt's output goes to a local file,
+        # appended to DIR/<trial>/train.log when it ends.
+        if storage.is_gcs(trial_dir):
+            self.log = tempfile.NamedTemporaryFile("a", suffix=".log", delete=False)
+        else:
+            self.log = open(trial_dir / "train.log", "a")  # closed in finish()
+        self.log_path = Path(self.log.name)
         self.log.write(f"\n=== attempt {self.attempt}: {shlex.join(command)}\n")
         self.log.flush()
         self.proc = subprocess.Popen(
@@ -160,6 +168,8 @@ class _Running:
     def finish(self, rc: int) -> str:
         """Record the attempt; returns the trial's status."""
         self.log.close()
+        if storage.is_gcs(self.dir):
+            storage.append_text(self.dir / "train.log", self.log_path.read_text(errors="replace"))
         if rc == 0 and results_io.is_complete(self.dir, self.plan["steps"]):
             state = self._record(rc, "done")
             results_io.write_json(
@@ -169,7 +179,7 @@ class _Running:
         status = (
             "stopped" if rc in (PREEMPTED_EXIT_CODE, -signal.SIGTERM, -signal.SIGINT) else "failed"
         )
-        error = _tail(self.dir / "train.log") or f"exit code {rc}"
+        error = _tail(self.log_path) or f"exit code {rc}"
         if rc == 0:
             error = "exited 0 without a final evaluation in metrics.jsonl"
         self._record(rc, status, error=error, rc=rc)
@@ -262,7 +272,7 @@ def _status_line(outcome: dict, running: list, queue: list, eta: _Eta, total: in
 
 def _start(trial, plan, sweep_path, workdir, launcher, env, out: _Reporter) -> _Running | None:
     """Start a trial, unless a live process holds its workdir (then None)."""
-    trial_dir = Path(workdir) / trial.name
+    trial_dir = storage.path(workdir) / trial.name
     holder = lease_lib.read_holder(str(trial_dir))
     if holder:
         out.event(
@@ -284,7 +294,7 @@ def _finished(r: _Running, eta: _Eta, out: _Reporter) -> str:
         eta.add(r.plan["C_detailed"], seconds)
         out.event(f"[sweep] done  {r.trial.name} in {metrics_lib.duration(seconds)}")
     else:
-        tail = _tail(r.dir / "train.log", 1)
+        tail = _tail(r.log_path, 1)
         out.event(
             f"[sweep] {status.upper()} {r.trial.name} (exit {r.proc.returncode}): "
             f"{tail}\n        log: {r.dir / 'train.log'}"
@@ -516,7 +526,7 @@ def run_sweep(
     if not trials:
         raise sweep_lib.SweepError(f"--only {only!r} matches no trial of {sweep_path}")
     planned = [(t, sweep_lib.plan(sweep_lib.apply_overrides(base, t.overrides))) for t in trials]
-    root = Path(workdir)
+    root = storage.path(workdir)
     status = {t.name: results_io.trial_status(root / t.name, p["steps"]) for t, p in planned}
     todo = [(t, p) for t, p in planned if status[t.name] != "done"]
     if dry_run:
@@ -543,7 +553,7 @@ def _run_owned(
     n_boot: int,
 ) -> int:
     """`run_sweep` once the sweep directory's lease is held."""
-    root = Path(workdir)
+    root = storage.path(workdir)
     done = {t.name for t, _ in planned} - {t.name for t, _ in todo}
     for t, p in planned:
         (root / t.name).mkdir(parents=True, exist_ok=True)
