@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from llm_jax import atomic
+from llm_jax import storage
 
 EVAL_FILE = "eval.json"
 COLUMN_PREFIX = "eval/"
@@ -18,7 +18,7 @@ COLUMN_PREFIX = "eval/"
 
 def write_results(workdir: str | os.PathLike, step: int | None, results: dict) -> None:
     """`workdir/eval.json`: {'step': ..., 'tasks': {task: {metric: value}}}, atomically."""
-    atomic.write_json(os.path.join(workdir, EVAL_FILE), {"step": step, "tasks": results}, indent=1)
+    storage.write_json(storage.join(workdir, EVAL_FILE), {"step": step, "tasks": results}, indent=1)
 
 
 def columns(results: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -33,9 +33,8 @@ def columns(results: dict[str, dict[str, float]]) -> dict[str, float]:
 def read_columns(workdir: str | os.PathLike) -> dict[str, float]:
     """The `columns` of `workdir/eval.json` ({} if there is none or it is unreadable)."""
     try:
-        with open(os.path.join(workdir, EVAL_FILE), encoding="utf-8") as f:
-            return columns(json.load(f)["tasks"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return columns(json.loads(storage.read_text(storage.join(workdir, EVAL_FILE)))["tasks"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, storage.StorageError):
         return {}
 
 

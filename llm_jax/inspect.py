@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from llm_jax import atomic
+from llm_jax import storage
 from llm_jax.model import ModelConfig, Transformer
 
 _SPECIAL_PIECES = ("<unk>", "<s>", "</s>", "<pad>")
@@ -346,7 +346,7 @@ def _save(fig, path) -> None:
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    atomic.write_bytes(path, png.getvalue())
+    storage.write_bytes(path, png.getvalue())
 
 
 def save_attention(insp: Inspection, labels: Sequence[str], path) -> None:
@@ -354,4 +354,4 @@ def save_attention(insp: Inspection, labels: Sequence[str], path) -> None:
     pieces."""
     npz = io.BytesIO()
     np.savez(npz, attention=insp.attention_YxHxLxL, tokens=insp.tokens_L, pieces=np.array(labels))
-    atomic.write_bytes(path, npz.getvalue())
+    storage.write_bytes(path, npz.getvalue())

@@ -37,7 +37,7 @@ def main(argv: Sequence[str]) -> int:
         raise UsageError(f"--workdir {args.workdir} is not a directory")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    from llm_jax import atomic
+    from llm_jax import storage
     from llm_jax import workdir as workdir_lib
     from llm_jax.tasks import classify
 
@@ -51,7 +51,7 @@ def main(argv: Sequence[str]) -> int:
     for row in probs:
         writer.writerow([labels[int(row.argmax())], *(f"{p:.4f}" for p in row)])
     if args.output:
-        atomic.write_text(args.output, out.getvalue())
+        storage.write_text(args.output, out.getvalue())
     else:
         sys.stdout.write(out.getvalue())
     return 0
