@@ -106,9 +106,7 @@ def test_missing_gcs_workdir_is_one_line_error(gs):
         timeout=300,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"error: {gs}/none/config.json not found: is '{gs}/none' a training workdir?"
-    ]
+    assert result.stderr.strip().splitlines() == [f"error: --workdir {gs}/none is not a directory"]
 
 
 def test_a_sweep_in_a_bucket_runs_collects_and_plots(gs, tmp_path, capsys):

@@ -11,11 +11,11 @@ params too).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import ml_collections
 
+from llm_jax import storage
 from llm_jax.cli import args as args_lib
 from llm_jax.errors import UsageError
 
@@ -43,7 +43,7 @@ def _parser(prog: str):
 def main(argv: Sequence[str]) -> int:
     """Entry point of `llm-jax eval` (argv[0] is the program name)."""
     args = _parser(argv[0]).parse_args(list(argv[1:]))
-    if not os.path.isdir(args.workdir):
+    if not storage.path(args.workdir).is_dir():
         raise UsageError(f"--workdir {args.workdir} is not a directory")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")

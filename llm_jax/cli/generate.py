@@ -16,7 +16,6 @@ text for the same seed: a sample's randomness depends only on (seed, prompt, sam
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import TextIO
@@ -107,7 +106,7 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
             raise UsageError(
                 f"--prompt-file {path}: cannot read it as UTF-8 text ({type(e).__name__}: {e})"
             ) from e
-    if not storage.is_gcs(args.workdir) and not os.path.isdir(args.workdir):
+    if not storage.path(args.workdir).is_dir():
         raise UsageError(f"--workdir {args.workdir} is not a directory")
     texts = texts or [""]
     from llm_jax import workdir as workdir_lib  # heavy import, only when a model is restored

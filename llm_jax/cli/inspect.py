@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from llm_jax import inspect as inspect_lib
+from llm_jax import storage
 from llm_jax import workdir as workdir_lib
 from llm_jax.cli import args as args_lib
 from llm_jax.errors import UsageError
@@ -71,7 +72,7 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     if not args.text:
         raise UsageError("--text is empty; give the text to inspect")
-    if not os.path.isdir(args.workdir):
+    if not storage.path(args.workdir).is_dir():
         raise UsageError(f"--workdir {args.workdir} is not a directory")
 
     config, params, tokenizer = workdir_lib.restore_run(args.workdir, args.step)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
 from collections.abc import Sequence
 
+from llm_jax import storage
 from llm_jax.cli import args as args_lib
 from llm_jax.errors import UsageError
 
@@ -33,11 +33,10 @@ def _parser(prog: str):
 def main(argv: Sequence[str]) -> int:
     """Entry point of `llm-jax predict` (argv[0] is the program name)."""
     args = _parser(argv[0]).parse_args(list(argv[1:]))
-    if not os.path.isdir(args.workdir):
+    if not storage.path(args.workdir).is_dir():
         raise UsageError(f"--workdir {args.workdir} is not a directory")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    from llm_jax import storage
     from llm_jax import workdir as workdir_lib
     from llm_jax.tasks import classify
 
