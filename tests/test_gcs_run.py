@@ -5,10 +5,8 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
-from gcs_server import gcs_bucket  # noqa: F401 (the fixture)
 from test_scaling_runner import _write_sweep
 from tiny_run import subprocess_env, tiny_config, write_corpus
 
@@ -17,11 +15,6 @@ from llm_jax import metrics as metrics_lib
 from llm_jax import storage, trainer
 from llm_jax.cli import run as cli_run
 from llm_jax.scaling import results, runner
-
-
-@pytest.fixture
-def gs(gcs_bucket):  # noqa: F811 (uses the imported fixture)
-    return f"{gcs_bucket}/{uuid.uuid4().hex[:8]}"
 
 
 def _upload_corpus(local_glob: str, remote: str) -> None:

@@ -3,20 +3,12 @@
 import os
 import subprocess
 import sys
-import uuid
 
 import numpy as np
 import pytest
-from gcs_server import gcs_bucket  # noqa: F401 (the fixture)
 
 from llm_jax import lease as lease_lib
 from llm_jax import storage
-
-
-@pytest.fixture
-def gs(gcs_bucket):  # noqa: F811 (uses the imported fixture)
-    """A fresh gs:// prefix per test: tests share the session's server."""
-    return f"{gcs_bucket}/{uuid.uuid4().hex[:8]}"
 
 
 def test_local_write_read_append_glob(tmp_path):
