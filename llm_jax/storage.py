@@ -132,7 +132,10 @@ def _check_bucket_reachable(bucket: str, example: str) -> None:
     """Configure GCS, then fail fast if the endpoint does not accept connections."""
     if not bucket:
         raise StorageError(f"{example}: no bucket name; write gs://BUCKET/path")
-    _configure()
+    try:
+        _configure()
+    except StorageError as e:
+        raise StorageError(f"{example}: {e}") from e
     if _endpoint() in _reached:
         return
     url = urlsplit(_endpoint())
@@ -220,6 +223,12 @@ def exists(p: str | os.PathLike) -> bool:
     if not found and is_gcs(p):
         _require_bucket(split(p)[0], os.fspath(p))
     return found
+
+
+def is_dir(p: str | os.PathLike) -> bool:
+    """Whether `p` is a directory (on gs://, a prefix holding objects; a missing bucket is
+    a StorageError)."""
+    return exists(p) and path(p).is_dir()
 
 
 def read_bytes(p: str | os.PathLike) -> bytes:

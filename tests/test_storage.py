@@ -62,7 +62,8 @@ def test_gcs_missing_object_and_bucket_name_the_path(gs):
     with pytest.raises(storage.StorageError, match="bucket gs://no-such-bucket does not exist"):
         storage.write_text("gs://no-such-bucket/run/config.json", "{}")
     with pytest.raises(storage.StorageError, match="check gs://no-such-bucket/run: bucket"):
-        storage.exists("gs://no-such-bucket/run")
+        storage.is_dir("gs://no-such-bucket/run")
+    assert storage.is_dir(gs) is False and storage.is_dir(str(gs).rsplit("/", 1)[0])
 
 
 def test_gcs_store_preconditions(gs):
@@ -130,4 +131,5 @@ def test_no_credentials_is_one_line(tmp_path):
     env.pop("CLOUDSDK_CONFIG", None)
     code = "from llm_jax import storage; storage.read_text('gs://b/run/config.json')"
     result = _fresh_process(code, env)
-    assert "StorageError: no Google Cloud credentials" in result.stderr.strip().splitlines()[-1]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "StorageError: gs://b/run/config.json: no Google Cloud credentials" in last

@@ -106,7 +106,7 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
             raise UsageError(
                 f"--prompt-file {path}: cannot read it as UTF-8 text ({type(e).__name__}: {e})"
             ) from e
-    if not storage.path(args.workdir).is_dir():
+    if not storage.is_dir(args.workdir):
         raise UsageError(f"--workdir {args.workdir} is not a directory")
     texts = texts or [""]
     from llm_jax import workdir as workdir_lib  # heavy import, only when a model is restored

@@ -72,7 +72,7 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     if not args.text:
         raise UsageError("--text is empty; give the text to inspect")
-    if not storage.path(args.workdir).is_dir():
+    if not storage.is_dir(args.workdir):
         raise UsageError(f"--workdir {args.workdir} is not a directory")
 
     config, params, tokenizer = workdir_lib.restore_run(args.workdir, args.step)
