@@ -128,6 +128,15 @@ def test_a_sweep_in_a_bucket_runs_collects_and_plots(gs, tmp_path, capsys):
     assert storage.read_bytes(f"{work}/lr-a/plots/run.png").startswith(b"\x89PNG")
 
 
+def test_tpu_launch_script_for_a_bucket_sweep_is_written_locally(gs, tmp_path, monkeypatch):
+    sweep = _write_sweep(tmp_path / "sweep.py", '[Trial("lr-a", {"train.lr": 3e-3})]')
+    monkeypatch.chdir(tmp_path)
+    assert runner.run_sweep(sweep, f"{gs}/sweep", launcher="tpu") == 0
+    script = (tmp_path / "launch_tpu.sh").read_text()
+    assert f"--workdir {gs}/sweep/lr-a" in script
+    assert storage.exists(f"{gs}/sweep/lr-a/trial.json") and not os.path.exists("gs:")
+
+
 def test_a_gcs_token_cache_is_refused_in_one_line():
     config = tiny_config("corpus/*.txt", "gs://llmjax-test/cache")
     with pytest.raises(data_lib.DataError, match="token caches are memory-mapped local files"):

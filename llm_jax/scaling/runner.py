@@ -397,6 +397,12 @@ def _check_script_path(path: str) -> None:
         )
 
 
+def _script_dir(workdir: str) -> Path:
+    """Where launch scripts (and SLURM logs) go: the sweep directory, or the current one
+    for a gs:// sweep (scripts run from a local disk; the trials still write to the bucket)."""
+    return Path.cwd() if storage.is_gcs(workdir) else Path(workdir)
+
+
 def write_slurm(sweep_path: str, workdir: str, todo: list, parallel: int) -> Path:
     """DIR/sweep.sbatch: a job array, one task per trial running its `llm-jax train`.
 
@@ -416,7 +422,7 @@ def write_slurm(sweep_path: str, workdir: str, todo: list, parallel: int) -> Pat
         f"  {i}) {shlex.join(train_command(sweep_path, workdir, t))} ;;"
         for i, (t, _) in enumerate(todo)
     )
-    script_path = Path(workdir) / "sweep.sbatch"
+    script_path = _script_dir(workdir) / "sweep.sbatch"
     script = f"""#!/bin/bash
 # The sweep {q(str(sweep_path))} as a SLURM job array: task i runs trial i. Edit the
 # resources, then:   sbatch {q(str(script_path))}
@@ -425,7 +431,7 @@ def write_slurm(sweep_path: str, workdir: str, todo: list, parallel: int) -> Pat
 #   llm-jax sweep --collect {q(str(workdir))}
 #SBATCH --job-name={q(Path(sweep_path).stem)}
 #SBATCH --array=0-{len(todo) - 1}%{parallel}
-#SBATCH --output={q(str(Path(workdir) / "slurm-%A_%a.out"))}
+#SBATCH --output={q(str(_script_dir(workdir) / "slurm-%A_%a.out"))}
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=1
@@ -464,7 +470,7 @@ def write_tpu(sweep_path: str, workdir: str, todo: list) -> Path:
     lines = "\n".join(
         f"run {q(shlex.join(train_command(sweep_path, workdir, t)))}" for t, _ in todo
     )
-    script_path = Path(workdir) / "launch_tpu.sh"
+    script_path = _script_dir(workdir) / "launch_tpu.sh"
     script = f"""#!/bin/bash
 # The sweep {q(str(sweep_path))} on a Cloud TPU VM slice, one trial after another; all
 # hosts run the same `llm-jax train` (JAX finds its peers). The repo and its install must
