@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Sequence
 
-from llm_jax.cli import args as args_lib
 from llm_jax.preemption import PREEMPTED_EXIT_CODE, PreemptionGuard
 
 PARENT_ENV = "LLM_JAX_DIE_WITH_PARENT"  # set by the sweep runner to its pid
@@ -47,6 +46,8 @@ def main(argv: Sequence[str]) -> int:
     # From the first second: a signal during data preparation or compilation is a clean stop.
     with PreemptionGuard() as guard:
         die_with_parent()
+        from llm_jax.cli import args as args_lib  # after the guard: config imports take time
+
         p = args_lib.parser(
             argv[0],
             "Train a model, resuming from the workdir's latest checkpoint. "
