@@ -69,3 +69,11 @@ def parse_with_config(
     args = p.parse_args(rest)
     base = config_lib.load_config_file(args.config) if args.config else config_lib.default_config()
     return args, config_lib.apply_overrides(base, overrides)
+
+
+def require_workdir(workdir: str) -> None:
+    """Refuse a --workdir that is not an existing directory (local or gs://)."""
+    from llm_jax import storage
+
+    if not storage.is_dir(workdir):
+        raise UsageError(f"--workdir {workdir} is not a directory")

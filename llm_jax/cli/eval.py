@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from llm_jax import storage
 from llm_jax.cli import args as args_lib
 from llm_jax.errors import UsageError
 
@@ -43,8 +42,7 @@ def _parser(prog: str):
 def main(argv: Sequence[str]) -> int:
     """Entry point of `llm-jax eval` (argv[0] is the program name)."""
     args = _parser(argv[0]).parse_args(list(argv[1:]))
-    if not storage.is_dir(args.workdir):
-        raise UsageError(f"--workdir {args.workdir} is not a directory")
+    args_lib.require_workdir(args.workdir)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     from llm_jax import eval_results, evaluate

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
-from llm_jax import sample, storage
+from llm_jax import sample
 from llm_jax.cli import args as args_lib
 from llm_jax.errors import UsageError
 from llm_jax.model import ModelConfig
@@ -106,8 +106,7 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
             raise UsageError(
                 f"--prompt-file {path}: cannot read it as UTF-8 text ({type(e).__name__}: {e})"
             ) from e
-    if not storage.is_dir(args.workdir):
-        raise UsageError(f"--workdir {args.workdir} is not a directory")
+    args_lib.require_workdir(args.workdir)
     texts = texts or [""]
     from llm_jax import workdir as workdir_lib  # heavy import, only when a model is restored
 

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from llm_jax import inspect as inspect_lib
-from llm_jax import storage
 from llm_jax import workdir as workdir_lib
 from llm_jax.cli import args as args_lib
 from llm_jax.errors import UsageError
@@ -72,8 +71,7 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     if not args.text:
         raise UsageError("--text is empty; give the text to inspect")
-    if not storage.is_dir(args.workdir):
-        raise UsageError(f"--workdir {args.workdir} is not a directory")
+    args_lib.require_workdir(args.workdir)
 
     config, params, tokenizer = workdir_lib.restore_run(args.workdir, args.step)
     tokens = [tokenizer.eos_id, *tokenizer.encode(args.text)]

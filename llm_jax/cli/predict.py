@@ -33,8 +33,7 @@ def _parser(prog: str):
 def main(argv: Sequence[str]) -> int:
     """Entry point of `llm-jax predict` (argv[0] is the program name)."""
     args = _parser(argv[0]).parse_args(list(argv[1:]))
-    if not storage.is_dir(args.workdir):
-        raise UsageError(f"--workdir {args.workdir} is not a directory")
+    args_lib.require_workdir(args.workdir)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     from llm_jax import workdir as workdir_lib

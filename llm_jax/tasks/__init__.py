@@ -87,6 +87,17 @@ def make_data(config: ml_collections.ConfigDict, prepared) -> TaskData | None:
     return _module(config.task.name).make_data(config, prepared)
 
 
+def apply_model(model, params, batch: dict, rng, deterministic: bool) -> jax.Array:
+    """The model's output on a batch's inputs (and segment ids); dropout from `rng`."""
+    return model.apply(
+        {"params": params},
+        batch["inputs"],
+        segment_ids_BxL=batch.get("segment_ids"),
+        deterministic=deterministic,
+        rngs=None if deterministic else {"dropout": rng},
+    )
+
+
 def token_cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
     """Per-token cross-entropy [B, L] in float32."""
     log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)

@@ -26,7 +26,7 @@ import numpy as np
 
 from llm_jax import tasks as tasks_lib
 from llm_jax.data import DataError
-from llm_jax.tasks import Objective, genre
+from llm_jax.tasks import Objective, apply_model, genre
 
 log = logging.getLogger(__name__)
 CONFUSION_PNG = "confusion_matrix.png"
@@ -178,13 +178,7 @@ def make_data(config: ml_collections.ConfigDict, prepared) -> ClassifyData:
 
 
 def _class_ce(model, params, batch, rng, deterministic):
-    logits_BxC = model.apply(
-        {"params": params},
-        batch["inputs"],
-        segment_ids_BxL=batch["segment_ids"],
-        deterministic=deterministic,
-        rngs=None if deterministic else {"dropout": rng},
-    )
+    logits_BxC = apply_model(model, params, batch, rng, deterministic)
     label_logit_B = jnp.take_along_axis(logits_BxC, batch["labels"][:, None], -1)[:, 0]
     return jax.nn.logsumexp(logits_BxC, axis=-1) - label_logit_B, logits_BxC
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from llm_jax.tasks import Objective
+from llm_jax.tasks import Objective, apply_model
 
 
 def weights(batch: dict) -> jax.Array:
@@ -23,13 +23,7 @@ def weights(batch: dict) -> jax.Array:
 
 def token_losses(model, params, batch: dict, rng, deterministic: bool):
     """Per-token (cross-entropy, log Z) [B, L] and weights (0 on padding)."""
-    logits_BxLxV = model.apply(
-        {"params": params},
-        batch["inputs"],
-        segment_ids_BxL=batch.get("segment_ids"),
-        deterministic=deterministic,
-        rngs=None if deterministic else {"dropout": rng},
-    )
+    logits_BxLxV = apply_model(model, params, batch, rng, deterministic)
     log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
     target_logit_BxL = jnp.take_along_axis(logits_BxLxV, batch["targets"][..., None], -1)[..., 0]
     return log_z_BxL - target_logit_BxL, log_z_BxL, weights(batch)

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from llm_jax import tasks as tasks_lib
-from llm_jax.tasks import Objective
+from llm_jax.tasks import Objective, apply_model
 
 _VAL_SEED = 20190524  # val masks: fixed, whatever train.seed is
 MASKED, RANDOM = 0.8, 0.1  # shares of the chosen tokens; the rest stay unchanged
@@ -119,16 +119,6 @@ def make_data(config: ml_collections.ConfigDict, prepared) -> MLMData:
     return MLMData(config, prepared)
 
 
-def _logits(model, params, batch, rng, deterministic):
-    return model.apply(
-        {"params": params},
-        batch["inputs"],
-        segment_ids_BxL=batch.get("segment_ids"),
-        deterministic=deterministic,
-        rngs=None if deterministic else {"dropout": rng},
-    )
-
-
 def objective(config: ml_collections.ConfigDict) -> Objective:
     """Cross-entropy on the chosen tokens; eval also counts the correct ones."""
 
@@ -136,14 +126,14 @@ def objective(config: ml_collections.ConfigDict) -> Objective:
         return batch["weights"]
 
     def sums(model, params, batch, rng, deterministic):
-        logits_BxLxV = _logits(model, params, batch, rng, deterministic)
+        logits_BxLxV = apply_model(model, params, batch, rng, deterministic)
         ce_sum = (
             tasks_lib.token_cross_entropy(logits_BxLxV, batch["targets"]) * batch["weights"]
         ).sum()
         return ce_sum, ce_sum
 
     def eval_sums(model, params, batch):
-        logits_BxLxV = _logits(model, params, batch, None, True)
+        logits_BxLxV = apply_model(model, params, batch, None, True)
         w_BxL = batch["weights"]
         correct_BxL = (jnp.argmax(logits_BxLxV, -1) == batch["targets"]).astype(jnp.float32)
         return {

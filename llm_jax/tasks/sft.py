@@ -32,7 +32,7 @@ import numpy as np
 
 from llm_jax import tasks as tasks_lib
 from llm_jax.data import DataError
-from llm_jax.tasks import Objective
+from llm_jax.tasks import Objective, apply_model
 
 log = logging.getLogger(__name__)
 
@@ -190,13 +190,7 @@ def make_data(config: ml_collections.ConfigDict, prepared) -> SFTData:
 
 
 def _token_ce(model, params, batch, rng, deterministic):
-    logits_BxLxV = model.apply(
-        {"params": params},
-        batch["inputs"],
-        segment_ids_BxL=batch["segment_ids"],
-        deterministic=deterministic,
-        rngs=None if deterministic else {"dropout": rng},
-    )
+    logits_BxLxV = apply_model(model, params, batch, rng, deterministic)
     return tasks_lib.token_cross_entropy(logits_BxLxV, batch["targets"]), logits_BxLxV
 
 
