@@ -116,6 +116,20 @@ def _train_step_fn(
     return train_step
 
 
+def train_step_fn(
+    config: ml_collections.ConfigDict, model: Transformer, total_steps: int, train_cfg: Any = None
+) -> tuple[Callable, optax.GradientTransformation, optim.Schedule]:
+    """(unjitted step, optimizer, schedule) of `config`. `train_cfg`: config.train, or a
+    view of it whose lr values are traced per-model arrays (llm_jax/pack.py vmaps the step)."""
+    train_cfg = config.train if train_cfg is None else train_cfg
+    optimizer, schedule = optim.make_optimizer(train_cfg, total_steps, config.model)
+    optimizer = finetune.freeze(optimizer, config.finetune.freeze)
+    task = tasks_lib.objective(config)
+    deterministic = config.model.dropout == 0.0
+    step = _train_step_fn(model, task, optimizer, schedule, train_cfg, deterministic)
+    return step, optimizer, schedule
+
+
 def _rows_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
     """Batch arrays of any rank (token rows [B, L], labels [B]): rows split as the
     activations' batch axis, the other axes whole (as `sharding.batch_sharding`'s length)."""
@@ -139,8 +153,7 @@ def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Tr
     """The jitted step and the abstract, sharded train state, without allocating arrays."""
     model = Transformer(ModelConfig.from_config(config.model))
     total_steps = config_lib.train_steps(config)
-    optimizer, schedule = optim.make_optimizer(config.train, total_steps, config.model)
-    optimizer = finetune.freeze(optimizer, config.finetune.freeze)
+    step, optimizer, schedule = train_step_fn(config, model, total_steps)
     task = tasks_lib.objective(config)
     init_tokens = jnp.zeros((1, 8), jnp.int32)  # parameter shapes do not depend on these
 
@@ -171,9 +184,8 @@ def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Tr
         name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
         for name, (shape, dtype) in task.batch_shapes(config).items()
     }
-    deterministic = config.model.dropout == 0.0
     train_step = jax.jit(
-        _train_step_fn(model, task, optimizer, schedule, config.train, deterministic),
+        step,
         in_shardings=(state_shardings, batch_sh),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),

@@ -119,6 +119,7 @@ class Trainer:
     ):
         from llm_jax import data as data_lib  # heavy (tokenizer training)
         from llm_jax import flops as flops_lib
+        from llm_jax import mixture as mixture_lib
 
         config = tasks_lib.resolve_config(config)  # the init source's model, the task's labels
         self.config, self.workdir = config, workdir
@@ -129,7 +130,11 @@ class Trainer:
         self.setup = train_lib.make_train(config, _make_mesh(config))
         workdir_lib.check_workdir(workdir)
         storage.makedirs(workdir)
-        self.prepared = data_lib.prepare(config)
+        mixture = config.data.sources is not None
+        self.prepared = (mixture_lib.prepare if mixture else data_lib.prepare)(config)
+        # Val sets and their weights in the overall val/loss: one unnamed set, or each source's.
+        self.sources = self.prepared.sources if mixture else {"": self.prepared}
+        self.weights = self.prepared.weights if mixture else {"": 1.0}
         if self.prepared.tokenizer.vocab_size > config.model.vocab_size:
             raise ConfigError(
                 f"the tokenizer has {self.prepared.tokenizer.vocab_size} tokens but "
@@ -147,44 +152,44 @@ class Trainer:
             config.checkpoint.async_save,
             keep_every=config.checkpoint.keep_every,
         )
-        self.iterator = data_lib.BatchIterator(
-            self.prepared,
-            batch_size=t.batch_size,
+        rows = dict(
             seq_len=seq_len,
-            seed=t.seed,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             segment_ids=config.data.segment_ids,
+        )
+        self.iterator = (
+            mixture_lib.MixtureIterator(
+                self.prepared.sources, self.prepared.weights, t.batch_size, seed=t.seed, **rows
+            )
+            if mixture
+            else data_lib.BatchIterator(self.prepared, t.batch_size, seed=t.seed, **rows)
         )
         self._to_global = data_lib.to_global
         self.task = tasks_lib.make_data(config, self.prepared)  # None for lm
         if self.task is not None:
             self.iterator = self.task.iterator
+        val_size, num_val = config.data.val_batch_size or t.batch_size, config.data.num_val_batches
+        local_val_sets = (
+            {"": self.task.val_batches}
+            if self.task is not None
+            else {
+                name: data_lib.val_batches(prepared, val_size, num_batches=num_val, **rows)
+                for name, prepared in self.sources.items()
+            }
+        )
         with self.setup.context():
             self.state = self._restore_or_init()
-            self.val_batches = [
-                data_lib.to_global(b, self.setup.batch_sharding)
-                for b in data_lib.val_batches(
-                    self.prepared,
-                    batch_size=config.data.val_batch_size or t.batch_size,
-                    seq_len=seq_len,
-                    num_batches=config.data.num_val_batches,
-                    process_index=jax.process_index(),
-                    process_count=jax.process_count(),
-                    segment_ids=config.data.segment_ids,
-                )
-            ]
-            if self.task is not None:
-                self.val_batches = [
-                    data_lib.to_global(b, self.setup.batch_sharding) for b in self.task.val_batches
-                ]
+            self.val_sets = {
+                name: [data_lib.to_global(b, self.setup.batch_sharding) for b in batches]
+                for name, batches in local_val_sets.items()
+            }
         if self.primary:
             storage.write_json(storage.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
             workdir_lib.save_run_tokenizer(workdir, self.prepared.tokenizer)
         self.step_count = int(jax.device_get(self.state["step"]))
         self.start_step = self.step_count
-        self.writer = metrics_lib.MetricsWriter(workdir, enabled=self.primary)
-        self.writer.truncate_after(self.step_count)
+        self.writer = metrics_lib.MetricsWriter(workdir, self.primary, self.step_count, config)
         self.bar = metrics_lib.ProgressBar(
             self.setup.total_steps, enabled=self.primary, tokens_per_step=self.tokens_per_step
         )
@@ -221,14 +226,30 @@ class Trainer:
         latest, state, meta = restored
         self.restored_from = os.path.join(directory, str(latest))
         self._saved_window = meta.get("window", [])
-        hosts = meta["data"]
-        if len(hosts) != jax.process_count():
-            raise ckpt_lib.CheckpointError(
-                f"the checkpoint at step {latest} was written by {len(hosts)} hosts, this "
-                f"run has {jax.process_count()}; resume with the same number of hosts"
-            )
-        self.iterator.set_state(hosts[jax.process_index()])
+        self._restore_data_position(meta, self.restored_from)
         return state
+
+    def _restore_data_position(self, meta: dict, where: str) -> None:
+        """Continue the iterator from a checkpoint's global data position (any host count)."""
+        batch_size = meta.get("batch_size", self.config.train.batch_size)
+        if batch_size != self.config.train.batch_size:
+            raise ckpt_lib.CheckpointError(
+                f"the checkpoint {where} was written with train.batch_size={batch_size}, this "
+                f"run has {self.config.train.batch_size}; resume with "
+                f"--config.train.batch_size={batch_size}, or use a new --workdir"
+            )
+        saved = meta["data"]
+        if isinstance(saved, list):  # older checkpoints: one copy per host, all equal
+            if not saved:  # an imported model (llm-jax import-hf): no data read yet
+                return
+            saved = saved[0]
+        try:
+            self.iterator.set_state(saved)
+        except KeyError as e:
+            raise ckpt_lib.CheckpointError(
+                f"the data position in {where} lacks {e} (written with another data config: "
+                "data.sources or task.name changed?); resume with the saved run's data config"
+            ) from e
 
     def say(self, text: str) -> None:
         """A status line from the primary host (above the progress bar)."""
@@ -281,16 +302,23 @@ class Trainer:
         w.restart_clock(self.step_count)
 
     def evaluate(self) -> dict[str, float]:
-        """Mean token loss over the fixed val batches, and bits per byte; logged."""
+        """Mean token loss over the fixed val batches, and bits per byte; logged.
+
+        A mixture also logs each source's (`val/<name>/loss`, `val/<name>/bpb`); its
+        val/loss is their mean weighted as the sources are sampled."""
         if self.task is not None:
             return self._evaluate_task()
-        sums = [self.setup.eval_step(self.state["params"], b) for b in self.val_batches]
-        loss_sum, weight = (float(sum(float(s[i]) for s in sums)) for i in (0, 1))
-        loss = loss_sum / max(weight, 1.0)
+        losses = {name: self._val_loss(batches) for name, batches in self.val_sets.items()}
+        loss = sum(weight * losses[name] for name, weight in self.weights.items())
         scores = {
             "val/loss": loss,
             "val/bpb": loss / math.log(2) / self.prepared.val_bytes_per_token,
         }
+        for name, source_loss in losses.items():
+            if name:  # a mixture's source
+                bytes_per_token = self.sources[name].val_bytes_per_token
+                scores[f"val/{name}/loss"] = source_loss
+                scores[f"val/{name}/bpb"] = source_loss / math.log(2) / bytes_per_token
         if not math.isfinite(loss):
             raise TrainError(
                 f"val/loss is {loss} at step {self.step_count}: the model or the val data is "
@@ -306,10 +334,16 @@ class Trainer:
         self.window.restart_clock(self.step_count)
         return scores
 
+    def _val_loss(self, batches: list[dict[str, jax.Array]]) -> float:
+        """Mean token loss over `batches`."""
+        sums = [self.setup.eval_step(self.state["params"], b) for b in batches]
+        loss_sum, weight = (float(sum(float(s[i]) for s in sums)) for i in (0, 1))
+        return loss_sum / max(weight, 1.0)
+
     def _evaluate_task(self) -> dict[str, float]:
         """A non-lm task's val metrics (llm_jax/tasks/), logged as val/loss is."""
         params = self.state["params"]
-        outputs = [jax.device_get(self.setup.eval_step(params, b)) for b in self.val_batches]
+        outputs = [jax.device_get(self.setup.eval_step(params, b)) for b in self.val_sets[""]]
         final = self.step_count >= self.setup.total_steps
         scores = self.task.evaluate(outputs, self.workdir if self.primary else None, final)
         self.writer.write({**self.position(), **scores})
@@ -328,16 +362,21 @@ class Trainer:
         )
 
     def save(self, force: bool) -> None:
-        """Checkpoint the state and every host's data position (on the interval, or now)."""
+        """Checkpoint the state and the global data position (on the interval, or now)."""
         s = self.step_count
+        positions = ckpt_lib.gather_host_states(self.iterator.get_state())
+        if any(p != positions[0] for p in positions):
+            raise RuntimeError(f"hosts disagree on the global data position: {positions}")
         meta = {
             "step": s,
             "model": self.config.model.to_dict(),
-            "data": ckpt_lib.gather_host_states(self.iterator.get_state()),
+            "data": positions[0],  # the same on every host: resumable on any host count
+            "batch_size": self.config.train.batch_size,
             "window": self.window.rows,  # rows not logged yet: a resumed run logs them
         }
         if self.checkpointer.save(s, self.state, meta, force=force):
             self.say(f"checkpoint saved at step {s}")
+        self.writer.flush()  # gs://: the rows up to a checkpoint are uploaded with it
         self.window.restart_clock(s)
 
     def run(self) -> dict[str, Any]:
@@ -347,6 +386,10 @@ class Trainer:
                 self._stopped(saved=False)
             else:
                 self._loop()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """After the loop: the end-of-training task evaluation and the closing line."""
         self.result["step"] = self.step_count
         if not self.result["preempted"] and self.step_count >= self.setup.total_steps:
             self.result.update(self.evaluate_tasks())
