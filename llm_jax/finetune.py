@@ -40,6 +40,7 @@ import optax
 from llm_jax import config as config_lib
 from llm_jax import storage, trees
 from llm_jax.config import ConfigError
+from llm_jax.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,21 @@ def resolve_init(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     source_dir = config.init.workdir
     if not source_dir:
         return config
-    source = workdir_lib.load_config(source_dir).model
-    defaults = config_lib.default_config().model
-    for key, value in source.items():
-        if key not in _TASK_MODEL_KEYS and config.model[key] == defaults[key]:
-            config.model[key] = value
+    inherit_model(config, workdir_lib.load_config(source_dir).model)
     if not config.data.tokenizer_path:
         config.data.tokenizer_path = _run_tokenizer_path(source_dir)
+    return config
+
+
+def inherit_model(
+    config: ml_collections.ConfigDict, source_model: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """`config` (changed in place) with `source_model`'s value for every model key it leaves
+    at the default, except the keys a task sets for itself (num_classes)."""
+    defaults = config_lib.default_config().model
+    for key, value in source_model.items():
+        if key not in _TASK_MODEL_KEYS and config.model[key] == defaults[key]:
+            config.model[key] = value
     return config
 
 
@@ -73,6 +82,21 @@ def _run_tokenizer_path(workdir: str) -> str:
         return f"hf:{workdir}"
     path = storage.join(workdir, workdir_lib.TOKENIZER_FILE)
     return path if storage.exists(path) else ""
+
+
+def refuse_classifier(workdir: str, command: str) -> None:
+    """Raise UsageError when `workdir` holds a classifier (task.name='classify'): `command`
+    reads a language-model head, which a classifier replaced with its label head."""
+    from llm_jax import workdir as workdir_lib
+
+    if not storage.exists(storage.join(workdir, workdir_lib.CONFIG_FILE)):
+        return  # not a run (yet): the command's own checks say what is missing
+    if workdir_lib.load_config(workdir).task.name == "classify":
+        raise UsageError(
+            f"llm-jax {command}: {workdir} holds a classifier (task.name='classify'), which "
+            f"has no language-model head; label texts with `llm-jax predict --workdir "
+            f"{workdir} --input FILE`"
+        )
 
 
 def path_name(path) -> str:

@@ -45,10 +45,11 @@ def main(argv: Sequence[str]) -> int:
     args_lib.require_workdir(args.workdir)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    from llm_jax import eval_results, evaluate
+    from llm_jax import eval_results, evaluate, finetune
     from llm_jax import sharding as sharding_lib
     from llm_jax import workdir as workdir_lib
 
+    finetune.refuse_classifier(args.workdir, "eval")
     tasks = [evaluate.load_task(path) for path in args.task]  # fail fast, before the model
     mesh_cfg = ml_collections.ConfigDict(dict(data=-1, fsdp=args.fsdp, tensor=args.tensor))
     try:

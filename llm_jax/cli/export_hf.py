@@ -32,8 +32,10 @@ def _parser(prog: str):
 def main(argv: Sequence[str]) -> int:
     """Entry point of `llm-jax export-hf` (argv[0] is the program name)."""
     args = _parser(argv[0]).parse_args(list(argv[1:]))
+    from llm_jax import finetune
     from llm_jax.hf import io  # heavy: jax, orbax
 
+    finetune.refuse_classifier(args.workdir, "export-hf")
     files = io.export_hf(args.workdir, args.out, step=args.step, dtype=args.dtype)
     print(f"wrote {', '.join(files)} to {args.out}")
     return 0

@@ -108,8 +108,10 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
             ) from e
     args_lib.require_workdir(args.workdir)
     texts = texts or [""]
+    from llm_jax import finetune
     from llm_jax import workdir as workdir_lib  # heavy import, only when a model is restored
 
+    finetune.refuse_classifier(args.workdir, "generate")
     config, params, tokenizer = workdir_lib.restore_run(args.workdir, args.step)
     prompts = [[tokenizer.eos_id, *tokenizer.encode(text)] for text in texts]
     max_new_tokens = args.max_new_tokens or max(

@@ -5,7 +5,9 @@ trial.json, the config.json and metrics.jsonl the trainer wrote), writes DIR/res
 fits into DIR/fit.json whatever the finished trials support (IsoFLOP parabolas when
 trials carry a budget, the parametric L(N, D) when N and D both vary, the envelope of the
 training curves when there are several sizes, Kaplan's L(N) / L(D) when the other is
-fixed, L(C) on the envelope), draws DIR/plots/ and prints the laws.
+fixed, L(C) on the envelope), draws DIR/plots/ and prints the laws. A trial's fine-tunes
+(DIR/<trial>/finetune/<name>, `sweep.finetune_each`) add their last evaluation to its row
+as `ft/<name>/val/...` columns, with `ft/<name>/status`.
 """
 
 from __future__ import annotations
@@ -58,7 +60,22 @@ def _row(trial_dir: Path) -> dict:
     if train:
         row["train_loss"] = train[-1]["train/loss"]
     row.update(eval_results.read_columns(trial_dir))  # end-of-training eval, if any
+    row.update(_finetune_columns(trial_dir))
     return row
+
+
+def _finetune_columns(trial_dir: Path) -> dict:
+    """`ft/<name>/val/...` (the last evaluation) and `ft/<name>/status` of each fine-tune."""
+    columns = {}
+    stages = trial_dir / results_io.FINETUNE_DIR
+    for stage in sorted(stages.iterdir()) if stages.is_dir() else []:
+        if not (stage / "trial.json").exists() and not (stage / "metrics.jsonl").exists():
+            continue
+        prefix = f"{results_io.DOWNSTREAM_PREFIX}{stage.name}/"
+        last = results_io.last_eval(stage) or {}
+        columns.update({prefix + k: v for k, v in last.items() if k.startswith("val/")})
+        columns[prefix + "status"] = results_io.trial_status(stage)
+    return columns
 
 
 def collect_rows(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
@@ -70,8 +87,13 @@ def collect_rows(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
         k for r in rows for k in r if k != "name" and k not in results_io.MEASURED_COLUMNS
     )
     evals = [k for k in keys if k.startswith(eval_results.COLUMN_PREFIX)]
-    swept = [k for k in keys if k not in evals and len({repr(r.get(k)) for r in rows}) > 1]
-    return rows, ["name", *swept, *results_io.MEASURED_COLUMNS, *evals]
+    downstream = [k for k in keys if k.startswith(results_io.DOWNSTREAM_PREFIX)]
+    swept = [
+        k
+        for k in keys
+        if k not in evals and k not in downstream and len({repr(r.get(k)) for r in rows}) > 1
+    ]
+    return rows, ["name", *swept, *results_io.MEASURED_COLUMNS, *evals, *downstream]
 
 
 def _constant(values: np.ndarray) -> bool:

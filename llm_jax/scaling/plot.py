@@ -6,6 +6,8 @@
 - `plot_parametric`: loss predicted by the L(N, D) fit vs observed.
 - `plot_backtest`: the same for a backtest, the held-out points marked with their intervals.
 - `plot_ablation`: final loss vs learning rate, one line per variant (mean and range over seeds).
+- `plot_downstream`: each fine-tune's metric (genre accuracy, ...) vs pre-training compute and
+  vs pre-training validation loss, one line per model size N, the majority baseline dashed.
 - `plot_run`: one training workdir's train/val loss, learning rate and gradient norm.
 
 `plot_sweep(DIR)` draws every plot the sweep's results support into DIR/plots/
@@ -463,6 +465,72 @@ def plot_ablation(
     return _save(fig, path)
 
 
+# A fine-tune's headline metric: the first of these it logs (classify, sft, mlm).
+DOWNSTREAM_METRICS = ("val/accuracy", "val/exact_match", "val/mlm_accuracy")
+BASELINE_METRIC = "val/majority_accuracy"
+
+
+def downstream_metrics(rows: Sequence[dict]) -> list[tuple[str, str]]:
+    """(column of the headline metric, column of its baseline or '') of each fine-tune in
+    results rows (`ft/<name>/val/...` columns)."""
+    keys = dict.fromkeys(k for r in rows for k in r if k.startswith(results_io.DOWNSTREAM_PREFIX))
+    names = dict.fromkeys(k.split("/")[1] for k in keys)
+    found = []
+    for name in names:
+        prefix = f"{results_io.DOWNSTREAM_PREFIX}{name}/"
+        metric = next((prefix + m for m in DOWNSTREAM_METRICS if prefix + m in keys), None)
+        if metric:
+            baseline = prefix + BASELINE_METRIC
+            found.append((metric, baseline if baseline in keys else ""))
+    return found
+
+
+def plot_downstream(rows: Sequence[dict], path: str | Path) -> Path:
+    """Per fine-tune (a row of panels): its metric vs the pre-training compute C and vs the
+    pre-training validation loss; a line per model size N (colour), the mean majority
+    baseline dashed. `rows`: results rows with N, C (or C_detailed), loss and ft/ columns."""
+    metrics = downstream_metrics(rows)
+    fig, axes = plt.subplots(
+        len(metrics), 2, figsize=(11, 4.2 * len(metrics)), squeeze=False, sharey="row"
+    )
+    colors = _colors([r["N"] for r in rows])
+    for (metric, baseline), (ax_c, ax_loss) in zip(metrics, axes, strict=True):
+        scored = [r for r in rows if isinstance(r.get(metric), (int, float))]
+        for n in sorted({r["N"] for r in scored}):
+            of_size = sorted((r for r in scored if r["N"] == n), key=lambda r: _compute(r))
+            ax_c.plot(
+                [_compute(r) for r in of_size],
+                [r[metric] for r in of_size],
+                "o-",
+                color=colors[n],
+                label=f"N = {_count(n)}",
+            )
+            ax_loss.plot(
+                [r["loss"] for r in of_size], [r[metric] for r in of_size], "o-", color=colors[n]
+            )
+        base = [r[baseline] for r in scored if baseline and r.get(baseline) is not None]
+        for ax in (ax_c, ax_loss):
+            if base:
+                ax.axhline(np.mean(base), color="gray", ls="--", lw=1, label="majority class")
+            ax.grid(True, which="both", alpha=0.3)
+        name, label = metric.split("/")[1], metric.split("/", 2)[2]
+        ax_c.set_xscale("log")
+        ax_c.set_xlabel("pre-training compute C (FLOPs)")
+        ax_c.set_ylabel(f"{name}: {label}")
+        ax_loss.set_xlabel(f"pre-training validation {LOSS_LABEL}")
+        ax_loss.invert_xaxis()  # better models to the right in both panels
+        ax_c.set_title(f"fine-tune '{name}' vs pre-training compute", fontsize=10)
+        ax_loss.set_title(f"fine-tune '{name}' vs pre-training loss", fontsize=10)
+        ax_c.legend(fontsize=8, loc="best")
+    fig.suptitle("Downstream: fine-tuned after each pre-training trial")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _compute(row: dict) -> float:
+    return float(row.get("C_detailed") or row["C"])
+
+
 def plot_run(workdir: str | Path, path: str | Path | None = None) -> Path:
     """One training run's curves from its metrics.jsonl (default: WORKDIR/plots/run.png):
     train and validation loss vs tokens and vs FLOPs, learning rate and gradient norm."""
@@ -540,6 +608,8 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
         )
     if fits.get("backtest", {}).get("held_out"):
         paths.append(plot_backtest(fits["backtest"], out / "backtest.png"))
+    if downstream_metrics(done):
+        paths.append(plot_downstream(done, out / "downstream.png"))
     swept = results_io.swept_columns(rows)
     lr_key = next((k for k in swept if k.endswith(".lr")), None)
     variants = [k for k in swept if k not in (lr_key, "train.seed")]

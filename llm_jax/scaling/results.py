@@ -6,6 +6,7 @@ Shared by the runner (which writes the table), the fitter and the plotter
     DIR/<trial>/metrics.jsonl   written by `llm-jax train`
     DIR/<trial>/trial.json      the trial's name, overrides and plan (runner)
     DIR/<trial>/done.json       completion marker (runner, after exit 0 + final metrics)
+    DIR/<trial>/finetune/<name>/  a second stage (`sweep.finetune_each`): the same files
     DIR/results.csv             one row per trial
     DIR/fit.json                the fitted laws, keyed by law
     DIR/plots/*.png
@@ -31,10 +32,14 @@ from llm_jax.metrics import read_metrics
 RESULTS_CSV = "results.csv"
 FIT_JSON = "fit.json"
 PLOTS_DIR = "plots"
+FINETUNE_DIR = "finetune"
+# Columns of a trial's fine-tunes: `ft/<name>/val/accuracy`, ..., `ft/<name>/status`.
+DOWNSTREAM_PREFIX = "ft/"
 
 
 # The results table: `name`, then the swept values (one column per overridden config key that
-# varies, e.g. `train.lr`, and `budget` for IsoFLOP trials), then these.
+# varies, e.g. `train.lr`, and `budget` for IsoFLOP trials), then these, then the
+# end-of-training evaluations (`eval/...`) and the fine-tunes' metrics (`ft/...`).
 MEASURED_COLUMNS = [
     "N",
     "N_non_embedding",
@@ -61,7 +66,7 @@ def swept_columns(rows: list[dict]) -> list[str]:
         for k in rows[0]
         if k != "name"
         and k not in MEASURED_COLUMNS
-        and not k.startswith(eval_results.COLUMN_PREFIX)
+        and not k.startswith((eval_results.COLUMN_PREFIX, DOWNSTREAM_PREFIX))
     ]
 
 
@@ -196,9 +201,16 @@ def last_row(trial_dir: epath.Path, key: str) -> dict | None:
     return rows[-1] if rows else None
 
 
+def last_eval(trial_dir: epath.Path) -> dict | None:
+    """The last metrics row of a trial holding an evaluation (val/loss, or a task's val/...)."""
+    rows = read_metrics(trial_dir / "metrics.jsonl")
+    evals = [r for r in rows if any(k.startswith("val/") for k in r)]
+    return evals[-1] if evals else None
+
+
 def is_complete(trial_dir: epath.Path, steps: int) -> bool:
     """The trial's metrics hold an evaluation at its planned last step."""
-    row = last_row(trial_dir, "val/loss")
+    row = last_eval(trial_dir)
     return row is not None and row["step"] >= steps
 
 

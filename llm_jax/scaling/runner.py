@@ -81,24 +81,27 @@ def train_command(
         *launcher,
         "train",
         "--config",
-        str(sweep_path),
+        trial.config or str(sweep_path),
         "--workdir",
         storage.join(workdir, trial.name),
         *sweep_lib.override_args(trial.overrides),
         *([f"--config.init.workdir={storage.join(workdir, trial.parent)}"] if trial.parent else []),
+        # W&B (when the config names a project) groups the trials under the sweep's name.
+        f"--config.tracking.wandb_group={os.path.basename(workdir.rstrip('/'))}",
     ]
 
 
 def branch_ready(trial: sweep_lib.Trial, workdir: str) -> bool:
-    """Whether a trial can start: no parent, or the parent's checkpoint at the trial's
-    init.step is written (Orbax renames a finished checkpoint to its step)."""
+    """Whether a trial can start: no parent; or the parent's checkpoint at the trial's
+    init.step is written (Orbax renames a finished checkpoint to its step); or, with no
+    init.step (a fine-tune of the parent's final params), the parent is done."""
     if not trial.parent:
         return True
     step = trial.overrides.get("init.step", -1)
-    checkpoints = storage.path(workdir) / trial.parent / "checkpoints"
+    parent_dir = storage.path(workdir) / trial.parent
     if step < 0:
-        return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
-    return (checkpoints / str(step)).is_dir()
+        return results_io.trial_status(parent_dir) == "done"
+    return (parent_dir / "checkpoints" / str(step)).is_dir()
 
 
 def _write_status(trial_dir: Path, status: str, **fields) -> dict:
@@ -307,9 +310,10 @@ def _block(queue: list, outcome: dict, out: _Reporter) -> None:
     parents' checkpoints) and drop them."""
     for trial, _ in queue:
         outcome[trial.name] = "blocked"
+        step = trial.overrides.get("init.step", -1)
+        missing = "is not done" if step < 0 else f"has no checkpoint at step {step}"
         out.event(
-            f"[sweep] BLOCKED {trial.name}: its parent {trial.parent} has no checkpoint at "
-            f"step {trial.overrides.get('init.step')} (did the parent fail?)"
+            f"[sweep] BLOCKED {trial.name}: its parent {trial.parent} {missing} (did it fail?)"
         )
     queue.clear()
 
@@ -414,8 +418,9 @@ def write_slurm(sweep_path: str, workdir: str, todo: list, parallel: int) -> Pat
     names = {t.name for t, _ in todo}
     if any(t.parent in names for t, _ in todo):
         raise sweep_lib.SweepError(
-            "a SLURM array starts tasks in any order, and this one holds WSD branches with "
-            "their parents; launch the parents first (--only), then the branches"
+            "a SLURM array starts tasks in any order, and this one holds trials with their "
+            "parents (WSD branches or fine-tunes); launch the parents first (--only), then "
+            "the others"
         )
     q = shlex.quote
     cases = "\n".join(
@@ -526,12 +531,12 @@ def run_sweep(
 
     `parallel`: trials at once; None takes the sweep file's PARALLEL (default 1).
     """
-    base, trials, default_parallel = sweep_lib.load_sweep(sweep_path)
-    parallel = parallel or default_parallel
-    trials = _select(trials, only)
+    loaded = sweep_lib.load_sweep(sweep_path)
+    parallel = parallel or loaded.parallel
+    trials = _select(loaded.trials, only)
     if not trials:
         raise sweep_lib.SweepError(f"--only {only!r} matches no trial of {sweep_path}")
-    planned = [(t, sweep_lib.plan(sweep_lib.apply_overrides(base, t.overrides))) for t in trials]
+    planned = [(t, sweep_lib.plan(sweep_lib.trial_config(loaded, t))) for t in trials]
     root = storage.path(workdir)
     status = {t.name: results_io.trial_status(root / t.name, p["steps"]) for t, p in planned}
     todo = [(t, p) for t, p in planned if status[t.name] != "done"]

@@ -23,6 +23,9 @@ Each trial is the base config plus `overrides` ({"model.d_model": 256, ...}), ru
 - `wsd_branches(base, sizes, token_counts, cooldown_fraction=)`: L(N, D) at every token
   count from one constant-LR run per size plus a short cooldown branched from each
   token count (Hägele et al. 2024), instead of one run per D.
+- `finetune_each(trials, config_path, name=)`: a second stage after each trial, a
+  fine-tune (e.g. experiments/configs/genre_classify.py) from its final params, run in
+  DIR/<trial>/finetune/<name>; its metrics become columns of the trial's results row.
 
 Model shapes come from a target parameter count (`shape_for_params`), and learning rate,
 warmup and batch size from `SizeRules`; a sweep file passes its own rules to change them.
@@ -44,6 +47,7 @@ import ml_collections
 from llm_jax import config as config_lib
 from llm_jax import flops as flops_lib
 from llm_jax.errors import UserError
+from llm_jax.scaling import results as results_io
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 
@@ -52,14 +56,17 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 class Trial:
     """One run of a sweep: its directory name, config overrides and reported tags.
 
-    `parent`: the trial whose checkpoint (at `init.step`) this one branches from; the
-    runner starts it once that checkpoint exists, with init.workdir set to the parent's.
+    `parent`: the trial this one starts from, with init.workdir set to the parent's
+    directory; the runner starts it once the parent's checkpoint at `init.step` exists
+    (init.step -1, the default: once the parent is done). `config`: the config file the
+    trial runs ('' = the sweep file's get_config()), e.g. a fine-tuning task's.
     """
 
     name: str
     overrides: dict[str, Any]
     tags: dict[str, Any] = dataclasses.field(default_factory=dict)
     parent: str = ""
+    config: str = ""
 
 
 class SweepError(UserError, ValueError):
@@ -493,6 +500,49 @@ def wsd_branches(
     return _unique(trials)
 
 
+def finetune_each(
+    trials: Sequence[Trial],
+    config_path: str | Path,
+    *,
+    name: str = "ft",
+    overrides: Mapping[str, Any] | None = None,
+) -> list[Trial]:
+    """`trials`, then a fine-tune of each: the second stage of a downstream-scaling sweep.
+
+    The fine-tune of trial T is the trial `T/finetune/<name>`: `config_path`'s
+    get_config() plus `overrides`, started from T's final params (`parent` = T, so the
+    runner sets init.workdir to T's directory and starts it once T is done), run in
+    DIR/T/finetune/<name>. Its model shape and tokenizer come from T (model keys the
+    fine-tuning config leaves at their default, as `llm-jax train` does). Its val/...
+    metrics become columns `ft/<name>/val/...` of T's row in results.csv. Trials that are
+    themselves fine-tunes get none (call it again with another `name` for a second task).
+    """
+    if not _NAME_OK.match(name):
+        raise SweepError(f"finetune_each name {name!r} must be letters, digits and ._=+-")
+    stages = [
+        Trial(
+            finetune_name(t.name, name),
+            dict(overrides or {}),
+            {"stage": "finetune"},
+            parent=t.name,
+            config=str(config_path),
+        )
+        for t in trials
+        if not is_finetune(t)
+    ]
+    return _unique([*trials, *stages])
+
+
+def finetune_name(trial: str, name: str) -> str:
+    """The trial name (a path under the sweep directory) of `trial`'s fine-tune `name`."""
+    return f"{trial}/{results_io.FINETUNE_DIR}/{name}"
+
+
+def is_finetune(trial: Trial) -> bool:
+    """Whether a trial is a second stage (`finetune_each`), run inside its parent's dir."""
+    return f"/{results_io.FINETUNE_DIR}/" in trial.name
+
+
 def _unique(trials: list[Trial]) -> list[Trial]:
     seen: dict[str, Trial] = {}
     for t in trials:
@@ -543,18 +593,52 @@ def load_sweep(path: str | Path) -> LoadedSweep:
     if not trials:
         raise SweepError(f"{path}: get_sweep() returned no trials")
     _unique(trials)
-    names = {t.name for t in trials}
+    loaded = LoadedSweep(base, trials, int(getattr(module, "PARALLEL", 1)))
     for t in trials:
-        if not _NAME_OK.match(t.name):
+        # A fine-tune's name is a path: DIR/<trial>/finetune/<name>.
+        if not all(_NAME_OK.match(part) for part in t.name.split("/")):
             raise SweepError(
                 f"trial name {t.name!r} must be letters, digits and ._=+- (it names a directory)"
             )
-        if t.parent and (t.parent not in names or t.parent == t.name):
-            raise SweepError(f"trial {t.name}: its parent {t.parent!r} is not another trial")
-        # A branch's init.workdir is its parent's directory, known once the sweep runs.
-        branch = {"init.workdir": t.parent} if t.parent else {}
+        _ancestors(loaded, t)
         try:
-            config_lib.validate(apply_overrides(base, {**t.overrides, **branch}))
+            config_lib.validate(trial_config(loaded, t))
         except config_lib.ConfigError as err:
             raise SweepError(f"trial {t.name}: {err}") from err
-    return LoadedSweep(base, trials, int(getattr(module, "PARALLEL", 1)))
+    return loaded
+
+
+def _ancestors(loaded: LoadedSweep, trial: Trial) -> list[Trial]:
+    """The chain of parents of `trial`, nearest first; SweepError if one is missing or
+    the chain loops."""
+    by_name = {t.name: t for t in loaded.trials}
+    chain, t = [], trial
+    while t.parent:
+        if t.parent not in by_name or by_name[t.parent] in (trial, *chain):
+            raise SweepError(f"trial {t.name}: its parent {t.parent!r} is not another trial")
+        t = by_name[t.parent]
+        chain.append(t)
+    return chain
+
+
+def trial_config(loaded: LoadedSweep, trial: Trial) -> ml_collections.ConfigDict:
+    """The config `trial` runs, as far as it is known before any trial has run: its config
+    file (the sweep's base when it names none) plus its overrides; with a parent, init.workdir
+    (the parent's name; the runner passes its directory) and the parent's model keys where
+    this config leaves them at their default, as `llm-jax train` takes them from the
+    parent's workdir (llm_jax/finetune.py)."""
+    if trial.config:
+        try:
+            base = config_lib.load_config_file(trial.config)
+        except config_lib.ConfigError as err:
+            raise SweepError(f"trial {trial.name}: {err}") from err
+    else:
+        base = loaded.config
+    config = apply_overrides(base, trial.overrides)
+    if trial.parent:
+        from llm_jax import finetune  # imports JAX: only sweeps with parents pay for it
+
+        (parent,) = _ancestors(loaded, trial)[:1]
+        config.init.workdir = trial.parent
+        finetune.inherit_model(config, trial_config(loaded, parent).model)
+    return config

@@ -1,0 +1,50 @@
+"""Downstream scaling: the README's IsoFLOP ladder with genre classification after each trial.
+
+Every pre-training trial of experiments/sweeps/shakespeare_isoflop.py (3 budgets x 5 sizes)
+is followed by a short fine-tune on the embedded genre task (experiments/configs/
+genre_classify.py, comedy / history / tragedy on held-out plays) from its final params,
+in DIR/<trial>/finetune/genre:
+
+    llm-jax sweep experiments/sweeps/shakespeare_downstream.py \
+        --workdir runs/shakespeare_downstream
+
+results.csv gets the columns ft/genre/val/accuracy, ft/genre/val/majority_accuracy, ...
+and DIR/plots/downstream.png draws accuracy vs pre-training compute and vs pre-training
+loss, one line per model size. Rerunning resumes: a finished pre-training trial is not
+rerun for its fine-tune.
+"""
+
+from pathlib import Path
+
+from llm_jax.config import load_python_file
+from llm_jax.scaling import sweep
+
+_HERE = Path(__file__).resolve().parent
+_ISOFLOP = load_python_file(_HERE / "shakespeare_isoflop.py", ("get_sweep",), "sweep file")
+GENRE = str(_HERE.parent / "configs" / "genre_classify.py")
+FINETUNE_STEPS = 150  # short: 15 fine-tunes fit beside the ladder in the time budget
+PARALLEL = 2
+
+
+def get_config():
+    """The pre-training base of the IsoFLOP ladder."""
+    return _ISOFLOP.get_config()
+
+
+def get_sweep():
+    """The ladder's 15 trials, then a genre fine-tune of each (64-token passages: the
+    pre-trained models' context)."""
+    return sweep.finetune_each(
+        _ISOFLOP.get_sweep(),
+        GENRE,
+        name="genre",
+        overrides={
+            "data.seq_len": 64,
+            "data.num_val_batches": 4,
+            "train.steps": FINETUNE_STEPS,
+            "train.lr": 3e-3,
+            "train.log_every": 50,
+            "train.eval_every": FINETUNE_STEPS,
+            "checkpoint.every": FINETUNE_STEPS,
+        },
+    )
