@@ -245,6 +245,7 @@ def default_config() -> ml_collections.ConfigDict:
     d.tokenizer_type = "bpe"  # bpe | unigram
     d.tokenizer_max_chars = 20_000_000  # characters of training text fed to SentencePiece
     d.cache_dir = ""  # '' : $LLM_JAX_CACHE or ~/.cache/llm_jax (shared by a sweep)
+    d.workers = 0  # tokenizer processes when a cache is built; 0: one per core, up to 8
     d.seq_len = 128
     d.segment_ids = False  # pass document ids so packed documents don't attend across
     d.num_val_batches = 8
@@ -516,6 +517,7 @@ _RANGES = (
     ("train.tokens", 0, None, True, None),
     ("data.val_fraction", 0.0, 1.0, False, False),
     ("data.val_batch_size", 0, None, True, None),
+    ("data.workers", 0, None, True, None),
     ("model.dropout", 0.0, 1.0, True, False),
     ("checkpoint.keep_every", 0, None, True, None),
     ("model.num_classes", 0, None, True, None),

@@ -3,8 +3,12 @@
 Public API (used by `llm_jax.data`):
   - `Corpus(data_cfg, hf_cache_dir)`: `.identity` (a small JSON-able dict that names the
     corpus and every option that changes its text; caches are keyed by it),
+    `.stream()` (every document once, as (split, text) pairs in a fixed order),
     `.documents(split)` (an iterator of strings, split 'train' or 'val'), and
     `.decode_replacements` (undecodable byte sequences replaced so far).
+  Both iterators read lazily: a files corpus holds at most k = round(1 / val_fraction)
+  documents (the holdout rule below) and, for .jsonl/.csv/.parquet, a batch of rows at a
+  time, never the whole corpus.
   - `SHAKESPEARE_VAL_PLAYS`, `shakespeare_dir()`.
 
 Sources (`config.data.source`):
@@ -28,13 +32,14 @@ its loss would be too noisy to compare runs by.
 from __future__ import annotations
 
 import codecs
+import collections
 import importlib.util
 import itertools
 import logging
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -58,6 +63,7 @@ _FORMATS = {
     ".parquet": "parquet",
 }
 TINY_VAL_BYTES = 100_000  # below this, validation losses are noisy: warn
+_ROWS_PER_READ = 10_000  # rows of a .jsonl/.csv/.parquet read into memory at a time
 log = logging.getLogger(__name__)
 _HF_BUILDERS = {"jsonl": "json", "csv": "csv", "parquet": "parquet"}
 _LOCAL_FILES_FIX = (
@@ -114,48 +120,64 @@ def _format(path: Path, forced: str) -> str:
     return fmt
 
 
-def _decode(data: bytes, name: str, on_error: str) -> str:
-    """UTF-8 text of `data`; bad bytes raise (naming file and offset) or are replaced."""
+def _decode(data: bytes, name: str, on_error: str, offset: int = 0) -> str:
+    """UTF-8 text of `data` (found at byte `offset` of file `name`); bad bytes raise
+    (naming file and offset) or are replaced."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         if on_error != "replace":
             raise DataError(
-                f"{name}: byte offset {e.start} is not valid UTF-8 ({e.reason}); re-encode the "
-                "file as UTF-8 or set --config.data.on_decode_error=replace"
+                f"{name}: byte offset {offset + e.start} is not valid UTF-8 ({e.reason}); "
+                "re-encode the file as UTF-8 or set --config.data.on_decode_error=replace"
             ) from None
     return data.decode("utf-8", errors="llm_jax.count_replace")
 
 
-def _holdout(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    """Every k-th document to validation; too few documents: the tail of the last one."""
-    k = max(2, round(1 / val_fraction))
-    if len(docs) >= k:
-        return [d for i, d in enumerate(docs) if i % k != k - 1], docs[k - 1 :: k]
+def _lines(path, on_error: str) -> Iterator[str]:
+    """The lines of a text file (without their newline), read one at a time."""
+    with path.open("rb") as f:
+        offset = 0
+        for raw in f:
+            yield _decode(raw, str(path), on_error, offset).removesuffix("\n")
+            offset += len(raw)
+
+
+def _tail_holdout(docs: list[str], val_fraction: float) -> Iterator[tuple[str, str]]:
+    """Fewer than k documents: all but the last val_fraction of the last one train."""
     if not docs:
-        return [], []
+        return
     last = docs[-1]
     cut = int(len(last) * (1 - val_fraction))
     line_end = last.find("\n", cut)
     if 0 <= line_end < len(last) - 1:  # a line end before the last character: cut there
         cut = line_end + 1
-    return docs[:-1] + [last[:cut]], [last[cut:]]
+    yield from (("train", doc) for doc in [*docs[:-1], last[:cut]])
+    yield "val", last[cut:]
 
 
-def _texts(values: list, where: str, field: str) -> list[str]:
-    """The non-empty texts of a column: rows without one are counted and reported, rows
-    whose text is not a string are refused."""
+def _holdout(docs: Iterable[str], val_fraction: float) -> Iterator[tuple[str, str]]:
+    """(split, document): every k-th document to validation; fewer than k documents in
+    all: the tail of the last one. Holds at most k documents."""
+    k = max(2, round(1 / val_fraction))
+    docs = iter(docs)
+    head = list(itertools.islice(docs, k))
+    if len(head) < k:
+        yield from _tail_holdout(head, val_fraction)
+        return
+    for i, doc in enumerate(itertools.chain(head, docs)):
+        yield ("val" if i % k == k - 1 else "train"), doc
+
+
+def _texts(values: list, where: str, field: str, first_row: int) -> list[str]:
+    """The non-empty texts of a batch of a column's rows (numbered from `first_row`):
+    rows whose text is not a string are refused."""
     bad = [i for i, v in enumerate(values) if v is not None and not isinstance(v, str)]
     if bad:
         example = repr(values[bad[0]])[:40]
         raise DataError(
-            f"{where}: {len(bad)} rows have a {field!r} that is not text (row {bad[0] + 1}: "
-            f"{example}); fix those rows or set --config.data.text_field"
-        )
-    missing = sum(v is None for v in values)
-    if missing:
-        log.warning(
-            "warning: %s: %d of %d rows have no %r; skipped", where, missing, len(values), field
+            f"{where}: {len(bad)} rows have a {field!r} that is not text (row "
+            f"{first_row + bad[0] + 1}: {example}); fix those rows or set --config.data.text_field"
         )
     return [v for v in values if v]
 
@@ -179,7 +201,6 @@ class Corpus:
         self.cfg = data_cfg
         self.hf_cache_dir = str(hf_cache_dir)
         self.decode_replacements = 0
-        self._file_splits: tuple[list[str], list[str]] | None = None
         self.identity = self._identity()
 
     def _identity(self) -> dict:
@@ -220,75 +241,116 @@ class Corpus:
             }
         raise DataError(f"config.data.source={d.source!r}; set it to shakespeare, files or hf")
 
-    def documents(self, split: str) -> Iterator[str]:
-        """The documents of `split` ('train' or 'val'), in a fixed order."""
+    def stream(self) -> Iterator[tuple[str, str]]:
+        """Every document once, as (split, text) pairs in a fixed order, read lazily."""
         before = _replaced[0]
         try:
             if self.cfg.source == "shakespeare":
-                yield from self._shakespeare(split)
+                yield from self._shakespeare()
             elif self.cfg.source == "files":
-                if self._file_splits is None:
-                    self._file_splits = self._split_files()
-                yield from self._file_splits[split == "val"]
+                yield from self._files()
             else:
-                yield from self._hf(split)
+                for split in ("train", "val"):
+                    yield from ((split, doc) for doc in self._hf(split))
         finally:
             self.decode_replacements += _replaced[0] - before
 
-    def _shakespeare(self, split: str) -> Iterator[str]:
+    def documents(self, split: str) -> Iterator[str]:
+        """The documents of `split` ('train' or 'val'), in a fixed order."""
+        if self.cfg.source == "hf":  # each split is its own read: skip the other one
+            yield from self._hf(split)
+        else:
+            yield from (doc for s, doc in self.stream() if s == split)
+
+    def _shakespeare(self) -> Iterator[tuple[str, str]]:
         root = shakespeare_dir()
         for play, _ in self.identity["plays"]:
-            if (play in SHAKESPEARE_VAL_PLAYS) == (split == "val"):
-                yield (root / play).read_text(encoding="utf-8")
+            split = "val" if play in SHAKESPEARE_VAL_PLAYS else "train"
+            yield split, (root / play).read_text(encoding="utf-8")
 
-    def _split_files(self) -> tuple[list[str], list[str]]:
-        """Train and val documents of a files corpus; warns when val is tiny."""
-        docs = self._read_files("files")
+    def _files(self) -> Iterator[tuple[str, str]]:
+        """(split, document) of a files corpus; warns at the end when val is tiny."""
+        counts = collections.Counter()
+        val_bytes = 0
         if "val_files" in self.identity:
-            train, val, how = docs, self._read_files("val_files"), "config.data.val_path"
-        else:
-            train, val = _holdout(docs, self.cfg.val_fraction)
-            k = max(2, round(1 / self.cfg.val_fraction))
-            how = (
-                f"every {k}th of {len(docs)} documents"
-                if len(docs) >= k
-                else f"the last {self.cfg.val_fraction:.0%} of the last document (fewer "
-                f"than {k} documents)"
+            pairs = itertools.chain(
+                (("train", doc) for doc in self._read_files("files")),
+                (("val", doc) for doc in self._read_files("val_files")),
             )
-        size = sum(len(v.encode()) for v in val)
-        if size < TINY_VAL_BYTES:
+        else:
+            pairs = _holdout(self._read_files("files"), self.cfg.val_fraction)
+        for split, doc in pairs:
+            counts[split] += 1
+            val_bytes += len(doc.encode()) if split == "val" else 0
+            yield split, doc
+        if val_bytes < TINY_VAL_BYTES:
             log.warning(
                 "warning: the validation split is %s bytes (%s): its loss will be noisy; "
                 "pass a separate validation set with --config.data.val_path=... or raise "
                 "config.data.val_fraction",
-                f"{size:,}",
-                how,
+                f"{val_bytes:,}",
+                self._holdout_rule(counts["train"] + counts["val"]),
             )
-        return train, val
 
-    def _read_files(self, key: str) -> list[str]:
+    def _holdout_rule(self, documents: int) -> str:
+        """How the validation split of a files corpus of `documents` documents was made."""
+        if "val_files" in self.identity:
+            return "config.data.val_path"
+        k = max(2, round(1 / self.cfg.val_fraction))
+        if documents >= k:
+            return f"every {k}th of {documents} documents"
+        return (
+            f"the last {self.cfg.val_fraction:.0%} of the last document (fewer than {k} documents)"
+        )
+
+    def _read_files(self, key: str) -> Iterator[str]:
         """Documents of the files under identity[key] ('files' or 'val_files')."""
         d = self.cfg
         files = [storage.path(f) for f, _, _ in self.identity[key]]
-        docs: list[str] = []
+        count = 0
         for fmt, group in itertools.groupby(files, key=lambda f: _format(f, d.format)):
             group = list(group)
-            if fmt == "txt":
-                for f in group:
-                    text = _decode(f.read_bytes(), str(f), d.on_decode_error)
-                    docs += text.split("\n") if d.txt_document == "line" else [text]
-            else:
-                docs += self._load_with_datasets(fmt, group)
-        docs = [doc for doc in docs if doc]
-        if not docs:
+            docs = self._txt(group) if fmt == "txt" else self._rows(fmt, group)
+            for doc in docs:
+                if doc:
+                    count += 1
+                    yield doc
+        if not count:
             option = "path" if key == "files" else "val_path"
             raise DataError(
                 f"the corpus at config.data.{option}={d.get(option)!r} holds no text; "
                 "point it at non-empty files"
             )
-        return docs
 
-    def _load_with_datasets(self, fmt: str, files: list) -> list[str]:
+    def _txt(self, files: Iterable) -> Iterator[str]:
+        """One document per file, or per line with data.txt_document='line'."""
+        on_error = self.cfg.on_decode_error
+        for f in files:
+            if self.cfg.txt_document == "line":
+                yield from _lines(f, on_error)
+            else:
+                yield _decode(f.read_bytes(), str(f), on_error)
+
+    def _rows(self, fmt: str, files: list) -> Iterator[str]:
+        """The texts of .jsonl/.csv/.parquet files, read through `datasets` in batches."""
+        ds = self._load_with_datasets(fmt, files)
+        field, names = self.cfg.text_field, ", ".join(str(f) for f in files)
+        if field not in ds.column_names:
+            raise DataError(
+                f"{files[0]} has no column {field!r} (columns: {ds.column_names}); "
+                "set --config.data.text_field=<the text column>"
+            )
+        missing = 0
+        for start in range(0, len(ds), _ROWS_PER_READ):
+            values = ds[start : start + _ROWS_PER_READ][field]
+            missing += sum(v is None for v in values)
+            yield from _texts(values, names, field, start)
+        if missing:
+            log.warning(
+                "warning: %s: %d of %d rows have no %r; skipped", names, missing, len(ds), field
+            )
+
+    def _load_with_datasets(self, fmt: str, files: list):
         import datasets
 
         d = self.cfg
@@ -309,7 +371,8 @@ class Corpus:
                     f = copy
                 paths.append(str(f))
             try:
-                ds = datasets.load_dataset(
+                # Arrow files in the HF cache, memory-mapped: rows are read a batch at a time.
+                return datasets.load_dataset(
                     _HF_BUILDERS[fmt], data_files=paths, split="train", cache_dir=self.hf_cache_dir
                 )
             except Exception as e:  # noqa: BLE001 - any parse failure becomes one clear line
@@ -318,16 +381,6 @@ class Corpus:
                     f"could not read {[str(f) for f in files]} as {fmt}: {first}; "
                     "fix the file or set --config.data.format"
                 ) from None
-        names = ", ".join(str(f) for f in files)
-        return _texts(self._column(ds, str(files[0])), names, self.cfg.text_field)
-
-    def _column(self, ds, where: str) -> list[str]:
-        if self.cfg.text_field not in ds.column_names:
-            raise DataError(
-                f"{where} has no column {self.cfg.text_field!r} (columns: {ds.column_names}); "
-                "set --config.data.text_field=<the text column>"
-            )
-        return ds[self.cfg.text_field]
 
     def _hf(self, split: str) -> Iterator[str]:
         import datasets

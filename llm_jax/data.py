@@ -1,11 +1,12 @@
 """Token caches and packed, per-host, resumable batches.
 
 Public API (the trainer codes against these):
-  - `prepare(config) -> Prepared`: trains or loads the tokenizer and tokenizes both
-    splits once into on-disk caches; later calls (a rerun, the 20th trial of a sweep)
-    reuse them. `Prepared` fields: `tokenizer`, `folder`, `train_path`, `val_path`,
-    `manifest`, `train_tokens`, `val_tokens`, `train_bytes_per_token`,
-    `val_bytes_per_token`; `Prepared.tokens(split) -> np.memmap`.
+  - `prepare(config, verify=False) -> Prepared`: trains or loads the tokenizer and
+    tokenizes both splits once into on-disk caches; later calls (a rerun, the 20th trial
+    of a sweep) reuse them. `Prepared` fields: `tokenizer`, `folder`, `train_path`,
+    `val_path` (each split's folder of shards), `manifest`, `train_tokens`, `val_tokens`,
+    `train_bytes_per_token`, `val_bytes_per_token`; `Prepared.tokens(split) ->
+    shards.ShardedTokens` (`len`, integer/slice/array indexing, `np.asarray`).
   - `BatchIterator(prepared_or_tokens, batch_size, seq_len, seed=0, process_index=None,
     process_count=None, segment_ids=False, eos_id=None)`: yields this process's rows of
     each global batch, `{'inputs', 'targets'[, 'segment_ids']}` int32
@@ -18,12 +19,18 @@ Public API (the trainer codes against these):
 
 Caches live under `data.cache_dir`, else `$LLM_JAX_CACHE`, else `~/.cache/llm_jax`:
 `tokenizers/<key>.model` keyed by (corpus identity, tokenizer settings) and
-`tokens/<key>/{train.bin, val.bin, manifest.json}` keyed by (corpus identity, the
-tokenizer's sha256). The manifest holds each split's BLAKE2b hash, verified (one
-streaming pass) whenever a cache is opened: a cache that fails is rebuilt, as is a
-cached tokenizer that does not load. A cache folder is built under a temporary name and renamed into
-place, so an interrupted preparation never leaves a folder that looks valid; a file lock
-makes concurrent trials wait for one builder instead of all building.
+`tokens/<key>/{manifest.json, train/00000.bin..., val/00000.bin...}` keyed by (corpus
+identity, the tokenizer's sha256). Building streams the corpus (`Corpus.stream`) through
+`data.workers` tokenizer processes into shards (`llm_jax.shards`): memory holds a few
+chunks, not the corpus, and the tokens do not depend on the number of workers. The
+manifest records each shard's tokens, text bytes, documents and BLAKE2b (hashed as it
+is written). Opening a cache, as every host of a run does, checks the shards' sizes
+(stats, no reads); `prepare(config, verify=True)` (`llm-jax data prepare --verify`)
+re-hashes every shard. A cache that fails is rebuilt, as is a cached tokenizer that
+does not load; a shard whose size changes after opening is a DataError on first read.
+A cache folder is built under a temporary name and renamed into place, so an
+interrupted preparation never leaves a folder that looks valid (the next build removes
+its leftovers); a file lock makes concurrent trials wait for one builder.
 
 Token stream: each document's tokens followed by eos, concatenated; uint16 when the
 vocab fits, else uint32. Bytes per token = UTF-8 bytes of the documents / tokens
@@ -44,13 +51,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +64,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from llm_jax import atomic, storage
+from llm_jax import shards, storage
 from llm_jax.corpus import Corpus
 from llm_jax.tokenizer import EOS_ID, DataError, Tokenizer, load_tokenizer, train_tokenizer
 
@@ -72,8 +78,7 @@ __all__ = [
     "cache_root",
 ]
 
-CACHE_FORMAT = 1  # bump when the cache layout or the tokenizer settings change
-_ENCODE_CHUNK = 64  # documents per encode call: threads busy, memory bounded
+CACHE_FORMAT = 2  # bump when the cache layout or the tokenizer settings change
 log = logging.getLogger(__name__)
 
 
@@ -110,20 +115,18 @@ class Prepared:
 
     tokenizer: Tokenizer
     folder: Path
-    train_path: Path
-    val_path: Path
+    train_path: Path  # the folder of the train split's shard files
+    val_path: Path  # the folder of the val split's shard files
     manifest: dict
     train_tokens: int
     val_tokens: int
     train_bytes_per_token: float
     val_bytes_per_token: float
 
-    def tokens(self, split: str = "train") -> np.memmap:
-        """The split's token stream, memory-mapped read-only."""
-        return np.memmap(
-            self.train_path if split == "train" else self.val_path,
-            dtype=self.manifest["dtype"],
-            mode="r",
+    def tokens(self, split: str = "train") -> shards.ShardedTokens:
+        """The split's token stream: an array-like over its memory-mapped shards."""
+        return shards.ShardedTokens(
+            self.folder, self.manifest["splits"][split], self.manifest["dtype"]
         )
 
 
@@ -155,80 +158,45 @@ def _get_tokenizer(config: ml_collections.ConfigDict, corpus: Corpus, root: Path
     return tokenizer
 
 
-def _file_hash(path: Path) -> str:
-    """BLAKE2b of a file, read in 8 MiB blocks (about 1 GB/s on one core)."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_manifest(folder: Path) -> dict | None:
-    """The manifest of a complete, intact cache folder, else None (with a warning if the
-    folder exists but fails its checks)."""
+def _read_manifest(folder: Path, verify: bool = False) -> dict | None:
+    """The manifest of a complete cache folder whose shards have their recorded sizes
+    (and, with `verify`, hashes), else None (with a warning if the folder exists)."""
     if not (folder / "manifest.json").exists():
         return None
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         itemsize = np.dtype(manifest["dtype"]).itemsize
         for split in ("train", "val"):
-            info = manifest["splits"][split]
-            path = folder / info["file"]
-            if path.stat().st_size != info["tokens"] * itemsize:
-                raise ValueError(f"{path} has the wrong size")
-            if "blake2b" in info and _file_hash(path) != info["blake2b"]:
-                raise ValueError(f"{path} fails its checksum")
-        if not all("blake2b" in manifest["splits"][s] for s in ("train", "val")):
-            _add_checksums(folder, manifest)  # a cache from before checksums: trust it once
+            shards.check_shards(folder, manifest["splits"][split], itemsize, hashes=verify)
         return manifest
     except (OSError, ValueError, KeyError) as e:
         log.warning("warning: token cache %s is damaged (%s); rebuilding it", folder, e)
         return None
 
 
-def _add_checksums(folder: Path, manifest: dict) -> None:
-    for info in manifest["splits"].values():
-        info["blake2b"] = _file_hash(folder / info["file"])
-    atomic.write_text(folder / "manifest.json", json.dumps(manifest, indent=1))
+def _workers(data_cfg: ml_collections.ConfigDict) -> int:
+    """Tokenizer processes for a build: data.workers, or 0 = one per core up to 8."""
+    return data_cfg.workers or min(os.cpu_count() or 1, 8)
 
 
-def _write_split(path: Path, tokenizer: Tokenizer, docs: Iterable[str], dtype) -> dict:
-    """Tokenize `docs` into `path` (each followed by eos); returns the split's counts."""
-    tokens = n_bytes = n_docs = 0
-    docs = iter(docs)
-    with open(path, "wb") as f:
-        while chunk := [doc for _, doc in zip(range(_ENCODE_CHUNK), docs, strict=False)]:
-            ids = tokenizer.encode_batch(chunk)
-            flat = np.fromiter(
-                itertools.chain.from_iterable(d + [tokenizer.eos_id] for d in ids), dtype=dtype
-            )
-            f.write(flat.tobytes())
-            tokens += flat.size
-            n_bytes += sum(len(doc.encode("utf-8")) for doc in chunk)
-            n_docs += len(chunk)
-    return {
-        "file": path.name,
-        "blake2b": _file_hash(path),
-        "documents": n_docs,
-        "bytes": n_bytes,
-        "tokens": tokens,
-        "bytes_per_token": n_bytes / max(tokens, 1),
-    }
-
-
-def _build_cache(folder: Path, tokenizer: Tokenizer, corpus: Corpus) -> dict:
-    """Tokenize both splits into a temporary folder, then rename it to `folder`."""
+def _build_cache(folder: Path, tokenizer: Tokenizer, corpus: Corpus, n_workers: int = 1) -> dict:
+    """Tokenize the corpus, streamed, into shards in a temporary folder, then rename it to
+    `folder`. Memory: a few chunks of text and tokens, never the corpus."""
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(folder.name + ".tmp-*"):  # left by a killed builder
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp-"))
     try:
         dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
-        splits = {}
-        for split in ("train", "val"):
-            splits[split] = _write_split(
-                tmp / f"{split}.bin", tokenizer, corpus.documents(split), dtype
-            )
-            if not splits[split]["documents"]:
+        writers = {split: shards.ShardWriter(tmp / split, dtype) for split in ("train", "val")}
+        replaced_before = corpus.decode_replacements
+        chunks = shards.chunks(corpus.stream())
+        for encoded in shards.encode_in_order(chunks, tokenizer, dtype, n_workers):
+            for split, part in encoded.items():
+                writers[split].write(part)
+        splits = {split: writer.close() for split, writer in writers.items()}
+        for split, info in splits.items():
+            if not info["documents"]:
                 raise DataError(
                     f"the {split} split of the corpus is empty; add documents or "
                     "raise config.data.val_fraction"
@@ -244,10 +212,10 @@ def _build_cache(folder: Path, tokenizer: Tokenizer, corpus: Corpus) -> dict:
             },
             "eos_id": tokenizer.eos_id,
             "splits": splits,
-            "decode_replacements": corpus.decode_replacements,
+            "decode_replacements": corpus.decode_replacements - replaced_before,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if folder.exists():  # an incomplete folder (e.g. deleted files): replace it
+        if folder.exists():  # an incomplete or damaged folder: replace it
             shutil.rmtree(folder)
         os.rename(tmp, folder)
         return manifest
@@ -255,8 +223,12 @@ def _build_cache(folder: Path, tokenizer: Tokenizer, corpus: Corpus) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def prepare(config: ml_collections.ConfigDict) -> Prepared:
-    """Tokenizer and token caches for `config.data`, built on first use, reused after."""
+def prepare(config: ml_collections.ConfigDict, verify: bool = False) -> Prepared:
+    """Tokenizer and token caches for `config.data`, built on first use, reused after.
+
+    Opening a cache checks its shards' sizes only; `verify` also re-hashes every shard
+    (one full read) and rebuilds a cache whose bytes changed.
+    """
     root = cache_root(config.data)
     corpus = Corpus(config.data, root / "hf")
     tokenizer = _get_tokenizer(config, corpus, root)
@@ -267,8 +239,10 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
             {"corpus": corpus.identity, "tokenizer": tokenizer.sha256, "format": CACHE_FORMAT}
         )
     )
-    with _file_lock(folder):  # verifying under the lock: a concurrent rebuild is never read
-        manifest = _read_manifest(folder) or _build_cache(folder, tokenizer, corpus)
+    with _file_lock(folder):  # checking under the lock: a concurrent rebuild is never read
+        manifest = _read_manifest(folder, verify) or _build_cache(
+            folder, tokenizer, corpus, _workers(config.data)
+        )
     if manifest["decode_replacements"]:
         log.warning(
             "replaced %d undecodable byte sequences with U+FFFD", manifest["decode_replacements"]
@@ -279,8 +253,8 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     return Prepared(
         tokenizer,
         folder,
-        folder / train["file"],
-        folder / val["file"],
+        folder / "train",
+        folder / "val",
         manifest,
         train["tokens"],
         val["tokens"],
@@ -328,7 +302,7 @@ class BatchIterator:
 
     def __init__(
         self,
-        prepared_or_tokens: Prepared | np.ndarray,
+        prepared_or_tokens: Prepared | shards.ShardedTokens | np.ndarray,
         batch_size: int,
         seq_len: int,
         seed: int = 0,
@@ -340,8 +314,9 @@ class BatchIterator:
         if isinstance(prepared_or_tokens, Prepared):
             self.tokens = prepared_or_tokens.tokens("train")
             self.eos_id = prepared_or_tokens.tokenizer.eos_id
-        else:  # a raw token stream; eos_id only matters for segment ids
-            self.tokens = np.asarray(prepared_or_tokens)
+        else:  # a token stream; eos_id only matters for segment ids
+            tokens = prepared_or_tokens
+            self.tokens = tokens if isinstance(tokens, shards.ShardedTokens) else np.asarray(tokens)
             self.eos_id = EOS_ID if eos_id is None else eos_id
         self.process_index, self.local_batch = _process(process_index, process_count, batch_size)
         self.batch_size, self.seq_len, self.segment_ids = batch_size, seq_len, segment_ids

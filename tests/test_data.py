@@ -1,6 +1,7 @@
 """Sources, token caches, packed batches: coverage, determinism, resume, hosts, errors."""
 
 import json
+import shutil
 import time
 
 import jax
@@ -123,7 +124,8 @@ def test_one_document_corpus_gives_its_tail_to_validation(tmp_path):
 
 
 def test_tokenizer_and_cache_are_reused(shakespeare, cache_dir):
-    files = [*cache_dir.glob("tokenizers/*.model"), shakespeare.train_path, shakespeare.val_path]
+    shards = [*shakespeare.train_path.glob("*.bin"), *shakespeare.val_path.glob("*.bin")]
+    files = [*cache_dir.glob("tokenizers/*.model"), *shards]
     stamps = [f.stat().st_mtime_ns for f in files]
     again = data.prepare(_config(cache_dir))
     assert again.folder == shakespeare.folder
@@ -138,8 +140,8 @@ class _InterruptedCorpus:
     identity = {"source": "interrupted"}
     decode_replacements = 0
 
-    def documents(self, split):
-        yield "To be, or not to be, that is the question."
+    def stream(self):
+        yield "train", "To be, or not to be, that is the question."
         raise KeyboardInterrupt
 
 
@@ -151,12 +153,11 @@ def test_interrupted_write_leaves_no_valid_cache(shakespeare, tmp_path):
     assert list((tmp_path / "tokens").iterdir()) == []  # the temporary folder is gone too
     # A complete cache whose token file was later truncated is not valid either.
     broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "manifest.json").write_text(json.dumps(shakespeare.manifest))
-    (broken / "train.bin").write_bytes(shakespeare.train_path.read_bytes()[:-2])
-    (broken / "val.bin").write_bytes(shakespeare.val_path.read_bytes())
+    shutil.copytree(shakespeare.folder, broken)
+    shard = broken / "train" / "00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-2])
     assert data._read_manifest(broken) is None
-    (broken / "train.bin").write_bytes(shakespeare.train_path.read_bytes())
+    shutil.copy(shakespeare.train_path / "00000.bin", shard)
     assert data._read_manifest(broken) == shakespeare.manifest
 
 
@@ -360,11 +361,12 @@ def test_undecodable_bytes_error_or_replace(tmp_path):
         _documents(tmp_path, path=str(tmp_path / "bad.txt"))
     with pytest.raises(data.DataError, match=r"bad\.jsonl: byte offset 13"):
         _documents(tmp_path, path=str(tmp_path / "bad.jsonl"))
-    docs, corpus = _documents(
+    _, corpus = _documents(
         tmp_path, path=str(tmp_path / "bad.*"), on_decode_error="replace", val_fraction=0.5
     )
-    assert "caf\ufffd" in docs + list(corpus.documents("val"))
-    assert corpus.decode_replacements == 3  # \xff and \xfe in bad.txt, \xe9 in bad.jsonl
+    before = corpus.decode_replacements  # counts every read: documents('train') was one
+    assert "caf\ufffd" in [doc for _, doc in corpus.stream()]
+    assert corpus.decode_replacements - before == 3  # \xff, \xfe in bad.txt, \xe9 in bad.jsonl
 
 
 def test_jsonl_without_the_text_field(tmp_path):

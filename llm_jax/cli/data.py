@@ -26,9 +26,9 @@ def _validation_rule(d: ml_collections.ConfigDict) -> str:
     return rule + "; with fewer documents, the tail of the last one"
 
 
-def prepare_main(config: ml_collections.ConfigDict) -> data.Prepared:
+def prepare_main(config: ml_collections.ConfigDict, verify: bool = False) -> data.Prepared:
     """Build (or reuse) the tokenizer and token caches, and print their statistics."""
-    prepared = data.prepare(config)
+    prepared = data.prepare(config, verify)
     m, d = prepared.manifest, config.data
     source = d.path if d.source == "files" else d.hf_name if d.source == "hf" else ""
     print(f"corpus     {d.source} {source}".rstrip())
@@ -37,12 +37,13 @@ def prepare_main(config: ml_collections.ConfigDict) -> data.Prepared:
     print(f"cache      {prepared.folder}  ({m['dtype']})")
     print(
         f"{'split':<6}{'documents':>11}{'bytes':>14}{'tokens':>14}{'bytes/token':>13}"
-        f"{'sequences':>11}"
+        f"{'sequences':>11}{'shards':>8}"
     )
     for split, info in m["splits"].items():
         print(
             f"{split:<6}{info['documents']:>11,}{info['bytes']:>14,}{info['tokens']:>14,}"
             f"{info['bytes_per_token']:>13.3f}{info['tokens'] // (d.seq_len + 1):>11,}"
+            f"{len(info['shards']):>8}"
         )
     print(f"sequences are seq_len+1={d.seq_len + 1} tokens")
     if m["decode_replacements"]:
@@ -74,11 +75,17 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("action", choices=("prepare", "inspect"))
     p.add_argument("--split", choices=("train", "val"), default="val", help="inspect: the split")
     p.add_argument("--tokens", type=int, default=200, help="inspect: tokens to decode")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-hash every shard of an existing cache (one full read) and rebuild it if "
+        "any changed; without it, opening a cache checks sizes only",
+    )
     args, config = args_lib.parse_with_config(p, argv[1:])
     config = config_lib.validate(config)
     try:
         if args.action == "prepare":
-            prepare_main(config)
+            prepare_main(config, args.verify)
         else:
             inspect_main(config, args.split, max(1, args.tokens))
     except OSError as e:  # a cache folder that cannot be written (permissions, disk full)
