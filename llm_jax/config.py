@@ -250,6 +250,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.segment_ids = False  # pass document ids so packed documents don't attend across
     d.num_val_batches = 8
     d.val_batch_size = 0  # 0: train.batch_size
+    # None: the one corpus above. A weighted mixture: ((path, weight), ...), or
+    # (name, path, weight) / dicts with corpus keys (llm_jax/mixture.py)
+    d.sources = None
 
     c.train = t = ml_collections.ConfigDict()
     t.steps = 200
@@ -601,7 +604,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.data.source == "hf" and not config.data.hf_name:
         raise ConfigError("config.data.source='hf' needs config.data.hf_name (e.g. 'wikitext')")
     _check_task(config)
+    _check_sources(config)
     return config
+
+
+def _check_sources(config: ml_collections.ConfigDict) -> None:
+    """A `data.sources` mixture is well formed (each source validated as a config)."""
+    if config.data.sources is not None:
+        from llm_jax import mixture  # imports the data path (jax): only mixtures pay for it
+
+        mixture.check_sources(config)
 
 
 def _check_task(config: ml_collections.ConfigDict) -> None:
