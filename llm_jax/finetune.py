@@ -17,11 +17,11 @@ exactly, under its own config (a WSD cooldown branch, llm_jax/scaling/sweep.py);
 trainer restores it as it resumes its own checkpoints.
 
 `config.finetune.freeze` lists param-path patterns ('/' joins module names: e.g.
-'token_embed', 'layer_0/*', 'layers/attn/*'); `freeze` masks the optimizer so their
-updates are exactly zero (gradients zeroed before it, so they do not count in clipping,
-and updates after it, so weight decay cannot move them). With `model.scan_layers` each
-layer param is one stacked array ('layers/...'): freezing lower layers only needs
-`scan_layers=False`.
+'token_embed', 'layer_0/*', 'layers/attn/*'); `freeze` applies the optimizer to the other
+params only (`optax.masked`: frozen params hold no Adam moments, and their updates are
+exactly zero, weight decay included; their gradients do not count in clipping). With
+`model.scan_layers` each layer param is one stacked array ('layers/...'): freezing lower
+layers only needs `scan_layers=False`.
 """
 
 from __future__ import annotations
@@ -187,10 +187,11 @@ def _frozen(name: str, patterns) -> bool:
 
 
 def freeze(optimizer: optax.GradientTransformation, patterns) -> optax.GradientTransformation:
-    """`optimizer` with the params matching `patterns` frozen (unchanged if none).
+    """`optimizer` applied to the params not matching `patterns` only (unchanged if none).
 
-    Their gradients are zeroed before the optimizer (no Adam moments build up, clipping
-    ignores them) and their updates after it (weight decay cannot move them either).
+    `optax.masked` keeps no optimizer state for frozen params (no Adam moments: an
+    `optax.MaskedNode` in their place) and passes their updates through; their gradients
+    are zeroed first, so those updates are exactly zero and clipping ignores them.
     """
     patterns = tuple(patterns)
     if not patterns:
@@ -214,5 +215,15 @@ def freeze(optimizer: optax.GradientTransformation, patterns) -> optax.GradientT
         )
         return zeroed, state
 
-    masked = optax.GradientTransformation(check, zero_frozen)
-    return optax.chain(masked, optimizer, masked)
+    def trainable(params):
+        # One bool per param, a boxed param (nn.Partitioned, at init) counting as one leaf:
+        # a frozen one becomes a MaskedNode whole, box and all, so the optimizer state
+        # holds no box without an array and its shardings still come from the boxes.
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: not _frozen(path_name(path), patterns),
+            params,
+            is_leaf=lambda x: isinstance(x, nn.Partitioned),
+        )
+
+    masked = optax.masked(optimizer, trainable)
+    return optax.chain(optax.GradientTransformation(check, zero_frozen), masked)

@@ -3,11 +3,13 @@
 import jax
 import numpy as np
 import pytest
-from tiny_run import tiny_config, write_corpus
+from tiny_run import tiny_config, tiny_train_config, write_corpus
 
 from llm_jax import checkpoint as ckpt_lib
 from llm_jax import config as config_lib
 from llm_jax import finetune, trainer
+from llm_jax import sharding as sharding_lib
+from llm_jax import train as train_lib
 from llm_jax import workdir as workdir_lib
 
 
@@ -71,6 +73,37 @@ def test_frozen_params_stay_bit_identical(source, tmp_path):
     for name in before:
         same = np.array_equal(before[name], after[name])
         assert same == (name in frozen), name
+
+
+def test_frozen_params_hold_no_adam_moments_and_the_others_keep_their_shardings():
+    config = tiny_train_config()
+    mesh_cfg = config.mesh
+    mesh_cfg.update(data=2, fsdp=2, tensor=2)
+    mesh = sharding_lib.make_mesh(mesh_cfg, jax.devices()[:8])
+    plain = train_lib.make_train(config, mesh)
+    config.finetune.freeze = ("token_embed",)
+    frozen = train_lib.make_train(config, mesh)
+
+    def nbytes(tree):
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+    params = {
+        finetune.path_name(p): s
+        for p, s in jax.tree_util.tree_leaves_with_path(frozen.state_shardings["params"])
+    }
+    embed_bytes = nbytes(frozen.abstract_state["params"]["token_embed"])
+    saved = nbytes(plain.abstract_state["opt_state"]) - nbytes(frozen.abstract_state["opt_state"])
+    assert embed_bytes > 0 and saved == 2 * embed_bytes  # no mu, no nu for the embeddings
+    moments = 0
+    for path, sharding in jax.tree_util.tree_leaves_with_path(frozen.state_shardings["opt_state"]):
+        name = finetune.path_name(path)
+        for moment in ("/mu/", "/nu/"):
+            if moment in name:
+                param = name.split(moment, 1)[1]
+                assert not param.startswith("token_embed"), name
+                assert sharding.spec == params[param].spec, name
+                moments += 1
+    assert moments == 2 * (len(params) - 1)
 
 
 def test_a_freeze_pattern_that_matches_nothing_is_an_error(source, tmp_path):
