@@ -287,6 +287,12 @@ def default_config() -> ml_collections.ConfigDict:
     e.tasks = ()  # task files evaluated at the end of training (llm_jax/evaluate.py)
     e.batch_size = 8  # rows per evaluation batch
 
+    c.tracking = r = ml_collections.ConfigDict()  # llm_jax/tracking.py
+    r.wandb_project = ""  # a W&B project: log to Weights & Biases too (the wandb extra)
+    r.wandb_entity = ""  # the W&B team or user; '' = your default entity
+    r.wandb_group = ""  # runs shown together; the sweep runner sets the sweep's name
+    r.wandb_mode = ""  # online | offline | disabled; '' = the WANDB_MODE variable, else online
+
     _add_stage_two_sections(c)
 
     c.mesh = h = ml_collections.ConfigDict()
@@ -481,6 +487,7 @@ _CHOICES = {
     "train.decay_shape": ("linear", "1-sqrt"),
     "mesh.distributed": ("auto", "on", "off"),
     "task.name": ("lm", "classify", "mlm", "sft"),
+    "tracking.wandb_mode": ("", "online", "offline", "disabled"),
 }
 
 _POSITIVE = (
@@ -603,6 +610,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError("config.data.val_path needs data.source='files' (set data.path too)")
     if config.data.source == "hf" and not config.data.hf_name:
         raise ConfigError("config.data.source='hf' needs config.data.hf_name (e.g. 'wikitext')")
+    if config.tracking.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            "config.tracking.wandb_project is set but wandb is not installed; "
+            "pip install -e '.[wandb]' (or unset the project)"
+        )
     _check_task(config)
     _check_sources(config)
     return config

@@ -1,4 +1,4 @@
-"""Metric writers: workdir/metrics.jsonl, TensorBoard event files, the console line.
+"""Metric writers: workdir/metrics.jsonl, TensorBoard event files, W&B, the console line.
 
 `metrics.jsonl` is the source of truth: one JSON object per logged step, e.g.
 
@@ -7,12 +7,18 @@
   {"step": 100, "tokens": 204800, "flops": 1.2e13, "epochs": 0.04, "val/loss": 3.3,
    "val/bpb": 1.41}
 
-On a gs:// workdir both files are rewritten whole at each write: objects cannot be
-appended to (one writer per workdir: the lease holder).
+Locally each row is appended and flushed at once. A gs:// object cannot be appended to, so
+there both files are kept in memory and uploaded whole by `flush()` (the trainer calls it at
+every checkpoint, so a stop loses nothing a resume would not recompute), at most every
+`FLUSH_SECS` on their own, and at `close()`: one writer per workdir, the lease holder.
 
-TensorBoard files are written without TensorFlow: a tfevents file is a sequence of
-records (uint64 length, masked crc32c of the length, an `Event` protocol buffer,
-masked crc32c of the data); the few protobuf fields needed are encoded by hand.
+TensorBoard files are written without TensorFlow (tensorboardX was measured: 1.8-2.6 s to
+import where torch is installed, against 0.06 s, and 14x the time per logged step): a
+tfevents file is a sequence of records (uint64 length, masked crc32c of the length, an
+`Event` protocol buffer, masked crc32c of the data); the few protobuf fields needed are
+encoded by hand. A resumed run's file starts with TensorBoard's purge marker (a
+`SessionLog.START` at the first step it will log), so the steps an earlier attempt logged
+after its last checkpoint are dropped by TensorBoard, not shown twice.
 `mfu` is model FLOPs per second over the peak of the devices in `chips.PEAK_FLOPS`
 (dense bf16), null when the device is not in the table (e.g. CPU).
 """
@@ -32,6 +38,8 @@ from typing import IO, Any
 from llm_jax import storage
 
 log = logging.getLogger(__name__)
+
+FLUSH_SECS = 30.0  # gs://: the longest a logged row waits for its upload (bar a checkpoint)
 
 # --- TensorBoard event files ---------------------------------------------------------------
 
@@ -82,12 +90,22 @@ def _field(number: int, wire_type: int, payload: bytes) -> bytes:
     return key + payload
 
 
-def encode_event(
-    wall_time: float, step: int = 0, file_version: str = "", scalars: dict[str, float] | None = None
-) -> bytes:
-    """An `Event` proto: wall_time=1 (double), step=2, file_version=3, summary=5.
+_SESSION_START = 1  # SessionLog.SessionStatus.START
 
-    Summary.value=1 is repeated Value{tag=1 (string), simple_value=2 (float)}.
+
+def encode_event(
+    wall_time: float,
+    step: int = 0,
+    file_version: str = "",
+    scalars: dict[str, float] | None = None,
+    session_start: bool = False,
+) -> bytes:
+    """An `Event` proto: wall_time=1 (double), step=2, file_version=3, summary=5,
+    session_log=7.
+
+    Summary.value=1 is repeated Value{tag=1 (string), simple_value=2 (float)};
+    SessionLog.status=1 is an enum. A START session log tells TensorBoard to purge the
+    events at or after its step from earlier files (a restart).
     """
     out = _field(1, 1, struct.pack("<d", wall_time))
     if step:
@@ -100,6 +118,8 @@ def encode_event(
             for tag, value in scalars.items()
         )
         out += _field(5, 2, values)
+    if session_start:
+        out += _field(7, 2, _field(1, 0, _varint(_SESSION_START)))
     return out
 
 
@@ -115,49 +135,90 @@ def encode_record(data: bytes) -> bytes:
 
 
 def read_records(path: str) -> list[bytes]:
-    """The records of a TFRecord file, checksums verified (ValueError on corruption)."""
-    records = []
-    with open(path, "rb") as f:
-        while header := f.read(8):
-            (length,) = struct.unpack("<Q", header)
-            (length_crc,) = struct.unpack("<I", f.read(4))
-            data = f.read(length)
-            (data_crc,) = struct.unpack("<I", f.read(4))
-            if length_crc != masked_crc32c(header) or data_crc != masked_crc32c(data):
-                raise ValueError(f"{path}: corrupt record {len(records)}")
-            records.append(data)
+    """The records of a TFRecord file (local or gs://), checksums verified (ValueError on
+    corruption)."""
+    data, records, at = storage.read_bytes(path), [], 0
+    while at < len(data):
+        header = data[at : at + 8]
+        (length,) = struct.unpack("<Q", header)
+        (length_crc,) = struct.unpack("<I", data[at + 8 : at + 12])
+        body = data[at + 12 : at + 12 + length]
+        (body_crc,) = struct.unpack("<I", data[at + 12 + length : at + 16 + length])
+        if length_crc != masked_crc32c(header) or body_crc != masked_crc32c(body):
+            raise ValueError(f"{path}: corrupt record {len(records)}")
+        records.append(body)
+        at += 16 + length
     return records
+
+
+class _Appender:
+    """Appends bytes to one file: locally written and flushed at once; on gs:// held in
+    memory and uploaded whole by `flush()`, or by `append` once `flush_secs` have passed."""
+
+    def __init__(self, path: str, flush_secs: float = FLUSH_SECS):
+        self.path, self.flush_secs = path, flush_secs
+        self.uploads = 0  # gs:// uploads of the object so far
+        self._file: IO[bytes] | None = None
+        self._content: bytearray | None = None  # gs://: the object, once read
+        self._dirty = False
+        self._last_upload = time.monotonic()
+
+    def replace(self, data: bytes) -> None:
+        """Replace the file with `data` now (atomically)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        storage.write_bytes(self.path, data)
+        if storage.is_gcs(self.path):
+            self._content, self._dirty = bytearray(data), False
+
+    def append(self, data: bytes) -> None:
+        """Add `data` at the end (created with the parent folder if missing)."""
+        if not storage.is_gcs(self.path):
+            if self._file is None:
+                local = os.path.expanduser(self.path)
+                os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+                self._file = open(local, "ab")
+            self._file.write(data)
+            self._file.flush()
+            return
+        if self._content is None:
+            exists = storage.exists(self.path)
+            self._content = bytearray(storage.read_bytes(self.path) if exists else b"")
+        self._content += data
+        self._dirty = True
+        if time.monotonic() - self._last_upload >= self.flush_secs:
+            self.flush()
+
+    def flush(self) -> None:
+        """gs://: upload what was appended since the last upload (nothing if nothing was)."""
+        if self._dirty:
+            storage.write_bytes(self.path, bytes(self._content))
+            self._dirty, self._last_upload = False, time.monotonic()
+            self.uploads += 1
+
+    def close(self) -> None:
+        """Flush, and close the local file."""
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class TensorBoardWriter:
     """Appends scalar summaries to a new events.out.tfevents.* file in `logdir`.
 
     The file is created with the first scalars, so a run that logs nothing (a rerun of a
-    finished run) leaves no empty event file behind.
+    finished run) leaves no empty event file behind. `purge_step`: the first step this
+    writer will log; TensorBoard drops the events of earlier files from that step on.
     """
 
-    def __init__(self, logdir: str):
-        self.logdir = logdir
+    def __init__(self, logdir: str, purge_step: int | None = None):
+        self.logdir, self.purge_step = logdir, purge_step
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
         self.path = storage.join(logdir, name)
-        self._file: IO[bytes] | None = None
-        self._written = b""  # gs:// objects cannot be appended to: the file so far, rewritten
-
-    def _write(self, record: bytes) -> None:
-        if self._file is None and not self._written:
-            header = encode_record(encode_event(time.time(), file_version="brain.Event:2"))
-            if storage.is_gcs(self.path):
-                self._written = header
-            else:
-                os.makedirs(self.logdir, exist_ok=True)
-                self._file = open(self.path, "ab")
-                self._file.write(header)
-        if self._file is None:
-            self._written += record
-            storage.write_bytes(self.path, self._written)
-        else:
-            self._file.write(record)
-            self._file.flush()
+        self._out = _Appender(self.path)
+        self._started = False
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """Write the finite numeric entries of `values` at `step`."""
@@ -166,13 +227,24 @@ class TensorBoardWriter:
             for k, v in values.items()
             if isinstance(v, int | float) and math.isfinite(v)
         }
-        if finite:
-            self._write(encode_record(encode_event(time.time(), step, scalars=finite)))
+        if not finite:
+            return
+        if not self._started:
+            now = time.time()
+            header = encode_record(encode_event(now, file_version="brain.Event:2"))
+            if self.purge_step is not None:
+                header += encode_record(encode_event(now, self.purge_step, session_start=True))
+            self._out.append(header)
+            self._started = True
+        self._out.append(encode_record(encode_event(time.time(), step, scalars=finite)))
+
+    def flush(self) -> None:
+        """gs://: upload the events written since the last upload."""
+        self._out.flush()
 
     def close(self) -> None:
-        """Close the file (if one was written)."""
-        if self._file is not None:
-            self._file.close()
+        """Flush and close the file (if one was written)."""
+        self._out.close()
 
 
 # --- metrics.jsonl ------------------------------------------------------------------------
@@ -226,40 +298,69 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Writes `workdir/metrics.jsonl` and TensorBoard files (on the primary host only).
+    """Writes `workdir/metrics.jsonl`, TensorBoard files and (when configured) W&B, on the
+    primary host only.
 
-    `truncate_after(step)` drops rows past a restored checkpoint, so a resumed run
-    rewrites them instead of duplicating them.
+    `start_step`: the step the run resumes from. Rows past it (logged by an earlier attempt
+    after its last checkpoint) are dropped, so the resumed run rewrites them instead of
+    duplicating them, and TensorBoard purges its events past it. `tracking`: the config's
+    tracking section (llm_jax/tracking.py), with the whole config as the run's W&B config.
     """
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(
+        self,
+        workdir: str,
+        enabled: bool = True,
+        start_step: int = 0,
+        config: Any = None,
+    ):
         self.enabled = enabled
         self.path = storage.join(workdir, "metrics.jsonl")
-        self._tb = TensorBoardWriter(storage.join(workdir, "tensorboard")) if enabled else None
         self.rows_written = 0
+        self._out = _Appender(self.path)
+        self._tb = self._wandb = None
+        if not enabled:
+            return
+        self._truncate_after(start_step)
+        self._tb = TensorBoardWriter(storage.join(workdir, "tensorboard"), start_step + 1)
+        if config is not None and config.tracking.wandb_project:
+            from llm_jax import tracking  # wandb: only runs that ask for it import it
 
-    def truncate_after(self, step: int) -> None:
+            self._wandb = tracking.WandbWriter(config, workdir)
+
+    def _truncate_after(self, step: int) -> None:
         """Keep only rows with `step <= step` (atomically replaces the file)."""
-        if not self.enabled or not storage.exists(self.path):
+        if not storage.exists(self.path):
             return
         rows = [r for r in read_metrics(self.path) if r["step"] <= step]
-        storage.write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+        self._out.replace("".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
 
     def write(self, row: dict[str, Any]) -> None:
-        """Append one row (must hold `step`); scalars also go to TensorBoard."""
+        """Append one row (must hold `step`); scalars also go to TensorBoard and W&B."""
         if not self.enabled:
             return
         row = {k: _clean(v) for k, v in row.items()}
-        storage.append_text(self.path, json.dumps(row) + "\n")
+        self._out.append((json.dumps(row) + "\n").encode("utf-8"))
         self.rows_written += 1
-        self._tb.scalars(
-            row["step"], {k: v for k, v in row.items() if k != "step" and v is not None}
-        )
+        scalars = {k: v for k, v in row.items() if k != "step" and v is not None}
+        self._tb.scalars(row["step"], scalars)
+        if self._wandb is not None:
+            self._wandb.log(row["step"], scalars)
+
+    def flush(self) -> None:
+        """Make every row written so far durable (gs://: upload both files if they grew)."""
+        if self.enabled:
+            self._out.flush()
+            self._tb.flush()
 
     def close(self) -> None:
-        """Close the TensorBoard file."""
-        if self._tb is not None:
-            self._tb.close()
+        """Flush and close the files; finish the W&B run."""
+        if not self.enabled:
+            return
+        self._out.close()
+        self._tb.close()
+        if self._wandb is not None:
+            self._wandb.close()
 
 
 # --- console ------------------------------------------------------------------------------

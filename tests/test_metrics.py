@@ -32,6 +32,15 @@ def _event_class():
         type_name=".tb.Summary",
         label=t.LABEL_OPTIONAL,
     )
+    session_log = f.message_type.add(name="SessionLog")
+    session_log.field.add(name="status", number=1, type=t.TYPE_INT32, label=t.LABEL_OPTIONAL)
+    event.field.add(
+        name="session_log",
+        number=7,
+        type=t.TYPE_MESSAGE,
+        type_name=".tb.SessionLog",
+        label=t.LABEL_OPTIONAL,
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("tb.Event"))
@@ -43,7 +52,7 @@ def test_crc32c_known_values():
 
 
 def test_tensorboard_file_parses_back(tmp_path):
-    writer = metrics.TensorBoardWriter(str(tmp_path))
+    writer = metrics.TensorBoardWriter(str(tmp_path), purge_step=7)
     writer.scalars(10, {"train/loss": 2.5, "lr": 1e-3, "mfu": float("nan")})
     writer.scalars(300, {"val/bpb": 1.25})
     writer.close()
@@ -51,10 +60,11 @@ def test_tensorboard_file_parses_back(tmp_path):
     Event = _event_class()
     events = [Event.FromString(r) for r in records]
     assert events[0].file_version == "brain.Event:2"
-    assert events[1].step == 10 and events[2].step == 300
-    first = {v.tag: v.simple_value for v in events[1].summary.value}
+    assert events[1].step == 7 and events[1].session_log.status == 1  # START: the purge
+    assert events[2].step == 10 and events[3].step == 300
+    first = {v.tag: v.simple_value for v in events[2].summary.value}
     assert first == {"train/loss": 2.5, "lr": pytest.approx(1e-3)}  # NaN dropped
-    assert events[2].summary.value[0].tag == "val/bpb"
+    assert events[3].summary.value[0].tag == "val/bpb"
     # A flipped byte is caught by the checksums.
     data = bytearray(open(writer.path, "rb").read())
     data[-6] ^= 0xFF
@@ -81,9 +91,9 @@ def test_jsonl_rows_nan_and_truncate(tmp_path):
     with open(writer.path, "a") as f:
         f.write('{"step": 40, "train/lo')  # the torn last line of a killed run
     assert [r["step"] for r in metrics.read_metrics(writer.path)] == [10, 20, 30, 30]
-    writer.truncate_after(20)  # what a resume does: the torn line goes too
-    assert [r["step"] for r in metrics.read_metrics(writer.path)] == [10, 20]
     writer.close()
+    metrics.MetricsWriter(str(tmp_path), start_step=20).close()  # a resume: torn line too
+    assert [r["step"] for r in metrics.read_metrics(writer.path)] == [10, 20]
     assert metrics.MetricsWriter(str(tmp_path / "off"), enabled=False).path.endswith(".jsonl")
     assert not (tmp_path / "off").exists()
 
@@ -152,7 +162,6 @@ def test_rows_without_step_and_non_utf8_lines_are_skipped_and_reported(tmp_path,
         rows = metrics.read_metrics(path)
     assert [r["step"] for r in rows] == [1, 2]
     assert "skipped 3 unreadable line(s)" in caplog.text and "2, 3, 4" in caplog.text
-    writer = metrics.MetricsWriter(str(tmp_path))
-    writer.truncate_after(1)  # what a resume does: no traceback
+    writer = metrics.MetricsWriter(str(tmp_path), start_step=1)  # a resume: no traceback
     writer.close()
     assert [r["step"] for r in metrics.read_metrics(path)] == [1]
