@@ -38,7 +38,10 @@ directory; a branch whose parent did not finish without that checkpoint is repor
 blocked and not started. Resume and skip work as for any trial (a branch resumes from
 its own checkpoints). SLURM arrays start tasks in any order: a branch and its parent are
 refused in one script (launch the parents first, `--only`); the TPU script runs trials
-in order, parents first.
+in order, parents first. A fine-tune (`sweep.finetune_each`, no init.step) is the same
+dependency on the whole parent: it starts once the parent is done, runs its own config
+file in DIR/<parent>/finetune/<name>, and resumes, skips and records its status as any
+trial; a finished parent is never rerun for it.
 
 At the end, and with --collect, DIR/results.csv gets one row per trial, the laws the
 results support are fitted into DIR/fit.json, and the plots are drawn into DIR/plots/.
