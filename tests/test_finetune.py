@@ -1,4 +1,7 @@
-"""Starting from a trained workdir (params only), freezing params, the causal-leak refusal."""
+"""Starting from a trained workdir (params only), freezing params (no optimizer state for
+them), the causal-leak refusal, LM commands refusing a classifier workdir."""
+
+import json
 
 import jax
 import numpy as np
@@ -6,8 +9,8 @@ import pytest
 from tiny_run import tiny_config, tiny_train_config, write_corpus
 
 from llm_jax import checkpoint as ckpt_lib
+from llm_jax import cli, finetune, trainer
 from llm_jax import config as config_lib
-from llm_jax import finetune, trainer
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
 from llm_jax import workdir as workdir_lib
@@ -124,3 +127,24 @@ def test_bidirectional_model_refused_where_it_leaks():
     for task in ("mlm", "classify"):
         config.task.name = task
         config_lib.validate(config)
+
+
+@pytest.mark.parametrize(
+    "command,args",
+    [
+        ("generate", ["--prompt", "ROMEO:"]),
+        ("eval", ["--task", "tasks.jsonl"]),
+        ("export-hf", ["--out", "exported"]),
+    ],
+)
+def test_lm_commands_refuse_a_classifier_workdir_in_one_line(command, args, tmp_path, capsys):
+    config = config_lib.default_config()
+    config.task.name = "classify"
+    workdir = tmp_path / "genre"
+    workdir.mkdir()
+    (workdir / workdir_lib.CONFIG_FILE).write_text(json.dumps(config.to_dict()))
+    assert cli.run([command, "--workdir", str(workdir), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: llm-jax {command}: ")
+    assert "classifier" in err and f"llm-jax predict --workdir {workdir}" in err
+    assert not (tmp_path / "exported").exists()
