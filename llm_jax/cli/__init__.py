@@ -20,6 +20,7 @@ from llm_jax.errors import UserError
 
 COMMANDS: dict[str, str] = {
     "train": "train a model: --config FILE --workdir DIR",
+    "train-pack": "train same-shape trials as one vmapped program: --config F --trial DIR ...",
     "data": "prepare a dataset and its tokenizer (prepare), or look at one (inspect)",
     "plan": "fit and speed on a TPU pod, compiled here: --config FILE --topology v5p-256",
     "generate": "sample text from a run: --workdir DIR",
