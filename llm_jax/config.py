@@ -346,7 +346,16 @@ class ConfigError(UserError, ValueError):
 
 
 def load_python_file(path: str | Path, functions: tuple[str, ...], what: str) -> types.ModuleType:
-    """Import a config or sweep file that must define `functions`; ConfigError otherwise."""
+    """Import a config or sweep file that must define `functions`; ConfigError otherwise.
+
+    A gs:// file is imported from a local copy (llm_jax/storage.py)."""
+    if str(path).startswith("gs://"):
+        from llm_jax import storage  # gcsfs: only remote files pay for it
+
+        if not storage.exists(path):
+            raise ConfigError(f"{what} {path} not found (give the path of a .py file)")
+        with storage.local_copy(path) as local:
+            return load_python_file(local, functions, what)
     path = Path(path)
     if path.is_dir() or not path.exists():
         raise ConfigError(f"{what} {path} not found (give the path of a .py file)")
@@ -610,14 +619,19 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError("config.data.val_path needs data.source='files' (set data.path too)")
     if config.data.source == "hf" and not config.data.hf_name:
         raise ConfigError("config.data.source='hf' needs config.data.hf_name (e.g. 'wikitext')")
+    _check_task(config)
+    _check_sources(config)
+    _check_tracking(config)
+    return config
+
+
+def _check_tracking(config: ml_collections.ConfigDict) -> None:
+    """A W&B project needs wandb installed (llm_jax/tracking.py)."""
     if config.tracking.wandb_project and importlib.util.find_spec("wandb") is None:
         raise ConfigError(
             "config.tracking.wandb_project is set but wandb is not installed; "
             "pip install -e '.[wandb]' (or unset the project)"
         )
-    _check_task(config)
-    _check_sources(config)
-    return config
 
 
 def _check_sources(config: ml_collections.ConfigDict) -> None:

@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 
 from llm_jax import sharding as sharding_lib
+from llm_jax import storage
 from llm_jax.errors import UserError
 from llm_jax.eval_results import columns, write_results
 from llm_jax.model import ModelConfig, Transformer
@@ -181,13 +182,12 @@ class Task:
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as e:
-                    raise EvalError(f"{path} line {number} is not JSON ({e})") from None
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as e:
+                raise EvalError(f"{path} line {number} is not JSON ({e})") from None
     return rows
 
 
@@ -210,8 +210,8 @@ def _check_choice_row(path: Path, number: int, row: dict) -> None:
 
 def load_task(path: str | os.PathLike) -> Task:
     """Read a task file (see the module docstring); EvalError if it is neither kind."""
-    path = Path(path)
-    if not path.is_file():
+    path = storage.path(path)  # local or gs://
+    if not storage.exists(path) or path.is_dir():
         raise EvalError(f"task file {path} not found")
     if path.suffix == ".txt":
         return Task(path.stem, "perplexity", documents=[path.read_text(encoding="utf-8")])

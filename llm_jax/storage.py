@@ -31,6 +31,7 @@ import os
 import pathlib
 import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -275,6 +276,41 @@ def append_text(p: str | os.PathLike, text: str) -> None:
         return
     old = read_text(p) if exists(p) else ""
     write_text(p, old + text)
+
+
+@contextlib.contextmanager
+def local_copy(p: str | os.PathLike) -> Iterator[str]:
+    """A local file with the content of `p`, for readers that need one (Python's import):
+    `p` itself when local; for gs:// a download under the same name, removed afterwards."""
+    if not is_gcs(p):
+        yield os.path.expanduser(os.fspath(p))
+        return
+    data = read_bytes(p)
+    with tempfile.TemporaryDirectory(prefix="llm_jax_") as folder:
+        local = os.path.join(folder, os.path.basename(os.fspath(p)))
+        with open(local, "wb") as f:
+            f.write(data)
+        yield local
+
+
+@contextlib.contextmanager
+def local_folder(p: str | os.PathLike) -> Iterator[str]:
+    """A local folder whose files end up in `p`, for writers of large files that stream to
+    disk (safetensors): `p` itself when local (created); for gs:// a temporary folder whose
+    files are uploaded to `p` one by one (streamed from disk) when the block succeeds."""
+    if not is_gcs(p):
+        makedirs(p)
+        yield os.path.expanduser(os.fspath(p))
+        return
+    path(p)  # configure, and check the endpoint before writing anything
+    with tempfile.TemporaryDirectory(prefix="llm_jax_") as folder:
+        yield folder
+        for parent, _, names in os.walk(folder):
+            for name in names:
+                local = os.path.join(parent, name)
+                target = join(p, os.path.relpath(local, folder))
+                with errors(target, "write"):
+                    filesystem().put_file(local, target[len(GCS_PREFIX) :])
 
 
 def makedirs(p: str | os.PathLike) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from llm_jax import atomic
+from llm_jax import atomic, storage
 from llm_jax import checkpoint as ckpt_lib
 from llm_jax import config as config_lib
 from llm_jax import workdir as workdir_lib
@@ -138,17 +137,17 @@ def write_workdir(
     `params` (nested dicts of numpy arrays) are moved to the device in place.
     """
     workdir_lib.check_workdir(workdir)
-    ckpt_dir = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR)
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    ckpt_dir = storage.join(workdir, workdir_lib.CHECKPOINTS_DIR)  # local or gs://
+    if storage.is_dir(ckpt_dir) and any(storage.path(ckpt_dir).iterdir()):
         raise ckpt_lib.CheckpointError(
             f"{workdir} already holds checkpoints; import into a new --workdir"
         )
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     if tokenizer is not None:
         workdir_lib.save_run_tokenizer(workdir, tokenizer)
         config.data.tokenizer_path = tokenizer.path
     config_lib.validate(config)
-    atomic.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
+    storage.write_json(storage.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
     _to_device(params)
     checkpointer = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
     try:
@@ -269,8 +268,11 @@ def export_hf(workdir: str, out: str, step: int | None = None, dtype: str | None
     mesh = sharding_lib.make_mesh(one_device, devices=jax.devices()[:1])
     config, params = workdir_lib.restore_params(workdir, mesh=mesh, step=step)
     dtype = dtype or config.model.param_dtype
-    out_path = Path(out)
-    out_path.mkdir(parents=True, exist_ok=True)
+    with storage.local_folder(out) as local:  # gs://: written here, then uploaded
+        return _write_hf_folder(Path(local), workdir, config, params, dtype)
+
+
+def _write_hf_folder(out_path: Path, workdir: str, config, params, dtype: str) -> list:
     tensors, produce = convert.export_tensors(config.model, params, np.dtype(jnp.dtype(dtype)))
     files = st.write_checkpoint(out_path, tensors, produce)
     tokenizer = _workdir_tokenizer(workdir)
@@ -294,7 +296,7 @@ def export_hf(workdir: str, out: str, step: int | None = None, dtype: str | None
 def _workdir_tokenizer(workdir: str):
     """The run's tokenizer if the workdir holds one (never rebuilt from the corpus)."""
     names = (hf_tokenizer.TOKENIZER_JSON, workdir_lib.TOKENIZER_FILE)
-    if not any(os.path.exists(os.path.join(workdir, n)) for n in names):
+    if not any(storage.exists(storage.join(workdir, n)) for n in names):
         log.warning("%s holds no tokenizer file: none exported", workdir)
         return None
     return workdir_lib.load_run_tokenizer(workdir)
