@@ -1,5 +1,6 @@
 """gs:// paths of the commands other than train/generate/sweep runs (test_gcs_run.py):
-config and sweep files, import-hf / eval / export-hf workdirs, task files, metrics uploads."""
+config and sweep files, import-hf / eval / generate / export-hf workdirs, task, prompt and
+predict input files, metrics uploads."""
 
 import json
 
@@ -7,9 +8,10 @@ import pytest
 from hf_tokenizers import byte_level_bpe
 from tiny_run import BASE_CONFIG
 
-from llm_jax import cli, evaluate, metrics, storage
+from llm_jax import cli, evaluate, metrics, storage, tasks
 from llm_jax import config as config_lib
 from llm_jax.scaling import sweep as sweep_lib
+from llm_jax.tasks import classify
 
 SWEEP = """
 from llm_jax import config as config_lib
@@ -47,6 +49,15 @@ def test_task_files_in_a_bucket(gs):
         evaluate.load_task(f"{gs}/none.jsonl")
 
 
+def test_classify_and_predict_inputs_in_a_bucket(gs):
+    storage.write_text(f"{gs}/rows.csv", "text,label\nthe king,a\nmy lord,b\n")
+    storage.write_text(f"{gs}/rows.jsonl", '{"text": "the king", "label": "a"}\n')
+    storage.write_text(f"{gs}/texts.txt", "the king\n\nmy lord\n")
+    assert tasks.read_rows(f"{gs}/rows.csv", "task.path")[1] == {"text": "my lord", "label": "b"}
+    assert tasks.read_rows(f"{gs}/rows.jsonl", "task.path") == [{"text": "the king", "label": "a"}]
+    assert classify.read_texts(f"{gs}/texts.txt", "text") == ["the king", "my lord"]
+
+
 def test_import_eval_export_with_a_bucket_workdir(gs, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -66,6 +77,10 @@ def test_import_eval_export_with_a_bucket_workdir(gs, tmp_path, capsys):
     storage.write_text(f"{gs}/wiki.txt", "Wherefore art thou Romeo? " * 8)
     assert cli.run(["eval", "--workdir", w, "--task", f"{gs}/wiki.txt"]) == 0
     assert "wiki" in capsys.readouterr().out
+    storage.write_text(f"{gs}/prompt.txt", "Wherefore art")
+    argv = ["generate", "--workdir", w, "--prompt-file", f"{gs}/prompt.txt", "--no-stream"]
+    assert cli.run([*argv, "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().out.startswith("--- prompt 1, sample 1 ---\nWherefore art")
     assert "wiki" in json.loads(storage.read_text(f"{w}/eval.json"))["tasks"]
 
     out = f"{gs}/exported"

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
-from llm_jax import sample
+from llm_jax import sample, storage
 from llm_jax.cli import args as args_lib
 from llm_jax.errors import UsageError
 from llm_jax.model import ModelConfig
@@ -100,8 +100,7 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
     texts = list(args.prompt)
     for path in args.prompt_file:
         try:
-            with open(path, encoding="utf-8") as f:
-                texts.append(f.read())
+            texts.append(storage.read_text(path))  # local or gs://
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(
                 f"--prompt-file {path}: cannot read it as UTF-8 text ({type(e).__name__}: {e})"

@@ -196,17 +196,19 @@ def fixed_batches(
 def read_rows(path: str, what: str) -> list[dict]:
     """The rows of a .jsonl (one JSON object a line) or .csv (with a header) file."""
     import csv
+    import io
     import json
 
+    from llm_jax import storage
     from llm_jax.data import DataError
 
     if not path.endswith((".jsonl", ".json", ".csv")):
         raise DataError(f"{what}={path!r}: give a .jsonl or .csv file")
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            if path.endswith(".csv"):
-                return list(csv.DictReader(f))
-            return [json.loads(line) for line in f if line.strip()]
+        text = storage.read_text(path)  # local or gs://
+        if path.endswith(".csv"):
+            return list(csv.DictReader(io.StringIO(text, newline="")))
+        return [json.loads(line) for line in text.split("\n") if line.strip()]
     except OSError as e:
         raise DataError(f"{what}={path!r} cannot be read ({e.strerror}); fix the path") from None
     except (ValueError, UnicodeDecodeError) as e:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from llm_jax import storage
 from llm_jax import tasks as tasks_lib
 from llm_jax.data import DataError
 from llm_jax.tasks import Objective, apply_model, genre
@@ -212,10 +213,10 @@ def read_texts(path: str, text_field: str) -> list[str]:
     """Texts to classify: a .txt (one a line) or .jsonl/.csv rows' `text_field`."""
     if path.endswith(".txt"):
         try:
-            with open(path, encoding="utf-8") as f:
-                return [line.rstrip("\n") for line in f if line.strip()]
+            text = storage.read_text(path)  # local or gs://
         except OSError as e:
             raise DataError(f"--input {path!r} cannot be read ({e.strerror})") from None
+        return [line for line in text.splitlines() if line.strip()]
     return [str(_field(r, text_field, path)) for r in tasks_lib.read_rows(path, "--input")]
 
 
