@@ -7,16 +7,18 @@
 
 Each run is a fresh `python -m llm_jax.cli data prepare` (imports included) into an empty
 cache folder, with a fixed tokenizer (`--tokenizer`, so tokenization alone is compared;
-the default trains none), then the same command again to time opening the finished
-cache. Peak RSS is sampled every 50 ms over the whole process tree (the sum: workers
+without it each run trains one first), then the same command again to time opening the
+finished cache. Peak RSS is sampled every 50 ms over the whole process tree (the sum: workers
 included) and for the largest single process. `load` is the 1-minute load average when
-the run starts: on a busy machine wall time is partly waiting for a core.
+the run starts: on a busy machine wall time is partly waiting for a core, which `cpu s`
+(user + system seconds of the whole tree) and `Mtok/cpu-s` are not.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -49,10 +51,17 @@ def _tokens(stdout: str) -> int:
     return sum(int(r[3].replace(",", "")) for r in rows if r and r[0] in ("train", "val"))
 
 
-def _run(tree: Path, flags: list[str]) -> tuple[float, str, float, float]:
+def _cpu_of_children() -> float:
+    """User + system seconds of finished children (workers included once reaped)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(tree: Path, flags: list[str]) -> tuple[float, float, str, float, float]:
+    """Wall seconds, CPU seconds, stdout, peak RSS of the tree and of one process (MB)."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     cmd = [sys.executable, "-m", "llm_jax.cli", "data", "prepare", *flags]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_of_children()
     # cwd: `python -m` puts the current folder first on sys.path, ahead of PYTHONPATH.
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tree_mb, one_mb = _sample(proc)
@@ -60,7 +69,7 @@ def _run(tree: Path, flags: list[str]) -> tuple[float, str, float, float]:
     wall = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode()[-2000:]}")
-    return wall, out.decode(), tree_mb, one_mb
+    return wall, _cpu_of_children() - cpu, out.decode(), tree_mb, one_mb
 
 
 def main() -> None:
@@ -78,23 +87,24 @@ def main() -> None:
     runs = [("before", args.before, [])] if args.before else []
     runs += [("now", ROOT, [f"--config.data.workers={w}"]) for w in args.workers.split(",") if w]
     print(
-        f"{'code':<8}{'flags':<22}{'load':>6}{'wall s':>8}{'Mtokens':>9}{'Mtok/s':>8}"
-        f"{'peak MB':>9}{'max 1 MB':>10}{'reopen s':>10}"
+        f"{'code':<8}{'flags':<11}{'load':>6}{'wall s':>8}{'cpu s':>8}{'Mtokens':>9}"
+        f"{'Mtok/s':>8}{'Mtok/cpu-s':>11}{'peak MB':>9}{'max 1 MB':>10}{'reopen s':>10}"
     )
     for label, tree, extra in runs:
         cache = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
         flags = [*base, *extra, f"--config.data.cache_dir={cache}"]
         try:
             load = os.getloadavg()[0]
-            wall, out, tree_mb, one_mb = _run(tree, flags)
+            wall, cpu, out, tree_mb, one_mb = _run(tree, flags)
             reopen = _run(tree, flags)[0]
         finally:
             shutil.rmtree(cache, ignore_errors=True)
         tokens = _tokens(out)
         name = extra[0].split(".")[-1] if extra else ""
         print(
-            f"{label:<8}{name:<22}{load:>6.2f}{wall:>8.1f}{tokens / 1e6:>9.1f}"
-            f"{tokens / 1e6 / wall:>8.2f}{tree_mb:>9.0f}{one_mb:>10.0f}{reopen:>10.1f}",
+            f"{label:<8}{name:<11}{load:>6.2f}{wall:>8.1f}{cpu:>8.1f}{tokens / 1e6:>9.1f}"
+            f"{tokens / 1e6 / wall:>8.2f}{tokens / 1e6 / cpu:>11.2f}{tree_mb:>9.0f}"
+            f"{one_mb:>10.0f}{reopen:>10.1f}",
             flush=True,
         )
 
