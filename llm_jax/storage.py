@@ -7,10 +7,11 @@ project's own files share one client and one configuration.
 
 Writes are whole and atomic: locally a temporary file renamed over the target
 (`llm_jax.atomic`); on gs:// a single upload, which GCS makes visible all at once. An object
-cannot be appended to, so `append_text` rewrites the object (fine for the few-kB flushes of
-metrics.jsonl: one writer per workdir, guaranteed by its lease). `GCSStore` gives the lease
-its primitives on a bucket: create-if-absent (`ifGenerationMatch=0`) and generation-checked
-replace.
+cannot be appended to, so `append_text` rewrites the object (for a trial's train.log at the
+end of an attempt; metrics.jsonl buffers its rows instead, llm_jax/metrics.py). Readers and
+writers that need a real local file get one from `local_copy` / `local_folder`. `GCSStore`
+gives the lease its primitives on a bucket: create-if-absent (`ifGenerationMatch=0`) and
+generation-checked replace.
 
 Configuration is automatic. With `STORAGE_EMULATOR_HOST` set (a local GCS-compatible server,
 as in the tests) every client uses it with anonymous credentials, tensorstore (Orbax's array
