@@ -306,6 +306,11 @@ class MixtureIterator:
 
     def set_state(self, state: dict) -> None:
         """Continue from a `get_state()` dict of a mixture of the same sources and weights."""
+        if "sources" not in state:
+            raise DataError(
+                "the saved data position is of a single corpus, but this run samples a "
+                "mixture (data.sources); resume with the saved run's data config"
+            )
         mine = self.get_state()
         described = {k: state.get(k) for k in ("batch_size", "seq_len")}
         saved = {

@@ -12,6 +12,7 @@ from llm_jax import data as data_lib
 from llm_jax import metrics as metrics_lib
 from llm_jax import mixture
 from llm_jax import trainer as trainer_lib
+from llm_jax.checkpoint import CheckpointError
 
 SEQ = 9
 # Source a's tokens are < 1000, b's >= 1000: a row's first token names its source.
@@ -160,6 +161,13 @@ def test_a_mixture_logs_each_sources_val_loss_and_saves_its_position(tmp_path):
     assert {"val/first/bpb", "val/second/bpb", "val/bpb"} < scores.keys()
     with trainer_lib.Trainer(config, str(tmp_path / "run")) as resumed:
         assert resumed.iterator.get_state() == state and state["batch"] == 2
+    config.train.batch_size = 16
+    with pytest.raises(CheckpointError, match=r"written with train.batch_size=8, this run has 16"):
+        trainer_lib.Trainer(config, str(tmp_path / "run"))
+    config.train.batch_size, config.data.sources = 8, None  # a single corpus now
+    config.data.update(source="files", path=str(tmp_path / "a" / "*.txt"))
+    with pytest.raises(CheckpointError, match=r"the data position in .* lacks 'windows'"):
+        trainer_lib.Trainer(config, str(tmp_path / "run"))
 
 
 def test_the_single_corpus_path_is_unchanged(tmp_path):

@@ -7,6 +7,7 @@ runs (`tiny_config`) and `llm-jax train` subprocesses (`tiny_flags`).
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 import numpy as np
@@ -99,6 +100,13 @@ def tiny_command(workdir, corpus_glob: str, cache_dir, **extra) -> list[str]:
         *flags,
         f"--workdir={workdir}",
     ]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a JAX coordinator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def subprocess_env(num_devices: int = 1) -> dict:
