@@ -29,6 +29,12 @@ def main(argv: Sequence[str]) -> int:
         help="trials at once (local; slurm: the array's "
         "limit); default: the sweep file's PARALLEL, else 1",
     )
+    p.add_argument(
+        "--pack",
+        type=int,
+        help="train up to K trials that differ only in lr, min_lr_ratio, seed or init_std "
+        "as one vmapped program (llm-jax train-pack); default 16 on an accelerator, 1 on CPU",
+    )
     p.add_argument("--only", help="run only trials matching these glob patterns (comma-separated)")
     p.add_argument("--dry-run", action="store_true", help="list the trials and commands")
     p.add_argument(
@@ -51,6 +57,8 @@ def main(argv: Sequence[str]) -> int:
         raise UsageError("give a sweep file and --workdir (or --collect DIR)")
     if args.parallel is not None and args.parallel < 1:
         raise UsageError("--parallel must be >= 1")
+    if args.pack is not None and args.pack < 1:
+        raise UsageError("--pack must be >= 1")
     try:
         return runner.run_sweep(
             args.sweep,
@@ -60,6 +68,7 @@ def main(argv: Sequence[str]) -> int:
             dry_run=args.dry_run,
             launcher=args.launcher,
             n_boot=args.bootstrap,
+            pack=args.pack,
         )
     except KeyboardInterrupt:
         return 130

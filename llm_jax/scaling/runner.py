@@ -71,6 +71,9 @@ from llm_jax.scaling import sweep as sweep_lib
 PARENT_ENV = "LLM_JAX_DIE_WITH_PARENT"  # read by `llm-jax train` (llm_jax.cli.train)
 HEARTBEAT_S = 30.0  # refresh of a running attempt's end time in status.json
 QUIET_REPORT_S = 300.0  # off a terminal: a status line at least this often
+# Trials per program (`--pack`) by default; see `default_pack` and README "Packed trials".
+ACCELERATOR_PACK = 16
+CPU_PACK = 1
 
 
 # --- trial state on disk ------------------------------------------------------------------
@@ -92,6 +95,63 @@ def train_command(
         # W&B (when the config names a project) groups the trials under the sweep's name.
         f"--config.tracking.wandb_group={os.path.basename(workdir.rstrip('/'))}",
     ]
+
+
+def pack_command(
+    sweep_path: str, workdir: str, trials: Sequence[sweep_lib.Trial], launcher: Sequence[str]
+) -> list[str]:
+    """The command of trials trained as one program: `llm-jax train-pack --config FILE
+    --trial DIR <its flags> ...` (each trial's flags as `train_command` has them); the
+    plain `train_command` for one trial."""
+    if len(trials) == 1:
+        return train_command(sweep_path, workdir, trials[0], launcher)
+    command = [*launcher, "train-pack", "--config", trials[0].config or str(sweep_path)]
+    for trial in trials:
+        alone = train_command(sweep_path, workdir, trial, launcher=())
+        at = alone.index("--workdir")
+        command += ["--trial", *alone[at + 1 :]]
+    return command
+
+
+def _latest_step(trial_dir: Path) -> int:
+    """The step of the trial's newest checkpoint (0 for none): where it would resume."""
+    checkpoints = trial_dir / "checkpoints"
+    if not checkpoints.is_dir():
+        return 0
+    return max((int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()), default=0)
+
+
+def pack_groups(loaded: sweep_lib.LoadedSweep, todo: list, size: int, workdir: str) -> list:
+    """`todo` [(trial, plan)] as groups that each train as one program: at most `size`
+    trials whose configs differ only in `pack.PACKABLE` fields (lr, min_lr_ratio, seed,
+    init_std) and whose workdirs resume from the same step (fresh, or checkpointed
+    together). Trials with a parent or with their own config file train alone."""
+    from llm_jax import pack as pack_lib  # imports JAX
+
+    groups: dict[tuple, list] = {}
+    root = storage.path(workdir)
+    for trial, plan in todo:
+        key: tuple = (trial.name,)
+        if size > 1 and not trial.parent and not trial.config:
+            config = sweep_lib.trial_config(loaded, trial)
+            key = (pack_lib.pack_key(config), _latest_step(root / trial.name))
+        groups.setdefault(key, []).append((trial, plan))
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def default_pack() -> int:
+    """Trials per program when --pack is not given: `ACCELERATOR_PACK` where JAX finds an
+    accelerator, else `CPU_PACK`. Asked in a child process, so that this one never takes
+    the accelerator's memory from the trials."""
+    if os.environ.get("JAX_PLATFORMS", "").strip() == "cpu":
+        return CPU_PACK
+    probe = subprocess.run(
+        [sys.executable, "-c", "import jax; print(jax.default_backend())"],
+        capture_output=True,
+        text=True,
+    )
+    backend = probe.stdout.strip() or "cpu"
+    return CPU_PACK if backend == "cpu" else ACCELERATOR_PACK
 
 
 def branch_ready(trial: sweep_lib.Trial, workdir: str) -> bool:
@@ -129,23 +189,31 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 class _Running:
-    """A trial subprocess and its bookkeeping."""
+    """A trial subprocess and its bookkeeping. The trials of a pack (`pack_size` > 1)
+    share one process, started by the first (the others get `leader`)."""
 
-    def __init__(self, trial, plan, command, trial_dir: Path, env):
+    def __init__(self, trial, plan, command, trial_dir: Path, env, pack_size=1, leader=None):
         self.trial, self.plan, self.dir = trial, plan, trial_dir
+        self.pack_size = pack_size
         self.start = self.beat = time.time()
         state = results_io.read_json(trial_dir / "status.json") or {"attempts": []}
         self.attempt = len(state["attempts"]) + 1
         self._record(None, status="running")
-        # A gs:// object cannot be appended to: the attempt's output goes to a local file,
-        # appended to DIR/<trial>/train.log when it ends.
-        if storage.is_gcs(trial_dir):
+        self.header = f"\n=== attempt {self.attempt}: {shlex.join(command)}\n"
+        if leader is not None:
+            self.log, self.log_path, self.proc = leader.log, leader.log_path, leader.proc
+            return
+        # A gs:// object cannot be appended to, and a pack's trials share one output: the
+        # attempt's output goes to a local file, appended to DIR/<trial>/train.log when it
+        # ends (a pack's trial gets the lines `llm-jax train-pack` prefixed with its name).
+        if storage.is_gcs(trial_dir) or pack_size > 1:
             self.log = tempfile.NamedTemporaryFile("a", suffix=".log", delete=False)
         else:
             self.log = open(trial_dir / "train.log", "a")  # closed in finish()
         self.log_path = Path(self.log.name)
-        self.log.write(f"\n=== attempt {self.attempt}: {shlex.join(command)}\n")
-        self.log.flush()
+        if pack_size == 1:  # a pack's trials each get their header in `_own_output`
+            self.log.write(self.header)
+            self.log.flush()
         self.proc = subprocess.Popen(
             command,
             stdout=self.log,
@@ -171,12 +239,26 @@ class _Running:
         row = results_io.last_row(self.dir, "step")
         return min(1.0, row["step"] / max(1, self.plan["steps"])) if row else 0.0
 
+    def _own_output(self) -> str:
+        """This attempt's output for DIR/<trial>/train.log: a pack's trial keeps its own
+        lines and the unprefixed ones (warnings, errors of the whole process)."""
+        text = self.log_path.read_text(errors="replace")
+        if self.pack_size == 1:
+            return text
+        prefix = f"[{self.trial.name}] "
+        lines = text.splitlines(keepends=True)
+        return self.header + "".join(x for x in lines if x.startswith(prefix) or x[:1] != "[")
+
     def finish(self, rc: int) -> str:
-        """Record the attempt; returns the trial's status."""
+        """Record the attempt; returns the trial's status. A pack exits 2 when some of its
+        trials diverged: the others are done all the same."""
         self.log.close()
-        if storage.is_gcs(self.dir):
-            storage.append_text(self.dir / "train.log", self.log_path.read_text(errors="replace"))
-        if rc == 0 and results_io.is_complete(self.dir, self.plan["steps"]):
+        if storage.is_gcs(self.dir) or self.pack_size > 1:
+            storage.append_text(self.dir / "train.log", self._own_output())
+            if not storage.is_gcs(self.dir):
+                self.log_path = self.dir / "train.log"  # the error tail: this trial's lines
+        ok_rc = (0, 2) if self.pack_size > 1 else (0,)
+        if rc in ok_rc and results_io.is_complete(self.dir, self.plan["steps"]):
             state = self._record(rc, "done")
             results_io.write_json(
                 self.dir / "done.json", {"wall_s": state["wall_s"], "finished": time.time()}
@@ -276,28 +358,49 @@ def _status_line(outcome: dict, running: list, queue: list, eta: _Eta, total: in
     return " | ".join(parts)
 
 
-def _start(trial, plan, sweep_path, workdir, launcher, env, out: _Reporter) -> _Running | None:
-    """Start a trial, unless a live process holds its workdir (then None)."""
-    trial_dir = storage.path(workdir) / trial.name
-    holder = lease_lib.read_holder(str(trial_dir))
-    if holder:
+def _start(group: list, sweep_path, workdir, launcher, env, out: _Reporter) -> list[_Running]:
+    """Start a trial, or a pack of them as one process; a trial whose workdir a live
+    process holds is skipped (reported, not returned)."""
+    free = []
+    for trial, plan in group:
+        holder = lease_lib.read_holder(str(storage.path(workdir) / trial.name))
+        if holder:
+            out.event(
+                f"[sweep] skip  {trial.name}: its workdir is in use by {lease_lib.describe(holder)}"
+            )
+        else:
+            free.append((trial, plan))
+    if not free:
+        return []
+    command = pack_command(sweep_path, workdir, [t for t, _ in free], launcher)
+    started: list[_Running] = []
+    for trial, plan in free:
+        packed = f", packed with {free[0][0].name}" if started else ""
         out.event(
-            f"[sweep] skip  {trial.name}: its workdir is in use by {lease_lib.describe(holder)}"
+            f"[sweep] start {trial.name} (N={plan['N']:.3g}, "
+            f"{plan['steps']} steps, C={plan['C_detailed']:.2g} FLOPs{packed})"
         )
-        return None
-    command = train_command(sweep_path, workdir, trial, launcher)
-    out.event(
-        f"[sweep] start {trial.name} (N={plan['N']:.3g}, "
-        f"{plan['steps']} steps, C={plan['C_detailed']:.2g} FLOPs)"
-    )
-    return _Running(trial, plan, command, trial_dir, env)
+        trial_dir = storage.path(workdir) / trial.name
+        leader = started[0] if started else None
+        started.append(_Running(trial, plan, command, trial_dir, env, len(free), leader))
+    return started
+
+
+def _pop_group(queue: list, index: int, pack_of: dict[str, int]) -> list:
+    """Take queue[index] and the queued trials of its pack out of the queue."""
+    trial, plan = queue.pop(index)
+    pack = pack_of.get(trial.name)
+    mates = [
+        i for i, (t, _) in enumerate(queue) if pack is not None and pack_of.get(t.name) == pack
+    ]
+    return [(trial, plan)] + [queue.pop(i) for i in reversed(mates)][::-1]
 
 
 def _finished(r: _Running, eta: _Eta, out: _Reporter) -> str:
     status = r.finish(r.proc.returncode)
     seconds = time.time() - r.start
     if status == "done":
-        eta.add(r.plan["C_detailed"], seconds)
+        eta.add(r.plan["C_detailed"], seconds / r.pack_size)  # a pack shares its slot
         out.event(f"[sweep] done  {r.trial.name} in {metrics_lib.duration(seconds)}")
     else:
         tail = _tail(r.log_path, 1)
@@ -343,8 +446,11 @@ def run_local(
     total: int,
     done_before: int,
     stream=None,
+    groups: list | None = None,
 ) -> dict[str, str]:
-    """Run `todo` [(trial, plan)] with `parallel` at a time; returns name -> final status."""
+    """Run `todo` [(trial, plan)] with `parallel` processes at a time; returns name -> final
+    status. `groups` (`pack_groups`): trials that train together in one process."""
+    pack_of = {t.name: i for i, group in enumerate(groups or []) for t, _ in group}
     env = _thread_env(parallel)
     launcher = [sys.executable, "-m", "llm_jax.cli"]
     # Costliest first, so that the parallel slots finish at about the same time.
@@ -355,16 +461,15 @@ def run_local(
     try:
         while queue or running:
             changed = False
-            while len(running) < parallel:
+            while len({id(r.proc) for r in running}) < parallel:
                 ready = [i for i, (t, _) in enumerate(queue) if branch_ready(t, workdir)]
                 if not ready:
                     break
-                trial, plan = queue.pop(ready[0])
-                started = _start(trial, plan, sweep_path, workdir, launcher, env, out)
-                if started is None:
-                    outcome[trial.name] = "busy"
-                else:
-                    running.append(started)
+                group = _pop_group(queue, ready[0], pack_of)
+                started = _start(group, sweep_path, workdir, launcher, env, out)
+                names = {r.trial.name for r in started}
+                outcome.update({t.name: "busy" for t, _ in group if t.name not in names})
+                running += started
                 changed = True
             time.sleep(0.2)
             for r in [r for r in running if r.proc.poll() is not None]:
@@ -529,10 +634,13 @@ def run_sweep(
     dry_run: bool = False,
     launcher: str = "local",
     n_boot: int = 100,
+    pack: int | None = None,
 ) -> int:
     """Run (or plan, or write launch scripts for) a sweep; returns an exit code.
 
-    `parallel`: trials at once; None takes the sweep file's PARALLEL (default 1).
+    `parallel`: processes at once; None takes the sweep file's PARALLEL (default 1).
+    `pack`: at most this many compatible trials train as one program (local runs);
+    None: `default_pack()`.
     """
     loaded = sweep_lib.load_sweep(sweep_path)
     parallel = parallel or loaded.parallel
@@ -543,6 +651,8 @@ def run_sweep(
     root = storage.path(workdir)
     status = {t.name: results_io.trial_status(root / t.name, p["steps"]) for t, p in planned}
     todo = [(t, p) for t, p in planned if status[t.name] != "done"]
+    size = pack or (default_pack() if launcher == "local" and todo else 1)
+    groups = pack_groups(loaded, todo, size, workdir) if size > 1 and launcher == "local" else None
     if dry_run:
         print(f"{'trial':32s}{'N':>10s}{'steps':>8s}{'tokens':>11s}{'C (FLOPs)':>11s}  status")
         for t, p in planned:
@@ -550,11 +660,13 @@ def run_sweep(
                 f"{t.name:32s}{p['N']:10.3g}{p['steps']:8d}{p['tokens']:11.3g}"
                 f"{p['C_detailed']:11.3g}  {status[t.name]}"
             )
-        print(f"\n{len(todo)} of {len(planned)} trials to run, e.g.:")
-        print("  " + shlex.join(train_command(sweep_path, workdir, (todo or planned)[0][0])))
+        programs = f" in {len(groups)} programs (--pack {size})" if groups else ""
+        print(f"\n{len(todo)} of {len(planned)} trials to run{programs}, e.g.:")
+        first = [t for t, _ in groups[0]] if groups else [(todo or planned)[0][0]]
+        print("  " + shlex.join(pack_command(sweep_path, workdir, first, ("llm-jax",))))
         return 0
     with lease_lib.Lease(workdir, "sweep directory"):  # before anything is written
-        return _run_owned(sweep_path, workdir, planned, todo, parallel, launcher, n_boot)
+        return _run_owned(sweep_path, workdir, planned, todo, parallel, launcher, n_boot, groups)
 
 
 def _run_owned(
@@ -565,6 +677,7 @@ def _run_owned(
     parallel: int,
     launcher: str,
     n_boot: int,
+    groups: list | None = None,
 ) -> int:
     """`run_sweep` once the sweep directory's lease is held."""
     root = storage.path(workdir)
@@ -603,6 +716,7 @@ def _run_owned(
     print(
         f"[sweep] {len(planned)} trials, {len(planned) - len(todo)} already done, "
         f"{len(todo)} to run, {parallel} at a time"
+        + (f", packed {max(len(g) for g in groups)} per program" if groups else "")
     )
     fits = results_io.read_json(root / results_io.FIT_JSON)
     if not todo and fits is not None and (root / results_io.RESULTS_CSV).exists():
@@ -611,7 +725,15 @@ def _run_owned(
         collect_lib.summarize(root, results_io.read_results(root), fits, plots)
         return 0
     outcome = (
-        run_local(sweep_path, workdir, todo, parallel, len(planned), len(planned) - len(todo))
+        run_local(
+            sweep_path,
+            workdir,
+            todo,
+            parallel,
+            len(planned),
+            len(planned) - len(todo),
+            groups=groups,
+        )
         if todo
         else {}
     )
