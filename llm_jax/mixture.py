@@ -205,7 +205,10 @@ def prepare(config: ml_collections.ConfigDict) -> Mixture:
         derived = source_config(config, source)
         if prepared:  # the first source's tokenizer (or data.tokenizer_path) for all
             derived.data.tokenizer_path = next(iter(prepared.values())).tokenizer.path
-        prepared[source.name] = data_lib.prepare(derived)
+        try:
+            prepared[source.name] = data_lib.prepare(derived)
+        except DataError as e:  # name the source: its paths may not say which it is
+            raise DataError(f"data.sources {source.name!r}: {e}") from e
     total = sum(s.weight for s in sources)
     return Mixture(prepared, {s.name: s.weight / total for s in sources})
 

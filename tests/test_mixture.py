@@ -132,6 +132,13 @@ def test_source_names_and_overrides():
         config_lib.validate(config)
 
 
+def test_a_source_without_files_is_named(tmp_path):
+    config = tiny_config("", tmp_path / "cache", data__source="shakespeare")
+    config.data.sources = (("gone", str(tmp_path / "none" / "*.txt"), 1),)
+    with pytest.raises(data_lib.DataError, match=r"data.sources 'gone': no file matches"):
+        mixture.prepare(config_lib.validate(config))
+
+
 def _mixture_config(tmp_path):
     first = write_corpus(tmp_path / "a")
     second = write_corpus(tmp_path / "b")
