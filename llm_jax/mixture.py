@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import ml_collections
@@ -197,8 +197,14 @@ class Mixture:
         return self._mean("val_bytes_per_token")
 
 
-def prepare(config: ml_collections.ConfigDict) -> Mixture:
-    """Tokenizer and token caches of every source (built on first use, reused after)."""
+def prepare(
+    config: ml_collections.ConfigDict,
+    prepare_source: Callable[[ml_collections.ConfigDict], Prepared] = data_lib.prepare,
+) -> Mixture:
+    """Tokenizer and token caches of every source (built on first use, reused after).
+
+    `prepare_source(source_config)` prepares one source (`llm-jax data prepare` passes
+    one that also prints its statistics)."""
     sources = parse_sources(config.data)
     prepared: dict[str, Prepared] = {}
     for source in sources:
@@ -206,7 +212,7 @@ def prepare(config: ml_collections.ConfigDict) -> Mixture:
         if prepared:  # the first source's tokenizer (or data.tokenizer_path) for all
             derived.data.tokenizer_path = next(iter(prepared.values())).tokenizer.path
         try:
-            prepared[source.name] = data_lib.prepare(derived)
+            prepared[source.name] = prepare_source(derived)
         except DataError as e:  # name the source: its paths may not say which it is
             raise DataError(f"data.sources {source.name!r}: {e}") from e
     total = sum(s.weight for s in sources)

@@ -13,6 +13,8 @@ from llm_jax import metrics as metrics_lib
 from llm_jax import mixture
 from llm_jax import trainer as trainer_lib
 from llm_jax.checkpoint import CheckpointError
+from llm_jax.cli.data import main as data_main
+from llm_jax.errors import UsageError
 
 SEQ = 9
 # Source a's tokens are < 1000, b's >= 1000: a row's first token names its source.
@@ -137,6 +139,21 @@ def test_a_source_without_files_is_named(tmp_path):
     config.data.sources = (("gone", str(tmp_path / "none" / "*.txt"), 1),)
     with pytest.raises(data_lib.DataError, match=r"data.sources 'gone': no file matches"):
         mixture.prepare(config_lib.validate(config))
+
+
+def test_data_prepare_builds_each_source_and_inspect_refuses_a_mixture(tmp_path, capsys):
+    a, b = (write_corpus(tmp_path / name) for name in ("a", "b"))
+    flags = [
+        f"--config.data.cache_dir={tmp_path / 'cache'}",
+        "--config.data.val_fraction=0.25",
+        "--config.model.vocab_size=320",
+        f"--config.data.sources=(('a', '{a}', 1), ('b', '{b}', 1))",
+    ]
+    assert data_main(["llm-jax data", "prepare", *flags]) == 0
+    out = capsys.readouterr().out
+    assert f"corpus     files {a}" in out and f"corpus     files {b}" in out
+    with pytest.raises(UsageError, match="not a data.sources mixture"):
+        data_main(["llm-jax data", "inspect", *flags])
 
 
 def _mixture_config(tmp_path):

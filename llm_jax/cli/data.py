@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import ml_collections
 
 from llm_jax import config as config_lib
-from llm_jax import data
+from llm_jax import data, mixture
 from llm_jax.cli import args as args_lib
+from llm_jax.errors import UsageError
 from llm_jax.tokenizer import DataError
 
 
@@ -84,8 +85,15 @@ def main(argv: Sequence[str]) -> int:
     args, config = args_lib.parse_with_config(p, argv[1:])
     config = config_lib.validate(config)
     try:
-        if args.action == "prepare":
+        if args.action == "prepare" and config.data.sources is not None:
+            mixture.prepare(config, lambda source: prepare_main(source, args.verify))
+        elif args.action == "prepare":
             prepare_main(config, args.verify)
+        elif config.data.sources is not None:
+            raise UsageError(
+                "data inspect shows one corpus, not a data.sources mixture; pass one "
+                "source's keys instead (e.g. --config.data.sources=None --config.data.path=...)"
+            )
         else:
             inspect_main(config, args.split, max(1, args.tokens))
     except OSError as e:  # a cache folder that cannot be written (permissions, disk full)
