@@ -2,8 +2,8 @@
 
 A checkpoint of step s lives in `workdir/checkpoints/<s>/` and holds two items:
 `state` (the train state pytree: step, params, optimizer state, rng; saved by every
-host, each writing its own shards) and `meta` (JSON: the data-iterator state of
-every host, the model config, the step). Saves are asynchronous: `save` returns
+host, each writing its own shards) and `meta` (JSON: the global data position, the
+model config, the step). Saves are asynchronous: `save` returns
 once the arrays are copied off the device, and the files are committed in the
 background; a half-written checkpoint is never visible as the latest one.
 
