@@ -65,7 +65,7 @@ class _TracedTrain:
         return getattr(self._train_cfg, name)
 
 
-def _stacked(sharding: NamedSharding) -> NamedSharding:
+def stacked_sharding(sharding: NamedSharding) -> NamedSharding:
     """The sharding of K such arrays stacked on a new, unsharded leading axis."""
     return NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))
 
@@ -85,11 +85,11 @@ def make_packed_step(setup: train_lib.TrainSetup):
         step, _, _ = train_lib.train_step_fn(config, setup.model, setup.total_steps, train_cfg)
         return step(state, batch)
 
-    state_sh = jax.tree.map(_stacked, setup.state_shardings)
+    state_sh = jax.tree.map(stacked_sharding, setup.state_shardings)
     replicated = NamedSharding(setup.mesh, PartitionSpec())
     return jax.jit(
         jax.vmap(one_model),
-        in_shardings=(state_sh, _stacked(setup.batch_sharding), replicated),
+        in_shardings=(state_sh, stacked_sharding(setup.batch_sharding), replicated),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),
     )
@@ -98,7 +98,7 @@ def make_packed_step(setup: train_lib.TrainSetup):
 def stack_states(setup: train_lib.TrainSetup, states: Sequence[Any]) -> Any:
     """K train states as one, stacked on a leading model axis (each leaf's sharding with
     an unsharded axis in front)."""
-    shardings = jax.tree.map(_stacked, setup.state_shardings)
+    shardings = jax.tree.map(stacked_sharding, setup.state_shardings)
     stack = jax.jit(
         lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees), out_shardings=shardings
     )
@@ -185,7 +185,7 @@ class PackedTrainer(Trainer):
         self.failed: dict[int, str] = {}
         # The loop's window, checkpointer and lease are all K trials'.
         self.window = self.checkpointer = self.lease = _Members(self)
-        self.batch_sharding = _stacked(first.setup.batch_sharding)
+        self.batch_sharding = stacked_sharding(first.setup.batch_sharding)
         self.hparams = hyperparameters([m.config for m in members])
         with self.setup.context():
             self.train_step = make_packed_step(self.setup)

@@ -2,6 +2,7 @@
 
     python tools/bench.py --preset llama-150m --batch 32 --seq-len 1024 --dtype bfloat16
     python tools/bench.py --preset gpt2-small --attention cudnn --remat save_dots --no-scan
+    python tools/bench.py --preset gpt2-small --n-layers 2 --d-model 96 --pack 16   # K models
     python tools/bench.py --preset gpt2-small --n-layers 2 --n-heads 6 --d-model 96 \
         --vocab-size 512 --batch 16 --seq-len 64 --dtype float32 --no-scan   # any shape
 
@@ -18,12 +19,12 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from llm_jax import chips
 from llm_jax import config as config_lib
 from llm_jax import flops as flops_lib
+from llm_jax import pack as pack_lib
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
 
@@ -45,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-scan", action="store_true", help="unrolled layers instead of nn.scan")
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes (-1 = the rest)")
+    p.add_argument(
+        "--pack", type=int, default=1, help="K models in one vmapped step (llm_jax/pack.py)"
+    )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
     return p.parse_args(argv)
@@ -69,25 +73,41 @@ def build_config(args: argparse.Namespace):
     return config_lib.validate(config)
 
 
+def _compiled(setup, config, pack: int):
+    """(compiled step (state, batch) -> (state, metrics), state, batch, compile seconds):
+    the plain step, or with pack > 1 the vmapped step of `pack` models on their own batches."""
+    rng = np.random.default_rng(0)
+    rows = (config.train.batch_size, config.data.seq_len + 1)
+    tokens = rng.integers(0, config.model.vocab_size, (pack, *rows) if pack > 1 else rows)
+    batch = {
+        "inputs": tokens[..., :-1].astype(np.int32),
+        "targets": tokens[..., 1:].astype(np.int32),
+    }
+    if pack == 1:
+        start = time.perf_counter()
+        step = setup.train_step.lower(setup.abstract_state, setup.abstract_batch).compile()
+        return (
+            step,
+            setup.init_state(0),
+            jax.device_put(batch, setup.batch_sharding),
+            (time.perf_counter() - start),
+        )
+    state = pack_lib.stack_states(setup, [setup.init_state(0)] * pack)
+    batch = jax.device_put(batch, pack_lib.stacked_sharding(setup.batch_sharding))
+    hparams = pack_lib.hyperparameters([config] * pack)
+    start = time.perf_counter()
+    compiled = pack_lib.make_packed_step(setup).lower(state, batch, hparams).compile()
+    compile_s = time.perf_counter() - start
+    return (lambda s, b: compiled(s, b, hparams)), state, batch, compile_s
+
+
 def main(argv=None) -> None:
     """Run the benchmark and print its table."""
     args = parse_args(argv)
     config = build_config(args)
     setup = train_lib.make_train(config, sharding_lib.make_mesh(config.mesh))
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, config.model.vocab_size, (args.batch, args.seq_len + 1))
-    batch = jax.device_put(
-        {
-            "inputs": jnp.asarray(tokens[:, :-1], jnp.int32),
-            "targets": jnp.asarray(tokens[:, 1:], jnp.int32),
-        },
-        setup.batch_sharding,
-    )
     with setup.context():
-        start = time.perf_counter()
-        step = setup.train_step.lower(setup.abstract_state, setup.abstract_batch).compile()
-        compile_s = time.perf_counter() - start
-        state = setup.init_state(0)
+        step, state, batch, compile_s = _compiled(setup, config, args.pack)
         for _ in range(args.warmup):
             state, out = step(state, batch)
         jax.block_until_ready(out)
@@ -98,7 +118,7 @@ def main(argv=None) -> None:
             jax.block_until_ready(out)
             times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
-    tokens_per_s = args.batch * args.seq_len / step_s
+    tokens_per_s = args.pack * args.batch * args.seq_len / step_s  # all models together
     per_token = flops_lib.flops_per_token(config.model, args.seq_len).detailed
     tflops = tokens_per_s * per_token / 1e12
     device = jax.devices()[0]
@@ -115,13 +135,15 @@ def main(argv=None) -> None:
             f"scan={not args.no_scan}",
         ),
         ("batch x seq_len", f"{args.batch} x {args.seq_len}"),
+        ("models per step (--pack)", f"{args.pack}"),
         ("step time (median)", f"{step_s * 1e3:.2f} ms  (min {min(times) * 1e3:.2f})"),
         ("tokens/s", f"{tokens_per_s:,.0f}"),
+        ("tokens/s per model", f"{tokens_per_s / args.pack:,.0f}"),
         ("model TFLOP/s", f"{tflops:.2f}"),
         ("MFU", f"{mfu:.1%}" if mfu is not None else "n/a (peak unknown for this device)"),
         ("compile time", f"{compile_s:.1f} s"),
         ("peak memory / device", f"{peak_mem / 2**30:.2f} GiB" if peak_mem else "n/a"),
-        ("final loss", f"{float(out['train/loss']):.4f}"),
+        ("final loss", f"{float(np.ravel(out['train/loss'])[0]):.4f}"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
