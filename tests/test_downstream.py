@@ -88,6 +88,17 @@ def test_a_finetune_that_cannot_run_on_its_parent_is_refused_at_load(tmp_path):
         sweep.load_sweep(path)
 
 
+def test_a_loop_of_parents_is_refused(tmp_path):
+    path = _write_sweep(
+        tmp_path / "sweep.py",
+        "def get_config():\n    return default_config()\n"
+        "def get_sweep():\n"
+        "    return [Trial('a', {}, parent='b'), Trial('b', {}, parent='a')]\n",
+    )
+    with pytest.raises(sweep.SweepError, match="is not another trial"):
+        sweep.load_sweep(path)
+
+
 def test_stage_two_waits_for_a_done_parent(tmp_path):
     (stage,) = [t for t in sweep.finetune_each([sweep.Trial("p", {})], GENRE) if t.parent]
     (tmp_path / "p").mkdir()

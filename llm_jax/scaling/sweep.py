@@ -638,7 +638,7 @@ def trial_config(loaded: LoadedSweep, trial: Trial) -> ml_collections.ConfigDict
     if trial.parent:
         from llm_jax import finetune  # imports JAX: only sweeps with parents pay for it
 
-        (parent,) = _ancestors(loaded, trial)[:1]
+        parent = _ancestors(loaded, trial)[0]
         config.init.workdir = trial.parent
         finetune.inherit_model(config, trial_config(loaded, parent).model)
     return config
