@@ -1,9 +1,9 @@
-"""Downstream scaling: the README's IsoFLOP ladder with genre classification after each trial.
+"""Downstream scaling: the README's IsoFLOP study with genre classification after each point.
 
-Every pre-training trial of experiments/sweeps/shakespeare_isoflop.py (3 budgets x 5 sizes)
-is followed by a short fine-tune on the embedded genre task (experiments/configs/
-genre_classify.py, comedy / history / tragedy on held-out plays) from its final params,
-in DIR/<trial>/finetune/genre:
+Every IsoFLOP point of experiments/sweeps/shakespeare_isoflop.py (a WSD cooldown branch:
+4 budgets x 5-6 sizes) is followed by a short fine-tune on the embedded genre task
+(experiments/configs/genre_classify.py: comedy / history / tragedy on held-out plays)
+from its final params, in DIR/<trial>/finetune/genre; the constant-LR parents get none:
 
     llm-jax sweep experiments/sweeps/shakespeare_downstream.py \
         --workdir runs/shakespeare_downstream
@@ -22,18 +22,18 @@ from llm_jax.scaling import sweep
 _HERE = Path(__file__).resolve().parent
 _ISOFLOP = load_python_file(_HERE / "shakespeare_isoflop.py", ("get_sweep",), "sweep file")
 GENRE = str(_HERE.parent / "configs" / "genre_classify.py")
-FINETUNE_STEPS = 150  # short: 15 fine-tunes fit beside the ladder in the time budget
+FINETUNE_STEPS = 150  # short: a fine-tune per point fits beside the study in the time budget
 PARALLEL = 2
 
 
 def get_config():
-    """The pre-training base of the IsoFLOP ladder."""
+    """The pre-training base of the IsoFLOP study."""
     return _ISOFLOP.get_config()
 
 
 def get_sweep():
-    """The ladder's 15 trials, then a genre fine-tune of each (64-token passages: the
-    pre-trained models' context)."""
+    """The IsoFLOP study's trials, then a genre fine-tune of each point (64-token passages:
+    the pre-trained models' context)."""
     return sweep.finetune_each(
         _ISOFLOP.get_sweep(),
         GENRE,

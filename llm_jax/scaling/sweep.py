@@ -515,7 +515,9 @@ def finetune_each(
     DIR/T/finetune/<name>. Its model shape and tokenizer come from T (model keys the
     fine-tuning config leaves at their default, as `llm-jax train` does). Its val/...
     metrics become columns `ft/<name>/val/...` of T's row in results.csv. Trials that are
-    themselves fine-tunes get none (call it again with another `name` for a second task).
+    themselves fine-tunes get none (call it again with another `name` for a second task),
+    nor do WSD parents (`wsd_role` parent: constant-LR runs stopped mid-schedule, whose
+    cooldown branches are the points of the study).
     """
     if not _NAME_OK.match(name):
         raise SweepError(f"finetune_each name {name!r} must be letters, digits and ._=+-")
@@ -528,7 +530,7 @@ def finetune_each(
             config=str(config_path),
         )
         for t in trials
-        if not is_finetune(t)
+        if not is_finetune(t) and t.tags.get("wsd_role") != "parent"
     ]
     return _unique([*trials, *stages])
 
