@@ -220,3 +220,23 @@ def test_holdout_streams_with_at_most_k_documents_held():
     # Fewer than k documents: the last 10% of the last one, from a line start, validates.
     few = list(corpus_lib._holdout(iter(["a\nb\n", "line one\n" * 9 + "tail\n"]), 0.1))
     assert few == [("train", "a\nb\n"), ("train", "line one\n" * 9), ("val", "tail\n")]
+
+
+@pytest.mark.parametrize("txt_document", ["file", "line"])
+def test_a_bucket_txt_corpus_streams_like_the_local_copy(gs, tmp_path, txt_document):
+    from llm_jax import storage
+
+    for i in range(3):
+        text = "".join(f"line {j} of file {i}, naïve café\n" for j in range(5))
+        (tmp_path / f"f{i}.txt").write_text(text)
+        storage.write_bytes(f"{gs}/txt/f{i}.txt", text.encode())
+
+    def stream(path):
+        c = config_lib.default_config()
+        c.data.update(source="files", path=path, val_fraction=0.25, txt_document=txt_document)
+        return list(corpus_lib.Corpus(c.data, tmp_path / "hf").stream())
+
+    local = stream(str(tmp_path / "*.txt"))
+    # Three files: fewer than k=4 documents, so the last one's tail is a 4th (val) part.
+    assert stream(f"{gs}/txt/*.txt") == local
+    assert len(local) == (4 if txt_document == "file" else 15)
