@@ -95,6 +95,7 @@ def test_packed_step_equals_each_model_alone():
     assert len({float(alone[k][-1]["train/loss"]) for k in range(3)}) == 3
 
 
+@pytest.mark.slow  # two trainers with data, evaluation and checkpoints: ~2 min at load 20
 def test_packed_workdirs_equal_a_trial_run_alone(corpus, tmp_path):
     configs = [_trial(corpus, lr, seed) for lr, seed in zip(LRS, SEEDS, strict=True)]
     packed_dirs = [str(tmp_path / f"packed{k}") for k in range(3)]
