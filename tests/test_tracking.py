@@ -1,5 +1,6 @@
-"""Trackers through a crash, a SIGTERM and two resumes: TensorBoard (read back by
-TensorBoard's own reader) shows each step once; W&B (offline) keeps one run id."""
+"""Trackers across resumes: TensorBoard (read back by TensorBoard's own reader) shows each
+step once, W&B (offline, its .wandb history decoded) keeps one run id; end to end through
+a crash, a SIGTERM and two resumes of a tiny training (slow)."""
 
 import glob
 import struct
@@ -9,6 +10,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tiny_run import tiny_config, write_corpus
 from wandb.proto import wandb_internal_pb2
 
+from llm_jax import config as config_lib
 from llm_jax import metrics as metrics_lib
 from llm_jax import tracking, trainer
 from llm_jax.scaling import runner, sweep
@@ -75,6 +77,42 @@ def offline_wandb(tmp_path, monkeypatch):
         monkeypatch.setenv(var, value)
 
 
+def _tiny_tracking_config():
+    """The default config with W&B on, offline."""
+    config = config_lib.default_config()
+    config.tracking.update(wandb_project="llm-jax-test", wandb_mode="offline")
+    return config
+
+
+def test_a_resumed_writer_shows_each_step_once_in_tensorboard_and_wandb(tmp_path, offline_wandb):
+    workdir, config = str(tmp_path / "run"), _tiny_tracking_config()
+    first = metrics_lib.MetricsWriter(workdir, config=config)
+    for step in (2, 4, 6):  # the checkpoint is at 4: step 6 is lost with the process
+        first.write({"step": step, "train/loss": 10.0 + step})
+    first.close()
+    resumed = metrics_lib.MetricsWriter(workdir, start_step=4, config=config)
+    for step in (6, 8):
+        resumed.write({"step": step, "train/loss": float(step)})
+    resumed.close()
+    events = event_accumulator.EventAccumulator(f"{workdir}/tensorboard")
+    events.Reload()
+    shown = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert shown == [(2, 12.0), (4, 14.0), (6, 6.0), (8, 8.0)]
+    run_id = open(f"{workdir}/{tracking.ID_FILE}").read().strip()
+    runs = sorted(glob.glob(f"{workdir}/wandb/offline-run-*"))
+    assert len(runs) == 2 and all(r.endswith(f"-{run_id}") for r in runs)
+    history = _history(f"{runs[-1]}/run-{run_id}.wandb")
+    assert {s: float(r["train/loss"]) for s, r in history.items()} == {6: 6.0, 8: 8.0}
+
+
+def test_a_wandb_project_without_wandb_is_a_config_error(monkeypatch):
+    config = _tiny_tracking_config()
+    monkeypatch.setattr(config_lib.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(config_lib.ConfigError, match=r"pip install -e '.\[wandb\]'"):
+        config_lib.validate(config)
+
+
+@pytest.mark.slow  # three tiny trainings: ~20 s of CPU
 def test_crash_stop_and_resume_log_each_step_once(tmp_path, offline_wandb):
     config = tiny_config(
         write_corpus(tmp_path / "corpus"),
