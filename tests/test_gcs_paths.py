@@ -58,6 +58,7 @@ def test_classify_and_predict_inputs_in_a_bucket(gs):
     assert classify.read_texts(f"{gs}/texts.txt", "text") == ["the king", "my lord"]
 
 
+@pytest.mark.slow  # four commands, each compiling a model: ~10 s of CPU
 def test_import_eval_export_with_a_bucket_workdir(gs, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
