@@ -52,8 +52,15 @@ def main(argv: Sequence[str]) -> int:
             "SIGTERM/SIGINT (after saving); rerun to resume.",
             config="required",
         )
+        p.add_argument(
+            "--trial",
+            metavar="DIR",
+            action="append",
+            help="a trial's workdir, followed by its own --config.k=v overrides (repeated)",
+        )
         shared, trials = split_trials(argv[1:])
         if not trials:
+            p.parse_args(shared)  # --help, or a usage error naming a bad flag
             raise UsageError(f"{argv[0]}: give at least one --trial DIR (see --help)")
         configs = []
         for workdir, own in trials:
