@@ -135,12 +135,24 @@ def _decode(data: bytes, name: str, on_error: str, offset: int = 0) -> str:
 
 
 def _lines(path, on_error: str) -> Iterator[str]:
-    """The lines of a text file (without their newline), read one at a time."""
+    """The lines of a text file (each with its newline), decoded one at a time."""
     with path.open("rb") as f:
         offset = 0
         for raw in f:
-            yield _decode(raw, str(path), on_error, offset).removesuffix("\n")
+            yield _decode(raw, str(path), on_error, offset)
             offset += len(raw)
+
+
+def _checked_local(path, copy: Path, on_error: str) -> str:
+    """A local file with `path`'s text, checked as UTF-8 a line at a time: `path` itself
+    if it is local and bad bytes raise, else `copy` (bad bytes replaced)."""
+    if storage.is_gcs(path) or on_error == "replace":
+        with open(copy, "w", encoding="utf-8", newline="") as out:
+            out.writelines(_lines(path, on_error))
+        return str(copy)
+    for _ in _lines(path, on_error):
+        pass
+    return str(path)
 
 
 def _tail_holdout(docs: list[str], val_fraction: float) -> Iterator[tuple[str, str]]:
@@ -327,7 +339,7 @@ class Corpus:
         on_error = self.cfg.on_decode_error
         for f in files:
             if self.cfg.txt_document == "line":
-                yield from _lines(f, on_error)
+                yield from (line.removesuffix("\n") for line in _lines(f, on_error))
             else:
                 yield _decode(f.read_bytes(), str(f), on_error)
 
@@ -364,12 +376,7 @@ class Corpus:
                         f = copy
                     paths.append(str(f))
                     continue
-                data = f.read_bytes()
-                text = _decode(data, str(f), d.on_decode_error)
-                if len(text.encode()) != len(data) or storage.is_gcs(f):  # replaced or remote
-                    copy.write_text(text, encoding="utf-8")
-                    f = copy
-                paths.append(str(f))
+                paths.append(_checked_local(f, copy, d.on_decode_error))
             try:
                 # Arrow files in the HF cache, memory-mapped: rows are read a batch at a time.
                 return datasets.load_dataset(
