@@ -16,8 +16,13 @@ import secrets
 from typing import Any
 
 from llm_jax import storage
+from llm_jax.errors import UserError
 
 ID_FILE = "wandb_id.txt"
+
+
+class TrackingError(UserError):
+    """A tracker cannot start (W&B: not logged in, unreachable, a bad project)."""
 
 
 def run_id(workdir: str) -> str:
@@ -38,17 +43,24 @@ class WandbWriter:
         import wandb
 
         t = config.tracking
-        self._run = wandb.init(
-            project=t.wandb_project,
-            entity=t.wandb_entity or None,
-            group=t.wandb_group or None,
-            mode=t.wandb_mode or None,
-            name=os.path.basename(workdir.rstrip("/")),
-            id=run_id(workdir),
-            resume="allow",
-            dir=None if storage.is_gcs(workdir) else workdir,
-            config=config.to_dict(),
-        )
+        try:
+            self._run = wandb.init(
+                project=t.wandb_project,
+                entity=t.wandb_entity or None,
+                group=t.wandb_group or None,
+                mode=t.wandb_mode or None,
+                name=os.path.basename(workdir.rstrip("/")),
+                id=run_id(workdir),
+                resume="allow",
+                dir=None if storage.is_gcs(workdir) else workdir,
+                config=config.to_dict(),
+            )
+        except wandb.errors.Error as e:  # no login, no network, a bad entity...
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrackingError(
+                f"W&B cannot start the run of {workdir}: {first_line}; run `wandb login`, "
+                "or set --config.tracking.wandb_mode=offline (or unset wandb_project)"
+            ) from e
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         """Log `scalars` at `step`. A step below the run's own (one an earlier attempt

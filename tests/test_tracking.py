@@ -4,6 +4,7 @@ a crash, a SIGTERM and two resumes of a tiny training (slow)."""
 
 import glob
 import struct
+import time
 
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
@@ -43,7 +44,7 @@ def _wandb_records(path):
             at += block - at % block
             continue
         length, kind = struct.unpack("<HB", data[at + 4 : at + 7])
-        if kind == 0:
+        if kind == 0 or at + 7 + length > len(data):  # padding, or a record being written
             break
         chunks += data[at + 7 : at + 7 + length]
         at += 7 + length
@@ -53,14 +54,20 @@ def _wandb_records(path):
     return records
 
 
-def _history(path):
-    """{step: {key: value}} of the history records in a .wandb file."""
-    rows = {}
-    for r in _wandb_records(path):
-        if r.WhichOneof("record_type") == "history":
-            items = {i.key or "/".join(i.nested_key): i.value_json for i in r.history.item}
-            rows.setdefault(int(items["_step"]), {}).update(items)
-    return rows
+def _history(path, steps, timeout_s=20.0):
+    """{step: {key: value}} of the history records in a .wandb file, once `steps` are in it.
+
+    W&B's service process writes an offline run's file after `finish()` returns."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = {}
+        for r in _wandb_records(path):
+            if r.WhichOneof("record_type") == "history":
+                items = {i.key or "/".join(i.nested_key): i.value_json for i in r.history.item}
+                rows.setdefault(int(items["_step"]), {}).update(items)
+        if set(steps) <= set(rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -99,9 +106,10 @@ def test_a_resumed_writer_shows_each_step_once_in_tensorboard_and_wandb(tmp_path
     shown = [(e.step, e.value) for e in events.Scalars("train/loss")]
     assert shown == [(2, 12.0), (4, 14.0), (6, 6.0), (8, 8.0)]
     run_id = open(f"{workdir}/{tracking.ID_FILE}").read().strip()
+    # offline-run-<time>-<id>, '-1' appended to a run started in the same second as another
     runs = sorted(glob.glob(f"{workdir}/wandb/offline-run-*"))
-    assert len(runs) == 2 and all(r.endswith(f"-{run_id}") for r in runs)
-    history = _history(f"{runs[-1]}/run-{run_id}.wandb")
+    assert len(runs) == 2 and all(f"-{run_id}" in r for r in runs)
+    history = _history(f"{runs[-1]}/run-{run_id}.wandb", [6, 8])
     assert {s: float(r["train/loss"]) for s, r in history.items()} == {6: 6.0, 8: 8.0}
 
 
@@ -110,6 +118,16 @@ def test_a_wandb_project_without_wandb_is_a_config_error(monkeypatch):
     monkeypatch.setattr(config_lib.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(config_lib.ConfigError, match=r"pip install -e '.\[wandb\]'"):
         config_lib.validate(config)
+
+
+def test_wandb_online_without_a_login_is_one_line(tmp_path, offline_wandb, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no stored key either
+    config = _tiny_tracking_config()
+    config.tracking.wandb_mode = "online"
+    with pytest.raises(tracking.TrackingError) as error:
+        tracking.WandbWriter(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value) and "wandb login" in str(error.value)
 
 
 @pytest.mark.slow  # three tiny trainings: ~20 s of CPU
@@ -148,14 +166,15 @@ def test_crash_stop_and_resume_log_each_step_once(tmp_path, offline_wandb):
         assert shown == [(s, pytest.approx(v, rel=1e-6)) for s, v in sorted(logged.items())]
 
     # W&B: three offline runs of one id; the last holds the resumed steps as logged.
+    # offline-run-<time>-<id>, '-1' appended to a run started in the same second as another
     runs = sorted(glob.glob(f"{workdir}/wandb/offline-run-*"))
-    assert len(runs) == 3 and all(r.endswith(f"-{run_id}") for r in runs)
+    assert len(runs) == 3 and all(f"-{run_id}" in r for r in runs)
     assert open(f"{workdir}/{tracking.ID_FILE}").read().strip() == run_id
-    history = _history(f"{runs[-1]}/run-{run_id}.wandb")
+    history = _history(f"{runs[-1]}/run-{run_id}.wandb", [8])
     assert sorted(history) == [8]
     assert float(history[8]["train/loss"]) == pytest.approx(rows[-2]["train/loss"], rel=1e-6)
     assert float(history[8]["val/loss"]) == pytest.approx(rows[-1]["val/loss"], rel=1e-6)
-    assert sorted(_history(f"{runs[0]}/run-{run_id}.wandb")) == [2, 3, 4, 6]
+    assert sorted(_history(f"{runs[0]}/run-{run_id}.wandb", [2, 3, 4, 6])) == [2, 3, 4, 6]
 
 
 def test_sweep_trials_share_a_wandb_group_named_after_the_sweep():
