@@ -24,7 +24,7 @@ def test_demo_branches_end_on_their_budgets_from_kept_checkpoints():
     for t in branches:
         plan = sweep.plan(sweep.apply_overrides(base, t.overrides))
         # On the budget's IsoFLOP line to within the branch point's rounding.
-        assert plan["C_detailed"] == pytest.approx(t.tags["budget"], rel=0.015), t.name
+        assert plan["C_detailed"] == pytest.approx(t.tags["budget"], rel=0.025), t.name
         parent = parents[t.parent]
         parent_steps = sweep.plan(sweep.apply_overrides(base, parent)).get("steps")
         assert t.overrides["init.step"] % parent["checkpoint.keep_every"] == 0
