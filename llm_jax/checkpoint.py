@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -60,8 +61,12 @@ CORRUPT_DIR = "corrupt_checkpoints"  # next to checkpoints/: those that failed t
 log = logging.getLogger(__name__)
 
 
-def _leaf_fingerprint(x: jax.Array) -> jax.Array:
-    """A uint32 that any single flipped bit of `x` changes: sum of bits x odd weights."""
+def _leaf_fingerprint(x: jax.Array, offset: jax.Array) -> jax.Array:
+    """A uint32 that any single flipped bit of `x` changes: sum of bits x odd weights.
+
+    `offset` is the position of `x`'s first bits in its whole array, when `x` is a block
+    of leading rows of it (the block sums then add up to the array's fingerprint).
+    """
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
     if x.dtype == jnp.bool_:
@@ -69,8 +74,27 @@ def _leaf_fingerprint(x: jax.Array) -> jax.Array:
     else:
         width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
         bits_N = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32).reshape(-1)
-    index_N = jnp.arange(bits_N.size, dtype=jnp.uint32)
+    index_N = jnp.arange(bits_N.size, dtype=jnp.uint32) + offset
     return jnp.sum(bits_N * (index_N * jnp.uint32(2 * 2654435761 % 2**32) + 1), dtype=jnp.uint32)
+
+
+# XLA materialises the uint32 products before summing them (4 bytes per element, twice a
+# bf16 array): above this many elements a leaf is fingerprinted in blocks of leading rows.
+_FINGERPRINT_BLOCK = 1 << 22
+
+
+def _fingerprint_blocks(fingerprint: Callable, x: Any) -> int:
+    """`fingerprint` of `x`, summed over blocks of its leading rows when it is large."""
+    size = int(np.size(x))
+    if size <= _FINGERPRINT_BLOCK:  # scalars and PRNG keys included
+        return int(jax.device_get(fingerprint(x, jnp.uint32(0))))
+    row = size // x.shape[0] * (2 if x.dtype.itemsize == 8 else 1)  # uint32 words per row
+    rows = max(1, _FINGERPRINT_BLOCK // row)
+    total = 0
+    for start in range(0, x.shape[0], rows):
+        offset = jnp.uint32(start * row % 2**32)
+        total += int(jax.device_get(fingerprint(x[start : start + rows], offset)))
+    return total % 2**32
 
 
 @functools.lru_cache(maxsize=4)
@@ -83,15 +107,15 @@ def _fingerprinter(mesh: jax.sharding.Mesh | None):
 def fingerprints(state: Any) -> dict[str, int]:
     """Path -> fingerprint of every array of `state` (a collective on multi-host runs).
 
-    Leaf by leaf: the temporaries of one array at a time, not of the whole state (an 8B
-    import must fit its host).
+    Leaf by leaf and block by block: the temporaries of a few million elements at a time,
+    not of the whole state (an 8B import must fit its host).
     """
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     sharding = getattr(leaves[0][1], "sharding", None) if leaves else None
     fingerprint = _fingerprinter(
         sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
     )
-    return {trees.path_str(p): int(jax.device_get(fingerprint(x))) for p, x in leaves}
+    return {trees.path_str(p): _fingerprint_blocks(fingerprint, x) for p, x in leaves}
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -1,11 +1,12 @@
 """lm-evaluation-harness on an llm_jax workdir: the `llm_jax` model type (the `eval` extra).
 
-    python -m llm_jax.lm_eval_adapter --model llm_jax --model_args workdir=runs/gpt2 \\
-        --tasks hellaswag
+    llm-jax lm-eval --model llm_jax --model_args workdir=runs/gpt2 --tasks hellaswag
+    python -m llm_jax.lm_eval_adapter --model llm_jax ...   (the same)
 
-lm_eval finds models only in its own registry, with no plugin hook, so this module
-registers `llm_jax` and then runs lm_eval's command line unchanged (every lm_eval flag
-works). From Python, `import llm_jax.lm_eval_adapter` before
+lm_eval finds models only in its own registry, with no plugin hook (no entry points, no
+`module:Class` for --model), so these commands register `llm_jax` and then run lm_eval's
+command line unchanged (every lm_eval flag works). From Python,
+`import llm_jax.lm_eval_adapter` before
 `lm_eval.simple_evaluate(model="llm_jax", model_args="workdir=...")`.
 
 model_args: workdir (required), step, fsdp and tensor (mesh sizes; data parallel over
@@ -16,6 +17,8 @@ through `llm_jax.sample`.
 """
 
 from __future__ import annotations
+
+import sys
 
 import ml_collections
 from lm_eval.api.model import LM
@@ -96,11 +99,20 @@ class LlmJaxLM(LM):
         return outputs
 
 
-def main() -> None:
-    """lm_eval's command line, with the `llm_jax` model registered."""
+def run_cli(args: list[str]) -> None:
+    """lm_eval's command line on `args` (its flags), with the `llm_jax` model registered."""
     from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+    saved, sys.argv = sys.argv, ["lm_eval", *args]  # its parser reads sys.argv
+    try:
+        cli_evaluate()
+    finally:
+        sys.argv = saved
+
+
+def main() -> None:
+    """`python -m llm_jax.lm_eval_adapter ...`: lm_eval's command line, `llm_jax` registered."""
+    run_cli(sys.argv[1:])
 
 
 if __name__ == "__main__":

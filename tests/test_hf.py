@@ -280,3 +280,47 @@ def test_native_preset_exports_to_transformers(tmp_path, preset):
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert np.abs(ours).max() > 1.0
     assert np.abs(_hf_logits(reloaded, tokens) - ours).max() < 1e-5 * np.abs(ours).max()
+
+
+def test_sentencepiece_run_exports_a_tokenizer_autotokenizer_loads(tmp_path):
+    """A run trained with llm_jax's SentencePiece gets tokenizer.json + config on export."""
+    import flax.linen as nn
+    import jax
+    from hf_tokenizers import shakespeare_texts
+
+    from llm_jax import config as config_lib
+    from llm_jax.tokenizer import train_tokenizer
+
+    sentencepiece = train_tokenizer(shakespeare_texts(2), vocab_size=400, max_chars=200_000)
+    config = config_lib.apply_preset(config_lib.default_config(), "llama-tiny")
+    config.model.vocab_size = 400
+    model = Transformer(ModelConfig.from_config(config.model))
+    params = nn.meta.unbox(model.init(jax.random.key(0), _tokens(8))["params"])
+    io.write_workdir(str(tmp_path / "w"), config, params, sentencepiece, source="test")
+    files = io.export_hf(str(tmp_path / "w"), str(tmp_path / "out"))
+    assert {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"} <= set(files)
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    text = "ROMEO:\n  But, soft! what light through yonder window breaks? 1597"
+    assert auto(text, add_special_tokens=False)["input_ids"] == sentencepiece.encode(text)
+    exported = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert exported["eos_token_id"] == auto.eos_token_id == sentencepiece.eos_id
+
+
+def test_checkpoint_fingerprints_in_blocks_equal_whole_arrays(monkeypatch):
+    """Import memory: large leaves are fingerprinted in row blocks, with the same values."""
+    import jax.numpy as jnp
+
+    from llm_jax import checkpoint as ckpt_lib
+
+    rng = np.random.default_rng(0)
+    state = {
+        "bf16": jnp.asarray(rng.standard_normal((7, 5, 3)), jnp.bfloat16),
+        "f32": jnp.asarray(rng.standard_normal((11, 4)), jnp.float32),
+        "flags": jnp.asarray(rng.random(13) > 0.5),
+        "step": jnp.int32(5),
+    }
+    whole = ckpt_lib.fingerprints(state)
+    monkeypatch.setattr(ckpt_lib, "_FINGERPRINT_BLOCK", 8)  # blocks of 1-2 rows
+    assert ckpt_lib.fingerprints(state) == whole
+    state["f32"] = state["f32"].at[10, 3].add(1.0)  # the last block's last element
+    assert ckpt_lib.fingerprints(state)["f32"] != whole["f32"]

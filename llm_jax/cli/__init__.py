@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "import-hf": "a Hugging Face GPT-2/Llama checkpoint (or nanoGPT ckpt.pt) as a workdir",
     "export-hf": "a workdir as a Hugging Face model directory: --workdir W --out DIR",
     "eval": "perplexity and multiple-choice accuracy on task files: --workdir W --task F",
+    "lm-eval": "lm-evaluation-harness with the llm_jax model: --model_args workdir=W --tasks T",
     "predict": "label texts with a classify run: --workdir W --input FILE",
     "inspect": "attention maps, next-token probabilities, logit lens of a run: --workdir W",
 }

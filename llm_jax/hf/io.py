@@ -121,12 +121,16 @@ def _param_dtype(requested: str, checkpoint_dtype: str) -> str:
 
 
 def _to_device(tree: dict) -> None:
-    """Replace each numpy leaf by a jax array in place: its host copy goes as it is moved."""
+    """Replace each numpy leaf by a jax array in place: its host copy goes as it is moved.
+
+    Each transfer is waited for: an unfinished one keeps its numpy source alive, and
+    letting them all run at once held the whole model twice.
+    """
     for key, value in tree.items():
         if isinstance(value, dict):
             _to_device(value)
         else:
-            tree[key] = jnp.asarray(value)
+            tree[key] = jnp.asarray(value).block_until_ready()
 
 
 def write_workdir(
@@ -280,17 +284,24 @@ def _write_hf_folder(out_path: Path, workdir: str, config, params, dtype: str) -
     hf = convert.hf_config(config.model, dtype, bos_id if bos_id >= 0 else eos_id, eos_id)
     atomic.write_json(out_path / CONFIG_JSON, hf, indent=1)
     files.append(CONFIG_JSON)
+    if tokenizer is not None:
+        files += _export_tokenizer(tokenizer, out_path)
+    return files
+
+
+def _export_tokenizer(tokenizer, out_path: Path) -> list[str]:
+    """tokenizer.json and tokenizer_config.json (AutoTokenizer's); SentencePiece runs keep
+    their tokenizer.model too, converted when they can be."""
     if isinstance(tokenizer, hf_tokenizer.HFTokenizer):
         tokenizer.save(out_path)
-        files += [hf_tokenizer.TOKENIZER_JSON, hf_tokenizer.TOKENIZER_CONFIG]
-    elif tokenizer is not None:
-        log.warning(
-            "the run's tokenizer is a SentencePiece model (copied as tokenizer.model); "
-            "transformers' tokenizer classes do not load it as is"
-        )
-        tokenizer.save(out_path / workdir_lib.TOKENIZER_FILE)
-        files.append(workdir_lib.TOKENIZER_FILE)
-    return files
+        return [hf_tokenizer.TOKENIZER_JSON, hf_tokenizer.TOKENIZER_CONFIG]
+    tokenizer.save(out_path / workdir_lib.TOKENIZER_FILE)
+    try:
+        hf_tokenizer.from_sentencepiece(tokenizer.model_proto).save(out_path)
+    except hf_tokenizer.TokenizerFileError as e:
+        log.warning("tokenizer.model copied, no tokenizer.json: %s", e)
+        return [workdir_lib.TOKENIZER_FILE]
+    return [hf_tokenizer.TOKENIZER_JSON, hf_tokenizer.TOKENIZER_CONFIG, workdir_lib.TOKENIZER_FILE]
 
 
 def _workdir_tokenizer(workdir: str):

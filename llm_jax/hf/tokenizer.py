@@ -8,7 +8,8 @@ decodes back to exactly the text it encoded.
 The special tokens come from `tokenizer_config.json` (`eos_token`, `bos_token`,
 `pad_token`, as transformers writes them), else from the usual names. `save(folder)`
 writes `tokenizer.json` and a `tokenizer_config.json` naming them, which is also what
-`transformers.AutoTokenizer` reads.
+`transformers.AutoTokenizer` reads. `from_sentencepiece` turns a SentencePiece model
+trained by llm_jax into such a tokenizer (export-hf writes one for SentencePiece runs).
 """
 
 from __future__ import annotations
@@ -44,15 +45,24 @@ def _token_name(value) -> str | None:
 class HFTokenizer:
     """A `tokenizers.Tokenizer` with the methods and ids llm_jax's pipeline uses."""
 
-    def __init__(self, tokenizer_json: str, special: dict[str, str | None], path: str = ""):
+    def __init__(
+        self,
+        tokenizer_json: str,
+        special: dict[str, str | None],
+        path: str = "",
+        split_special_tokens: bool = False,
+    ):
         from tokenizers import Tokenizer as _Tokenizer
 
         self._tok = _Tokenizer.from_str(tokenizer_json)
+        # True: a special token's text in the input is plain text (as in SentencePiece).
+        self._tok.encode_special_tokens = split_special_tokens
         self.tokenizer_json = tokenizer_json
         self.special = special
+        self.split_special_tokens = split_special_tokens
         self.path = path
-        identity = json.dumps([tokenizer_json, special], sort_keys=True).encode()
-        self.sha256 = hashlib.sha256(identity).hexdigest()
+        identity = [tokenizer_json, special] + (["split_special_tokens"] * split_special_tokens)
+        self.sha256 = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     def _id(self, name: str) -> int:
         token = self.special.get(name)
@@ -103,13 +113,18 @@ class HFTokenizer:
         storage.write_bytes(folder / TOKENIZER_JSON, self.tokenizer_json.encode())
         config = {k: v for k, v in self.special.items() if v is not None}
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        if self.split_special_tokens:  # transformers reads this key too
+            config["split_special_tokens"] = True
         storage.write_bytes(folder / TOKENIZER_CONFIG, json.dumps(config, indent=1).encode())
         self.path = HF_PREFIX + str(folder)
 
 
-def _special_tokens(folder: epath.Path, tokenizer_json: str) -> dict[str, str | None]:
+def _read_config(folder: epath.Path) -> dict:
     config_path = folder / TOKENIZER_CONFIG
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return json.loads(config_path.read_text()) if config_path.is_file() else {}
+
+
+def _special_tokens(config: dict, tokenizer_json: str) -> dict[str, str | None]:
     special = {k: _token_name(config.get(k)) for k in ("bos_token", "eos_token", "pad_token")}
     if not special["eos_token"]:
         vocab = json.loads(tokenizer_json)
@@ -135,8 +150,14 @@ def load_hf_tokenizer(path: str | os.PathLike, vocab_size: int | None = None) ->
             "HF tokenizers need the tokenizers package: pip install 'llm_jax[hf]'"
         ) from None
     text = file.read_text(encoding="utf-8")
+    config = _read_config(folder)
     try:
-        tokenizer = HFTokenizer(text, _special_tokens(folder, text), HF_PREFIX + str(folder))
+        tokenizer = HFTokenizer(
+            text,
+            _special_tokens(config, text),
+            HF_PREFIX + str(folder),
+            split_special_tokens=bool(config.get("split_special_tokens")),
+        )
     except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exceptions on bad files
         raise TokenizerFileError(f"{file} is not a tokenizers file ({e})") from None
     if tokenizer.eos_id < 0:
@@ -149,3 +170,73 @@ def load_hf_tokenizer(path: str | os.PathLike, vocab_size: int | None = None) ->
             f"{vocab_size}; set --config.model.vocab_size={tokenizer.vocab_size}"
         )
     return tokenizer
+
+
+# --- SentencePiece models as tokenizers files -------------------------------------------------
+
+
+def from_sentencepiece(model_proto: bytes) -> HFTokenizer:
+    """A SentencePiece model trained by llm_jax as a `tokenizers` file encoding the same ids.
+
+    The pieces, ids and scores carry over; BPE merges are rebuilt from the pieces (each
+    pair whose concatenation is a piece, ranked by that piece's id, as transformers'
+    converter does); byte fallback, the user-defined pieces (the newline) and the control
+    tokens (as special tokens that text cannot spell) keep their meaning. Spaces become
+    U+2581 before the model and come back on decoding. The one text it encodes
+    differently: a literal U+2581, which llm_jax spells in bytes and this reads as a space.
+    Raises TokenizerFileError for a model with another normalizer (not llm_jax's).
+    """
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+
+    proto = sentencepiece_model_pb2.ModelProto.FromString(model_proto)
+    norm, trainer = proto.normalizer_spec, proto.trainer_spec
+    if norm.name != "identity" or norm.add_dummy_prefix or norm.remove_extra_whitespaces:
+        raise TokenizerFileError(
+            "only SentencePiece models trained by llm_jax (identity normalizer, no dummy "
+            "prefix) convert to tokenizer.json; copy tokenizer.model instead"
+        )
+    kinds = proto.SentencePiece
+    pieces = [(p.piece, p.score, p.type) for p in proto.pieces]
+    unk_id = trainer.unk_id
+    if trainer.model_type == trainer.BPE:
+        model = models.BPE(
+            vocab={piece: i for i, (piece, _, _) in enumerate(pieces)},
+            merges=_bpe_merges(pieces, kinds.NORMAL),
+            unk_token=pieces[unk_id][0],
+            byte_fallback=True,
+            fuse_unk=True,
+        )
+    else:
+        model = models.Unigram([(p, s) for p, s, _ in pieces], unk_id, byte_fallback=True)
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    controls = [p for p, _, kind in pieces if kind in (kinds.CONTROL, kinds.UNKNOWN)]
+    tok.add_special_tokens([AddedToken(p, special=True, normalized=False) for p in controls])
+    user = [p for p, _, kind in pieces if kind == kinds.USER_DEFINED]
+    tok.add_tokens([AddedToken(p, special=False, normalized=False) for p in user])
+    names = dict(bos_token=trainer.bos_id, eos_token=trainer.eos_id, pad_token=trainer.pad_id)
+    special = {k: pieces[i][0] if i >= 0 else None for k, i in names.items()}
+    special["unk_token"] = pieces[unk_id][0]
+    return HFTokenizer(tok.to_str(), special, split_special_tokens=True)
+
+
+def _bpe_merges(pieces: list[tuple[str, float, int]], normal: int) -> list[tuple[str, str]]:
+    """Every (left, right) whose concatenation is a normal piece, the lowest piece id first.
+
+    SentencePiece's BPE merges the adjacent pair whose result scores highest, and its
+    scores fall with the id: ranking merges by the result's id does the same.
+    """
+    ids = {piece: i for i, (piece, _, _) in enumerate(pieces)}
+    merges = []
+    for i, (piece, _, kind) in enumerate(pieces):
+        if kind != normal:
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in ids and right in ids:
+                merges.append((i, ids[left], ids[right], left, right))
+    return [(left, right) for *_, left, right in sorted(merges)]
