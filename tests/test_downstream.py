@@ -88,6 +88,15 @@ def test_a_finetune_that_cannot_run_on_its_parent_is_refused_at_load(tmp_path):
         sweep.load_sweep(path)
 
 
+def test_wsd_parents_get_no_finetune_their_branches_do():
+    wsd = [
+        sweep.Trial("p", {}, {"wsd_role": "parent"}),
+        sweep.Trial("p-D1", {"init.step": 8}, {"wsd_role": "branch"}, parent="p"),
+    ]
+    stages = [t for t in sweep.finetune_each(wsd, GENRE) if sweep.is_finetune(t)]
+    assert [(t.name, t.parent) for t in stages] == [("p-D1/finetune/ft", "p-D1")]
+
+
 def test_a_loop_of_parents_is_refused(tmp_path):
     path = _write_sweep(
         tmp_path / "sweep.py",
@@ -107,14 +116,13 @@ def test_stage_two_waits_for_a_done_parent(tmp_path):
     assert runner.branch_ready(stage, str(tmp_path))
 
 
-def test_downstream_sweep_file_has_a_genre_stage_per_isoflop_point():
+def test_downstream_sweep_file_has_a_genre_stage_per_isoflop_trial():
     loaded = sweep.load_sweep(REPO / "experiments" / "sweeps" / "shakespeare_downstream.py")
     pre = [t for t in loaded.trials if not sweep.is_finetune(t)]
-    points = [t for t in pre if t.tags.get("budget")]  # WSD branches; parents have none
     stages = {t.parent: t for t in loaded.trials if sweep.is_finetune(t)}
-    assert len(points) >= 15 and len(pre) > len(points)
-    assert set(stages) == {t.name for t in points}  # the constant-LR parents get none
-    for t in points:
+    assert len(pre) == 15 and all(t.tags.get("budget") for t in pre)
+    assert set(stages) == {t.name for t in pre}
+    for t in pre:
         config = sweep.trial_config(loaded, stages[t.name])
         assert config.model.d_model == t.overrides["model.d_model"]
         assert config.task.name == "classify" and config.data.seq_len == 64
