@@ -281,16 +281,22 @@ def append_text(p: str | os.PathLike, text: str) -> None:
 
 @contextlib.contextmanager
 def local_copy(p: str | os.PathLike) -> Iterator[str]:
-    """A local file with the content of `p`, for readers that need one (Python's import):
-    `p` itself when local; for gs:// a download under the same name, removed afterwards."""
+    """A local file or folder with the content of `p`, for readers that need one (Python's
+    import, memory-mapped safetensors): `p` itself when local; for gs:// a download under
+    the same name (a folder's objects recursively), removed afterwards."""
     if not is_gcs(p):
         yield os.path.expanduser(os.fspath(p))
         return
-    data = read_bytes(p)
+    remote = os.fspath(p).rstrip("/")
     with tempfile.TemporaryDirectory(prefix="llm_jax_") as folder:
-        local = os.path.join(folder, os.path.basename(os.fspath(p)))
-        with open(local, "wb") as f:
-            f.write(data)
+        local = os.path.join(folder, os.path.basename(remote))
+        if is_dir(remote):
+            with errors(remote):
+                filesystem().get(remote[len(GCS_PREFIX) :] + "/", local + "/", recursive=True)
+        else:
+            data = read_bytes(remote)
+            with open(local, "wb") as f:
+                f.write(data)
         yield local
 
 

@@ -1,8 +1,9 @@
 """gs:// paths of the commands other than train/generate/sweep runs (test_gcs_run.py):
-config and sweep files, import-hf / eval / generate / export-hf workdirs, task, prompt and
-predict input files, metrics uploads."""
+config and sweep files, local copies of objects and folders, import-hf (its source too) /
+eval / generate / export-hf workdirs, task, prompt and predict input files, metrics uploads."""
 
 import json
+import os
 
 import pytest
 from hf_tokenizers import byte_level_bpe
@@ -49,6 +50,24 @@ def test_task_files_in_a_bucket(gs):
         evaluate.load_task(f"{gs}/none.jsonl")
 
 
+def test_local_copy_of_a_bucket_folder_and_file(gs):
+    storage.write_text(f"{gs}/folder/a.txt", "a")
+    storage.write_text(f"{gs}/folder/sub/b.txt", "b")
+    with storage.local_copy(f"{gs}/folder/") as local:
+        found = {
+            os.path.relpath(os.path.join(d, n), local): open(os.path.join(d, n)).read()
+            for d, _, names in os.walk(local)
+            for n in names
+        }
+        assert found == {"a.txt": "a", os.path.join("sub", "b.txt"): "b"}
+    assert not os.path.exists(local)  # removed afterwards
+    with storage.local_copy(f"{gs}/folder/a.txt") as local:
+        assert os.path.basename(local) == "a.txt" and open(local).read() == "a"
+    with pytest.raises(storage.StorageError, match="no such object"):
+        with storage.local_copy(f"{gs}/none.txt"):
+            pass
+
+
 def test_classify_and_predict_inputs_in_a_bucket(gs):
     storage.write_text(f"{gs}/rows.csv", "text,label\nthe king,a\nmy lord,b\n")
     storage.write_text(f"{gs}/rows.jsonl", '{"text": "the king", "label": "a"}\n')
@@ -69,8 +88,10 @@ def test_import_eval_export_with_a_bucket_workdir(gs, tmp_path, capsys):
     tokenizer_dir = byte_level_bpe(tmp_path / "bpe")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (src / name).write_bytes((tokenizer_dir / name).read_bytes())
+    for f in src.iterdir():  # the HF folder in the bucket too
+        storage.write_bytes(f"{gs}/src/{f.name}", f.read_bytes())
     w = f"{gs}/gpt2"
-    assert cli.run(["import-hf", str(src), "--workdir", w]) == 0
+    assert cli.run(["import-hf", f"{gs}/src", "--workdir", w]) == 0
     assert storage.exists(f"{w}/checkpoints/0") and storage.exists(f"{w}/tokenizer.json")
     assert cli.run(["import-hf", str(src), "--workdir", w]) == 2  # never over a checkpoint
     assert "already holds checkpoints" in capsys.readouterr().err

@@ -3,8 +3,8 @@
     llm-jax import-hf ./gpt2 --workdir runs/gpt2
     llm-jax import-hf --from-nanogpt out/ckpt.pt --tokenizer ./gpt2 --workdir runs/nano
 
-SRC is a local HF model directory (config.json, *.safetensors, sharded or not, or
-pytorch_model.bin; tokenizer.json). The workdir gets config.json, the tokenizer and an
+SRC is an HF model directory, local or gs:// (config.json, *.safetensors, sharded or not,
+or pytorch_model.bin; tokenizer.json). The workdir gets config.json, the tokenizer and an
 Orbax checkpoint of the params at step 0, which `generate`, `eval` and fine-tuning read
 like any run's. Tensors are converted one at a time: the host holds the model once.
 """
@@ -12,9 +12,11 @@ like any run's. Tensors are converted one at a time: the host holds the model on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from collections.abc import Sequence
 
+from llm_jax import storage
 from llm_jax.cli import args as args_lib
 from llm_jax.errors import UsageError
 
@@ -52,13 +54,21 @@ def main(argv: Sequence[str]) -> int:
     from llm_jax.hf import io  # heavy: jax, orbax
 
     start = time.perf_counter()
-    options = dict(
-        param_dtype=args.param_dtype, scan_layers=args.scan_layers, tokenizer_dir=args.tokenizer
-    )
-    if args.from_nanogpt:
-        config = io.import_nanogpt(args.from_nanogpt, args.workdir, **options)
-    else:
-        config = io.import_hf(args.src, args.workdir, **options)
+    with contextlib.ExitStack() as stack:
+
+        def local(path: str | None) -> str | None:
+            """gs:// inputs are read from a downloaded copy (safetensors are memory-mapped)."""
+            return path and stack.enter_context(storage.local_copy(path))
+
+        options = dict(
+            param_dtype=args.param_dtype,
+            scan_layers=args.scan_layers,
+            tokenizer_dir=local(args.tokenizer),
+        )
+        if args.from_nanogpt:
+            config = io.import_nanogpt(local(args.from_nanogpt), args.workdir, **options)
+        else:
+            config = io.import_hf(local(args.src), args.workdir, **options)
     m = config.model
     print(
         f"imported {m.n_layers} layers, d_model {m.d_model}, vocab {m.vocab_size} "
