@@ -75,20 +75,31 @@ def hyperparameters(configs: Sequence[ml_collections.ConfigDict]) -> dict[str, j
     return {name: jnp.asarray([c.train[name] for c in configs], jnp.float32) for name in TRACED}
 
 
-def make_packed_step(setup: train_lib.TrainSetup):
-    """jit(vmap(train step)): (state [K, ...], batch [K, B, ...], hyperparameters [K]) ->
-    (state, metrics [K]); the state is donated. Call under `setup.context()`."""
+def make_packed_step(setup: train_lib.TrainSetup, vectorized: bool | None = None):
+    """jit of the K-model step: (state [K, ...], batch [K, B, ...], hyperparameters [K]) ->
+    (state, metrics [K]); the state is donated. Call under `setup.context()`.
+
+    `vectorized` (default: on any backend but CPU): `vmap` over the model axis, else
+    `lax.map` (the K unbatched steps one after another in one program). XLA:CPU runs
+    batched matmuls with a transposed operand (the tied output projection and most of
+    the backward pass) 10-100x slower than the same matmuls one by one, so on CPU a pack
+    saves the per-process overheads (import, data, compile) but not the step's time."""
     config = setup.config
+    if vectorized is None:
+        vectorized = jax.default_backend() != "cpu"
 
     def one_model(state: dict, batch: dict, values: dict) -> tuple[dict, dict]:
         train_cfg = _TracedTrain(config.train, values)
         step, _, _ = train_lib.train_step_fn(config, setup.model, setup.total_steps, train_cfg)
         return step(state, batch)
 
+    def packed(state: dict, batch: dict, values: dict) -> tuple[dict, dict]:
+        return jax.lax.map(lambda args: one_model(*args), (state, batch, values))
+
     state_sh = jax.tree.map(stacked_sharding, setup.state_shardings)
     replicated = NamedSharding(setup.mesh, PartitionSpec())
     return jax.jit(
-        jax.vmap(one_model),
+        jax.vmap(one_model) if vectorized else packed,
         in_shardings=(state_sh, stacked_sharding(setup.batch_sharding), replicated),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),

@@ -78,20 +78,20 @@ def test_packed_step_equals_each_model_alone():
                 losses.append(jax.device_get(metrics))
         alone.append(losses)
     setup = train_lib.make_train(configs[0], mesh)  # the pack's shape; its lr is unused
+    per_model = [_batches(k, steps) for k in range(3)]
     with setup.context():
-        step = pack.make_packed_step(setup)
-        state = pack.stack_states(setup, initial)
-        hparams = pack.hyperparameters(configs)
-        per_model = [_batches(k, steps) for k in range(3)]
-        for i in range(steps):
-            batch = {
-                n: np.stack([per_model[k][i][n] for k in range(3)]) for n in ("inputs", "targets")
-            }
-            state, metrics = step(state, batch, hparams)
-            metrics = jax.device_get(metrics)
-            for k in range(3):
-                for name, value in alone[k][i].items():
-                    assert metrics[name][k] == pytest.approx(value, rel=1e-5), (k, i, name)
+        for vectorized in (True, False):  # vmap (accelerators) and lax.map (CPU)
+            step = pack.make_packed_step(setup, vectorized)
+            state = pack.stack_states(setup, initial)
+            hparams = pack.hyperparameters(configs)
+            for i in range(steps):
+                batch = {n: np.stack([m[i][n] for m in per_model]) for n in ("inputs", "targets")}
+                state, metrics = step(state, batch, hparams)
+                metrics = jax.device_get(metrics)
+                for k in range(3):
+                    for name, value in alone[k][i].items():
+                        got = metrics[name][k]
+                        assert got == pytest.approx(value, rel=1e-5), (vectorized, k, i, name)
     assert len({float(alone[k][-1]["train/loss"]) for k in range(3)}) == 3
 
 

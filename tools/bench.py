@@ -46,8 +46,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-scan", action="store_true", help="unrolled layers instead of nn.scan")
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes (-1 = the rest)")
+    p.add_argument("--pack", type=int, default=1, help="K models in one step (llm_jax/pack.py)")
     p.add_argument(
-        "--pack", type=int, default=1, help="K models in one vmapped step (llm_jax/pack.py)"
+        "--pack-mode",
+        default="auto",
+        choices=["auto", "vmap", "map"],
+        help="how a pack steps its models (auto: vmap, map on CPU)",
     )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
@@ -73,7 +77,7 @@ def build_config(args: argparse.Namespace):
     return config_lib.validate(config)
 
 
-def _compiled(setup, config, pack: int):
+def _compiled(setup, config, pack: int, vectorized: bool | None = None):
     """(compiled step (state, batch) -> (state, metrics), state, batch, compile seconds):
     the plain step, or with pack > 1 the vmapped step of `pack` models on their own batches."""
     rng = np.random.default_rng(0)
@@ -96,7 +100,7 @@ def _compiled(setup, config, pack: int):
     batch = jax.device_put(batch, pack_lib.stacked_sharding(setup.batch_sharding))
     hparams = pack_lib.hyperparameters([config] * pack)
     start = time.perf_counter()
-    compiled = pack_lib.make_packed_step(setup).lower(state, batch, hparams).compile()
+    compiled = pack_lib.make_packed_step(setup, vectorized).lower(state, batch, hparams).compile()
     compile_s = time.perf_counter() - start
     return (lambda s, b: compiled(s, b, hparams)), state, batch, compile_s
 
@@ -107,7 +111,9 @@ def main(argv=None) -> None:
     config = build_config(args)
     setup = train_lib.make_train(config, sharding_lib.make_mesh(config.mesh))
     with setup.context():
-        step, state, batch, compile_s = _compiled(setup, config, args.pack)
+        step, state, batch, compile_s = _compiled(
+            setup, config, args.pack, {"vmap": True, "map": False}.get(args.pack_mode)
+        )
         for _ in range(args.warmup):
             state, out = step(state, batch)
         jax.block_until_ready(out)
@@ -135,7 +141,7 @@ def main(argv=None) -> None:
             f"scan={not args.no_scan}",
         ),
         ("batch x seq_len", f"{args.batch} x {args.seq_len}"),
-        ("models per step (--pack)", f"{args.pack}"),
+        ("models per step (--pack)", f"{args.pack} ({args.pack_mode})"),
         ("step time (median)", f"{step_s * 1e3:.2f} ms  (min {min(times) * 1e3:.2f})"),
         ("tokens/s", f"{tokens_per_s:,.0f}"),
         ("tokens/s per model", f"{tokens_per_s / args.pack:,.0f}"),
