@@ -1,15 +1,16 @@
-"""Many small models in one program: K trials of one shape trained by one vmapped step.
+"""Many small models in one program: K trials of one shape trained by one jitted step.
 
 Trials whose configs differ only in `PACKABLE` fields (learning rate, min_lr_ratio, seed,
-init scale) train together: their states are stacked on a leading model axis and
-`jax.jit(jax.vmap(step))` steps all K at once, each on its own batch (every trial reads
-its data in its own seed's order). Each trial keeps its own `Trainer` for the bookkeeping
-(iterator, checkpointer, metrics writer, window, progress lines), so its workdir is what
-`llm-jax train` would have written; trial k's state is sliced out of the stack only to
-evaluate or checkpoint it. `PackedTrainer` is a `Trainer` and runs the same loop.
+init scale) train together: their states are stacked on a leading model axis and one
+jitted step (`vmap` over that axis; `lax.map` on CPU, see `make_packed_step`) steps all
+K at once, each on its own batch (every trial reads its data in its own seed's order).
+Each trial keeps its own `Trainer` for the bookkeeping (iterator, checkpointer, metrics
+writer, window, progress lines), so its workdir is what `llm-jax train` would have
+written; trial k's state is sliced out of the stack only to evaluate or checkpoint it.
+`PackedTrainer` is a `Trainer` and runs the same loop.
 
 The step reads the learning-rate values (`TRACED`) as per-model arrays: the optimizer
-and schedule are built inside the vmapped function from a view of config.train whose lr
+and schedule are built inside the mapped function from a view of config.train whose lr
 and min_lr_ratio are that model's traced values, so the arithmetic is the unpacked step's.
 A trial that diverges is reported and dropped from logging, evaluation and checkpoints;
 the others go on.
