@@ -11,6 +11,7 @@ imported; it reads no package entry points and takes no `module:Class` path.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from llm_jax.errors import UsageError
@@ -26,5 +27,9 @@ def main(argv: Sequence[str]) -> int:
         raise UsageError(
             "llm-jax lm-eval needs lm-evaluation-harness: pip install -e '.[eval]'"
         ) from None
-    lm_eval_adapter.run_cli(list(argv[1:]))
+    args = list(argv[1:])
+    if {"-h", "--help"} & set(args):
+        print(f"usage: {argv[0]} [lm_eval's flags]\n\n{__doc__.strip()}\n\nlm_eval's help:\n")
+        sys.stdout.flush()
+    lm_eval_adapter.run_cli(args)
     return 0
