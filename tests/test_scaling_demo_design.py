@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llm_jax import config as config_lib
-from llm_jax.scaling import sweep
+from llm_jax.scaling import fit, sweep
 
 SWEEPS = Path(__file__).parents[1] / "experiments" / "sweeps"
 
@@ -66,3 +66,14 @@ def test_wsd_vs_cosine_table_compares_each_design_at_its_best_rate():
     best = study.best_per_design(rows)
     assert best == {(100, 1000): {"cosine": (2.9, 0.005), "wsd": (2.95, 0.01)}}
     assert "+1.7%" in study.format_table(best)
+
+
+def test_fit_leaves_wsd_parents_out(tmp_path):
+    # `llm-jax fit` once fitted the constant-LR parents of a WSD sweep (not cooled down)
+    # beside their branches, where `sweep --collect` left them out.
+    rows = ["p,5000,100,1.0,parent,,done", "b1,5100,100,3.0,branch,1e9,done"]
+    rows += ["b2,5200,200,2.9,branch,2e9,done", "b3,5300,100,3.1,,1e9,done"]
+    (tmp_path / "r.csv").write_text("name,D,N,loss,wsd_role,budget,status\n" + "\n".join(rows))
+    points = fit.load_points(tmp_path / "r.csv")
+    assert points["loss"].tolist() == [3.0, 2.9, 3.1]
+    assert points["budget"].tolist() == [1e9, 2e9, 1e9]  # every fitted row has a budget

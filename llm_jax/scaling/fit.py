@@ -706,10 +706,16 @@ def format_backtest(result: dict) -> str:
 def load_points(path: str | Path, n_column: str = "N") -> dict[str, np.ndarray]:
     """N, D, loss (and C, budget where present) of the finished rows of a results table.
 
-    An empty or non-numeric N, D or loss cell in a finished row is an error naming the row.
+    WSD parents (`wsd_role` parent: constant-LR losses, not cooled down) are left out, as
+    `llm-jax sweep --collect` leaves them out. An empty or non-numeric N, D or loss cell in
+    a finished row is an error naming the row.
     """
     table = results_io.read_results(path)
-    rows = [(i + 2, r) for i, r in enumerate(table) if r.get("status") in (None, "done")]
+    rows = [
+        (i + 2, r)
+        for i, r in enumerate(table)
+        if r.get("status") in (None, "done") and r.get("wsd_role") != "parent"
+    ]
     if not rows:
         raise FitError(f"{path}: no finished rows to fit")
     missing = [k for k in (n_column, "D", "loss") if k not in rows[0][1]]
