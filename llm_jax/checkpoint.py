@@ -143,7 +143,11 @@ class Checkpointer:
         async_save: bool = True,
         read_only: bool = False,
         keep_every: int = 0,
+        save_concurrent_gb: int = 96,
     ):
+        """`save_concurrent_gb`: Orbax's cap on bytes being written at once (its default);
+        a lower one bounds the save's host buffers (an import's peak memory), but must
+        exceed the largest array."""
         self.directory = directory if storage.is_gcs(directory) else os.path.abspath(directory)
         keep_policies = [policies.LatestN(n=keep)]
         if keep_every:
@@ -156,7 +160,8 @@ class Checkpointer:
             read_only=read_only,
         )
         self._options = options
-        self._manager = self._make_manager(ocp.StandardCheckpointHandler())
+        handler = ocp.StandardCheckpointHandler(save_concurrent_gb=save_concurrent_gb)
+        self._manager = self._make_manager(handler)
 
     def _make_manager(self, state_handler) -> ocp.CheckpointManager:
         handlers = {"state": state_handler, "meta": ocp.JsonCheckpointHandler()}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -153,7 +154,10 @@ def write_workdir(
     config_lib.validate(config)
     storage.write_json(storage.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
     _to_device(params)
-    checkpointer = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
+    # Orbax buffers what it writes: left at its default it held ~0.75x the model at once.
+    largest = max(x.nbytes for x in jax.tree_util.tree_leaves(params))
+    save_gb = math.ceil(largest / 1e9) + 1
+    checkpointer = ckpt_lib.Checkpointer(ckpt_dir, async_save=False, save_concurrent_gb=save_gb)
     try:
         meta = {"step": 0, "model": config.model.to_dict(), "data": [], "imported_from": source}
         checkpointer.save(0, {"params": params}, meta, force=True)
