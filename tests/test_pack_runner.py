@@ -59,6 +59,11 @@ def test_only_compatible_trials_at_one_step_share_a_program(tmp_path):
         ["lr-c"],
     ]
     assert len(runner.pack_groups(loaded, todo, 1, str(work))) == 5
+    # Two parallel slots: the three compatible trials go into two programs, not one.
+    assert _names(runner.pack_groups(loaded, todo, 16, str(work), parallel=2))[:2] == [
+        ["lr-a", "lr-b"],
+        ["lr-c"],
+    ]
     # A trial checkpointed at another step than its mates resumes alone.
     (work / "lr-b" / "checkpoints" / "3").mkdir(parents=True)
     groups = runner.pack_groups(loaded, todo, 16, str(work))

@@ -121,11 +121,15 @@ def _latest_step(trial_dir: Path) -> int:
     return max((int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()), default=0)
 
 
-def pack_groups(loaded: sweep_lib.LoadedSweep, todo: list, size: int, workdir: str) -> list:
+def pack_groups(
+    loaded: sweep_lib.LoadedSweep, todo: list, size: int, workdir: str, parallel: int = 1
+) -> list:
     """`todo` [(trial, plan)] as groups that each train as one program: at most `size`
     trials whose configs differ only in `pack.PACKABLE` fields (lr, min_lr_ratio, seed,
     init_std) and whose workdirs resume from the same step (fresh, or checkpointed
-    together). Trials with a parent or with their own config file train alone."""
+    together). Trials with a parent or with their own config file train alone. A set of
+    compatible trials is split evenly into at least `parallel` programs (when it has as
+    many trials), so that packing never leaves a parallel slot idle."""
     from llm_jax import pack as pack_lib  # imports JAX
 
     groups: dict[tuple, list] = {}
@@ -136,7 +140,12 @@ def pack_groups(loaded: sweep_lib.LoadedSweep, todo: list, size: int, workdir: s
             config = sweep_lib.trial_config(loaded, trial)
             key = (pack_lib.pack_key(config), _latest_step(root / trial.name))
         groups.setdefault(key, []).append((trial, plan))
-    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+    packs = []
+    for group in groups.values():
+        programs = max(-(-len(group) // size), min(len(group), parallel))
+        per_program = -(-len(group) // programs)
+        packs += [group[i : i + per_program] for i in range(0, len(group), per_program)]
+    return packs
 
 
 def default_pack() -> int:
@@ -652,7 +661,8 @@ def run_sweep(
     status = {t.name: results_io.trial_status(root / t.name, p["steps"]) for t, p in planned}
     todo = [(t, p) for t, p in planned if status[t.name] != "done"]
     size = pack or (default_pack() if launcher == "local" and todo else 1)
-    groups = pack_groups(loaded, todo, size, workdir) if size > 1 and launcher == "local" else None
+    local_packs = size > 1 and launcher == "local"
+    groups = pack_groups(loaded, todo, size, workdir, parallel) if local_packs else None
     if dry_run:
         print(f"{'trial':32s}{'N':>10s}{'steps':>8s}{'tokens':>11s}{'C (FLOPs)':>11s}  status")
         for t, p in planned:
