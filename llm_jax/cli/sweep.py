@@ -33,7 +33,8 @@ def main(argv: Sequence[str]) -> int:
         "--pack",
         type=int,
         help="train up to K trials that differ only in lr, min_lr_ratio, seed or init_std "
-        "as one vmapped program (llm-jax train-pack); default 16 on an accelerator, 1 on CPU",
+        "as one program (llm-jax train-pack); default 16, spread over --parallel programs; "
+        "1 trains each trial in its own process",
     )
     p.add_argument("--only", help="run only trials matching these glob patterns (comma-separated)")
     p.add_argument("--dry-run", action="store_true", help="list the trials and commands")
