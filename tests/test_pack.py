@@ -59,6 +59,7 @@ def _batches(k, steps, vocab=64, batch_size=8, seq_len=16):
     return [{"inputs": t[:, :-1], "targets": t[:, 1:]} for t in tokens]
 
 
+@pytest.mark.slow  # 8 compiles (3 alone, 3 inits, vmap and map): 33 s at load 4
 def test_packed_step_equals_each_model_alone():
     steps = 4
     configs = [
