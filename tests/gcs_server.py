@@ -13,7 +13,6 @@ and Orbax rely on. Tests are skipped, saying so, only where the wheel is not ins
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,14 +21,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from tiny_run import free_port
 
 BUCKET = "llmjax-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(process: subprocess.Popen, url: str, timeout_s: float = 30.0) -> None:
@@ -55,7 +49,7 @@ def gcs_bucket() -> Iterator[str]:
     )
     data = tempfile.mkdtemp(prefix="fake_gcs_")
     os.makedirs(os.path.join(data, BUCKET))  # -data: each subdirectory becomes a bucket
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     # Logs go to a file: a pipe nobody drains would block the server once full.
     log = open(os.path.join(data, "server.log"), "wb")

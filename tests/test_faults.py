@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from tiny_run import subprocess_env, tiny_command, tiny_config, write_corpus
+from tiny_run import free_port, metric_rows, subprocess_env, tiny_command, tiny_config, write_corpus
 
 from llm_jax import data as data_lib
 from llm_jax import lease as lease_lib
@@ -130,11 +130,6 @@ class _StopAfter:
         return "SIGTERM" if self.left <= 0 else None
 
 
-def _rows(workdir):
-    rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
-
-
 def test_a_stop_between_logged_steps_loses_no_metrics(corpus, tmp_path, capsys):
     corpus_glob, cache = corpus
     config = tiny_config(
@@ -150,11 +145,13 @@ def test_a_stop_between_logged_steps_loses_no_metrics(corpus, tmp_path, capsys):
     resumed = str(tmp_path / "resumed")
     stopped = trainer.train_and_evaluate(config, resumed, _StopAfter(1 + 6))
     assert stopped["preempted"] and stopped["step"] == 6
-    assert [r["step"] for r in _rows(resumed)] == [4]  # steps 5 and 6 are in the checkpoint
+    assert [r["step"] for r in metric_rows(resumed)] == [4]  # steps 5 and 6 are in the checkpoint
     capsys.readouterr()
     trainer.train_and_evaluate(config, resumed)
     assert "resumed from step 6 of 8 (checkpoint " in capsys.readouterr().err
-    assert _rows(resumed) == _rows(tmp_path / "reference")  # the step-8 row: mean of 5..8
+    assert metric_rows(resumed) == metric_rows(
+        tmp_path / "reference"
+    )  # the step-8 row: mean of 5..8
 
     # A rerun of the finished run has nothing to do and leaves no empty event file.
     events = os.listdir(os.path.join(resumed, "tensorboard"))
@@ -232,16 +229,10 @@ def test_jsonl_rows_without_text_are_reported_and_non_text_refused(tmp_path, cap
         list(Corpus(config.data, tmp_path / "hf").documents("train"))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_to_one_host_stops_every_host_at_the_same_step(corpus, tmp_path):
     corpus_glob, cache = corpus
     workdir = tmp_path / "two"
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     extra = dict(
         mesh__data=2,
         train__steps=100_000,

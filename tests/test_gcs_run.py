@@ -8,10 +8,9 @@ import sys
 
 import pytest
 from test_scaling_runner import _write_sweep
-from tiny_run import subprocess_env, tiny_config, write_corpus
+from tiny_run import metric_rows, subprocess_env, tiny_config, write_corpus
 
 from llm_jax import data as data_lib
-from llm_jax import metrics as metrics_lib
 from llm_jax import storage, trainer
 from llm_jax.cli import run as cli_run
 from llm_jax.scaling import results, runner
@@ -35,11 +34,6 @@ class _StopAfter:
         return "SIGTERM" if self.left <= 0 else None
 
 
-def _rows(workdir):
-    rows = metrics_lib.read_metrics(storage.join(workdir, "metrics.jsonl"))
-    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
-
-
 def test_train_stop_resume_and_generate_in_a_bucket(gs, tmp_path):
     local_glob = write_corpus(tmp_path / "corpus")
     _upload_corpus(local_glob, f"{gs}/corpus")
@@ -60,7 +54,9 @@ def test_train_stop_resume_and_generate_in_a_bucket(gs, tmp_path):
     assert storage.exists(f"{workdir}/checkpoints/5") and storage.exists(f"{workdir}/config.json")
     assert not os.path.exists("gs:")  # nothing went to a local folder named after the URL
     trainer.train_and_evaluate(config, workdir)
-    assert _rows(workdir) == _rows(reference)  # bit-exact: the same losses, step by step
+    assert metric_rows(workdir) == metric_rows(
+        reference
+    )  # bit-exact: the same losses, step by step
     assert json.loads(storage.read_text(f"{workdir}/config.json"))["train"]["steps"] == 8
 
     result = subprocess.run(

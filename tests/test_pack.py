@@ -2,16 +2,16 @@
 its own workdir files, equal to the trials run alone; resume after SIGTERM; grouping."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 from tiny_run import (
     BASE_CONFIG,
+    metric_rows,
+    sigterm_after_checkpoint,
     subprocess_env,
     tiny_config,
     tiny_overrides,
@@ -19,7 +19,6 @@ from tiny_run import (
     write_corpus,
 )
 
-from llm_jax import metrics as metrics_lib
 from llm_jax import pack, trainer
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
@@ -38,11 +37,6 @@ def corpus(tmp_path_factory):
 def _trial(corpus, lr, seed, **extra):
     corpus_glob, cache = corpus
     return tiny_config(corpus_glob, cache, train__lr=lr, train__seed=seed, **extra)
-
-
-def _rows(workdir):
-    rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
 
 
 def _assert_close_rows(got, expected, rtol=1e-5):
@@ -104,13 +98,13 @@ def test_packed_workdirs_equal_a_trial_run_alone(corpus, tmp_path):
     assert not result["preempted"] and not result["failed"]
     alone_dir = str(tmp_path / "alone")
     trainer.train_and_evaluate(configs[1], alone_dir)  # the middle trial: seed 1, lr 1e-2
-    expected, got = _rows(alone_dir), _rows(packed_dirs[1])
+    expected, got = metric_rows(alone_dir), metric_rows(packed_dirs[1])
     assert expected[-1]["step"] == 6 and "val/loss" in expected[-1]
     _assert_close_rows(got, expected)
     for workdir in packed_dirs:
         assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
         assert {"config.json", "metrics.jsonl"} <= set(os.listdir(workdir))
-    assert len({_rows(d)[0]["train/loss"] for d in packed_dirs}) == 3
+    assert len({metric_rows(d)[0]["train/loss"] for d in packed_dirs}) == 3
 
 
 def _pack_command(workdirs, corpus, **extra):
@@ -152,13 +146,7 @@ def test_packed_group_resumes_exactly_after_sigterm(corpus, tmp_path):
     interrupted = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    deadline = time.time() + 300
-    while not all((d / "checkpoints" / str(k)).exists() for d in resumed_dirs):
-        assert interrupted.poll() is None, interrupted.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.01)
-    interrupted.send_signal(signal.SIGTERM)
-    _, err = interrupted.communicate(timeout=300)
+    err = sigterm_after_checkpoint(interrupted, resumed_dirs, k, timeout_s=300)
     assert interrupted.returncode == PREEMPTED_EXIT_CODE, err.decode()[-2000:]
     assert "[resumed1] stopped by SIGTERM" in err.decode()
     stopped = [
@@ -170,7 +158,7 @@ def test_packed_group_resumes_exactly_after_sigterm(corpus, tmp_path):
     _, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err.decode()[-2000:]
     for ref, res in zip(reference_dirs, resumed_dirs, strict=True):
-        expected, got = _rows(ref), _rows(res)
+        expected, got = metric_rows(ref), metric_rows(res)
         assert got == expected  # bit for bit, through the restart
         assert expected[-1]["step"] == 2 * k and "val/loss" in expected[-1]
 

@@ -10,9 +10,7 @@ import os
 import subprocess
 
 import pytest
-from tiny_run import free_port, subprocess_env, tiny_command, write_corpus
-
-from llm_jax import metrics as metrics_lib
+from tiny_run import free_port, metric_rows, subprocess_env, tiny_command, write_corpus
 
 TIMEOUT_S = 300
 # A constant LR: raising train.steps between phases changes nothing but where they stop.
@@ -66,11 +64,6 @@ def _finish(procs: list[subprocess.Popen]) -> str:
                 proc.kill()
 
 
-def _rows(workdir) -> list[dict]:
-    rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
-
-
 def _data_position(workdir, step: int) -> dict:
     with open(os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")) as f:
         return json.load(f)["data"]
@@ -85,7 +78,7 @@ def test_resume_on_another_host_count_sees_the_same_batches(tmp_path):
     assert "resumed from step 4 " in _finish(_start(split, corpus, 1, 8))  # 1 host to 8,
     assert "resumed from step 8 " in _finish(_start(split, corpus, 2, 12))  # 2 hosts to 12
     _finish(uninterrupted)
-    one, resumed = _rows(whole), _rows(split)
+    one, resumed = metric_rows(whole), metric_rows(split)
     assert [r["step"] for r in resumed] == [r["step"] for r in one]
     assert [r["step"] for r in one if "train/loss" in r] == list(range(1, 13))
     for a, b in zip(one, resumed, strict=True):

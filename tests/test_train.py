@@ -2,18 +2,23 @@
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import time
 
 import jax
 import numpy as np
 import pytest
-from tiny_run import subprocess_env, tiny_command, tiny_config, tiny_train_config, write_corpus
+from tiny_run import (
+    free_port,
+    metric_rows,
+    sigterm_after_checkpoint,
+    subprocess_env,
+    tiny_command,
+    tiny_config,
+    tiny_train_config,
+    write_corpus,
+)
 
 from llm_jax import checkpoint as ckpt_lib
-from llm_jax import metrics as metrics_lib
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
 from llm_jax import trainer
@@ -149,11 +154,6 @@ def test_divergence_stops_and_keeps_the_last_checkpoint(corpus, tmp_path):
     assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
 
 
-def _rows(workdir):
-    rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
-
-
 def test_resume_after_sigterm_is_exact(corpus, tmp_path):
     corpus_glob, cache = corpus
     k = 8
@@ -177,13 +177,7 @@ def test_resume_after_sigterm_is_exact(corpus, tmp_path):
     interrupted = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    deadline = time.time() + 240
-    while not (resumed_dir / "checkpoints" / str(k)).exists():
-        assert interrupted.poll() is None, interrupted.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.01)
-    interrupted.send_signal(signal.SIGTERM)
-    _, err = interrupted.communicate(timeout=240)
+    err = sigterm_after_checkpoint(interrupted, [resumed_dir], k, timeout_s=240)
     assert interrupted.returncode == PREEMPTED_EXIT_CODE, err.decode()[-2000:]
     assert "Rerun the same command to resume" in err.decode()
     stopped_at = max(int(s) for s in os.listdir(resumed_dir / "checkpoints") if s.isdigit())
@@ -192,16 +186,10 @@ def test_resume_after_sigterm_is_exact(corpus, tmp_path):
     assert restarted.returncode == 0, restarted.stderr.decode()[-2000:]
     _, err = reference.communicate(timeout=240)
     assert reference.returncode == 0, err.decode()[-2000:]
-    expected, got = _rows(reference_dir), _rows(resumed_dir)
+    expected, got = metric_rows(reference_dir), metric_rows(resumed_dir)
     assert [r["step"] for r in got] == [r["step"] for r in expected]
     assert got == expected  # bit for bit, through the restart
     assert expected[-1]["step"] == 2 * k and "val/loss" in expected[-1]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_match_one(corpus, tmp_path):
@@ -220,7 +208,7 @@ def test_two_processes_match_one(corpus, tmp_path):
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
     )
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     hosts = [
         subprocess.Popen(
             tiny_command(
@@ -247,7 +235,7 @@ def test_two_processes_match_one(corpus, tmp_path):
         for proc in [single, *hosts]:
             if proc.poll() is None:
                 proc.kill()
-    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    one, two = metric_rows(tmp_path / "one"), metric_rows(tmp_path / "two")
     assert [r["step"] for r in two] == [r["step"] for r in one] == [2, 4, 4]
     for a, b in zip(one, two, strict=True):
         assert a.keys() == b.keys()

@@ -7,12 +7,17 @@ runs (`tiny_config`) and `llm-jax train` subprocesses (`tiny_flags`).
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 
 import numpy as np
 
 from llm_jax import config as config_lib
+from llm_jax import metrics as metrics_lib
+from llm_jax import storage
 
 BASE_CONFIG = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "base.py")
 _WORDS = (
@@ -114,3 +119,22 @@ def subprocess_env(num_devices: int = 1) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices))
     env.pop("XLA_FLAGS", None)
     return env
+
+
+def metric_rows(workdir) -> list[dict]:
+    """A workdir's metrics.jsonl rows (local or gs://) without the timing columns."""
+    rows = metrics_lib.read_metrics(storage.join(str(workdir), "metrics.jsonl"))
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
+
+
+def sigterm_after_checkpoint(
+    proc: subprocess.Popen, workdirs: list, step: int, timeout_s: float
+) -> bytes:
+    """Wait until every workdir has checkpoint `step`, SIGTERM `proc`; returns its stderr."""
+    deadline = time.time() + timeout_s
+    while not all((d / "checkpoints" / str(step)).exists() for d in workdirs):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=timeout_s)[1]
