@@ -216,6 +216,7 @@ def default_config() -> ml_collections.ConfigDict:
     # a base model of width mup_base_width (0: d_model itself); rules in llm_jax/mup.py
     m.parametrization = "sp"
     m.mup_base_width = 0
+    m.mup_base_head_dim = 0  # the base's head_dim: head_dim when width adds heads; 0: K / m
     m.dropout = 0.0
     m.dtype = "float32"  # compute dtype; bfloat16 on accelerators
     m.param_dtype = "float32"
@@ -541,6 +542,7 @@ _RANGES = (
     ("checkpoint.keep_every", 0, None, True, None),
     ("model.num_classes", 0, None, True, None),
     ("model.mup_base_width", 0, None, True, None),
+    ("model.mup_base_head_dim", 0, None, True, None),
     ("task.mask_rate", 0.0, 1.0, False, False),
 )
 

@@ -92,6 +92,7 @@ class ModelConfig:
     attention_impl: config_lib.AttentionImpl
     parametrization: config_lib.Parametrization
     mup_base_width: int
+    mup_base_head_dim: int
 
     @classmethod
     def from_config(cls, model_cfg: ml_collections.ConfigDict) -> ModelConfig:

@@ -9,8 +9,17 @@ With `model.parametrization = 'mup'` and width multiplier m = d_model / mup_base
   dimension, the vocabulary, is fixed): init and learning rate unchanged;
 - output logits multiplied by 1/m (the `mup` package's MuReadout);
 - attention scores q.k / K instead of q.k / sqrt(K), times sqrt(K_0) so the base model's
-  scale is unchanged, K_0 being the base model's head_dim: the base model is this
-  config at d_model = mup_base_width with the same n_heads (µP here widens every head).
+  scale is unchanged, K_0 being the base model's head_dim, `mup_base_head_dim`. The
+  width can grow two ways: by widening heads at a fixed n_heads (`mup_base_head_dim=0`:
+  K_0 = K / m), or by adding heads at a fixed head_dim (`mup_base_head_dim = head_dim`,
+  as `sweep.SizeRules` sets it: K_0 = K, so the scale stays SP's 1/sqrt(K)).
+
+The rules assume that every hidden width grows by m: d_model, n_heads * head_dim (the
+out-projection's fan-in), n_kv_heads * head_dim and d_ff. With GQA that means a fixed
+group size (n_kv_heads grows with n_heads when heads are added); a sweep that keeps
+n_kv_heads fixed while adding heads keeps k and v's output width fixed, which µP would
+treat as a readout (init std / m rather than / sqrt(m)) and this module does not.
+Depth is not covered either: sizes that also grow n_layers need depth-µP, not this.
 
 At m = 1 every rule is the identity, so µP at the base width is standard parametrization.
 'sp' (the default) leaves the model and optimizer exactly as they were. Sweeps tune the
@@ -43,11 +52,16 @@ def hidden_init_scale(cfg: Any) -> float:
     return 1.0 / math.sqrt(width_mult(cfg))
 
 
+def base_head_dim(cfg: Any) -> float:
+    """K_0, the base model's head_dim: mup_base_head_dim, else K / m (heads widen)."""
+    return cfg.mup_base_head_dim or cfg.head_dim / width_mult(cfg)
+
+
 def attention_scale(cfg: Any) -> float:
-    """Multiplier of q.k: 1 / sqrt(K) (SP), sqrt(K_0) / K (µP, K_0 = K / m)."""
+    """Multiplier of q.k: 1 / sqrt(K) (SP), sqrt(K_0) / K (µP)."""
     if cfg.parametrization != "mup":
         return 1.0 / math.sqrt(cfg.head_dim)
-    return math.sqrt(cfg.head_dim / width_mult(cfg)) / cfg.head_dim
+    return math.sqrt(base_head_dim(cfg)) / cfg.head_dim
 
 
 def scale_logits(cfg: Any, logits: jax.Array) -> jax.Array:

@@ -210,7 +210,9 @@ class SizeRules:
       (llm_jax/scaling/hparams.py).
     - µP mode (`mup_base_width` > 0): every size trains under µP relative to that width
       (llm_jax/mup.py) at one learning rate, lr_ref (or config.train.lr when None), tuned
-      once at the base width: µP's per-tensor multipliers do the width scaling.
+      once at the base width: µP's per-tensor multipliers do the width scaling (the
+      ladder adds heads of a fixed size, so trials set mup_base_head_dim = head_dim). µP
+      covers width only; the ladder's depth grows too, which µP does not correct.
     """
 
     lr_ref: float | None = 6e-4
@@ -334,11 +336,15 @@ def sized_trial(
             "train.eval_every": math.ceil(steps / evals),
         }
     )
-    if rules.mup_base_width:
-        overrides.update(
-            {"model.parametrization": "mup", "model.mup_base_width": rules.mup_base_width}
-        )
     d, n_layers = overrides["model.d_model"], overrides["model.n_layers"]
+    if rules.mup_base_width:
+        overrides.update(  # the ladder adds heads of a fixed size: the base's are the same
+            {
+                "model.parametrization": "mup",
+                "model.mup_base_width": rules.mup_base_width,
+                "model.mup_base_head_dim": d // overrides["model.n_heads"],
+            }
+        )
     tags = {"target_N": target_n}
     name = f"{name_prefix}d{d}-L{n_layers}"
     if budget is not None:
