@@ -192,6 +192,7 @@ class PackedTrainer(Trainer):
         self.config, self.setup, self.guard = first.config, first.setup, guard
         self.workdir = ", ".join(m.workdir for m in members)
         self.primary, self.started = first.primary, time.time()
+        self.clock = first.clock  # the pack's loop is timed in its first trial's phases
         self.step_count = self.start_step = first.step_count
         self.result: dict[str, Any] = {"preempted": False}
         self.failed: dict[int, str] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import time
@@ -51,6 +52,62 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> str:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return path
+
+
+PHASES_FILE = "phases.json"  # per attempt: wall and CPU seconds per phase (tools/profile_sweep.py)
+
+
+def _process_age() -> float | None:
+    """Wall seconds since this process started (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/stat") as f:  # field 22: start time, clock ticks after boot
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return time.time() - (boot + start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process (every thread) and of its finished children (the data
+    pipeline's workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class PhaseClock:
+    """Wall and CPU seconds of a run, summed per phase: `lap(phase)` charges the time
+    since the previous lap to `phase`, so the phases add up to the run's whole time.
+
+    CPU counts every thread, so on a busy machine it is the steadier figure. `startup` is
+    what preceded the clock since the process started (or was forked from the sweep
+    runner): interpreter, imports, config.
+    """
+
+    def __init__(self):
+        self.totals: dict[str, list[float]] = {"startup": [_process_age() or 0.0, _cpu_seconds()]}
+        self._last = (time.perf_counter(), _cpu_seconds())
+
+    def lap(self, phase: str) -> None:
+        """Charge the wall and CPU time since the previous lap to `phase`."""
+        now = (time.perf_counter(), _cpu_seconds())
+        total = self.totals.setdefault(phase, [0.0, 0.0])
+        total[0] += now[0] - self._last[0]
+        total[1] += now[1] - self._last[1]
+        self._last = now
+
+    def summary(self) -> str:
+        """One line for train.log: `phases (wall/CPU s): startup 4.1/3.9, data ...`."""
+        parts = [f"{k} {w:.1f}/{c:.1f}" for k, (w, c) in self.totals.items()]
+        return "phases (wall/CPU s): " + ", ".join(parts)
+
+    def save(self, workdir: str) -> None:
+        """Append this attempt's totals to workdir/phases.json."""
+        path = storage.join(workdir, PHASES_FILE)
+        attempts = json.loads(storage.read_text(path)) if storage.exists(path) else []
+        attempts.append({k: {"wall": w, "cpu": c} for k, (w, c) in self.totals.items()})
+        storage.write_json(path, attempts)
 
 
 def _make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -117,6 +174,7 @@ class Trainer:
         guard: ckpt_lib.PreemptionGuard | None = None,
         lease: lease_lib.Lease | None = None,
     ):
+        self.clock = PhaseClock()
         from llm_jax import data as data_lib  # heavy (tokenizer training)
         from llm_jax import flops as flops_lib
         from llm_jax import mixture as mixture_lib
@@ -128,6 +186,7 @@ class Trainer:
         self.started = time.time()
         self.primary = jax.process_index() == 0
         self.setup = train_lib.make_train(config, _make_mesh(config))
+        self.clock.lap("setup")
         workdir_lib.check_workdir(workdir)
         storage.makedirs(workdir)
         mixture = config.data.sources is not None
@@ -178,6 +237,7 @@ class Trainer:
                 for name, prepared in self.sources.items()
             }
         )
+        self.clock.lap("data")
         with self.setup.context():
             self.state = self._restore_or_init()
             self.val_sets = {
@@ -187,6 +247,7 @@ class Trainer:
         if self.primary:
             storage.write_json(storage.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
             workdir_lib.save_run_tokenizer(workdir, self.prepared.tokenizer)
+        self.clock.lap("init")
         self.step_count = int(jax.device_get(self.state["step"]))
         self.start_step = self.step_count
         self.writer = metrics_lib.MetricsWriter(workdir, self.primary, self.step_count, config)
@@ -208,9 +269,15 @@ class Trainer:
         self.close()
 
     def close(self) -> None:
-        self.bar.close()
-        self.writer.close()
+        """Wait for the checkpoint writes, close the files; record the phases' times."""
         self.checkpointer.close()
+        self.clock.lap("checkpoint")
+        self.writer.close()
+        self.clock.lap("log")
+        self.say(self.clock.summary())
+        self.bar.close()
+        if self.primary:
+            self.clock.save(self.workdir)
 
     def _restore_or_init(self) -> dict:
         self.window, self._saved_window, self.restored_from = _Window(), [], None
@@ -395,6 +462,7 @@ class Trainer:
             self.result.update(self.evaluate_tasks())
         if not self.result["preempted"] and self.step_count > self.start_step:
             self.say(self.summary())
+        self.clock.lap("finish")
         return self.result
 
     def _stop_requested(self, step: int, sync: bool) -> bool:
@@ -457,21 +525,27 @@ class Trainer:
             if first:  # don't count compilation in tokens/s
                 jax.block_until_ready(self.window.pending[-1])
                 self.window.restart_clock(step)
+                self.clock.lap("compile")
                 first = False
             is_log = step % t.log_every == 0 or step == total
             is_ckpt = step % self.config.checkpoint.every == 0 or step == total
             stop = self._stop_requested(step, is_log or is_ckpt or jax.process_count() == 1)
             if is_log or is_ckpt or stop:
                 self.window.fetch(step)  # NaN check before anything is saved
+            self.clock.lap("steps")
             if is_log:
                 self.log()
+                self.clock.lap("log")
             if step % t.eval_every == 0 or step == total:
-                self.evaluate()
+                self.evaluate()  # the first evaluation compiles the eval step
+                self.clock.lap("eval" if "eval_compile" in self.clock.totals else "eval_compile")
             if is_ckpt or stop:
                 self.save(force=stop or step == total)
+                self.clock.lap("checkpoint")
             if stop:
                 self.checkpointer.wait()
                 self._stopped(saved=True)
+                self.clock.lap("checkpoint")
                 return
 
 

@@ -70,6 +70,7 @@ def main(argv: Sequence[str]) -> int:
             launcher=args.launcher,
             n_boot=args.bootstrap,
             pack=args.pack,
+            fork=True,  # this process's JAX config is a fresh one's: trials may fork from it
         )
     except KeyboardInterrupt:
         return 130

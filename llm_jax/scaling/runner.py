@@ -69,6 +69,8 @@ from llm_jax.scaling import results as results_io
 from llm_jax.scaling import sweep as sweep_lib
 
 PARENT_ENV = "LLM_JAX_DIE_WITH_PARENT"  # read by `llm-jax train` (llm_jax.cli.train)
+LAUNCHER = (sys.executable, "-m", "llm_jax.cli")  # a local trial's command starts so
+FORK_ENV = "LLM_JAX_SWEEP_FORK"  # 0: start each trial as a new interpreter (see fork_ready)
 HEARTBEAT_S = 30.0  # refresh of a running attempt's end time in status.json
 QUIET_REPORT_S = 300.0  # off a terminal: a status line at least this often
 # Trials per program (`--pack`) by default; see `default_pack` and README "Packed trials".
@@ -197,11 +199,89 @@ def _tail(path: Path, lines: int = 5) -> str:
 # --- running locally ----------------------------------------------------------------------
 
 
+def fork_ready() -> bool:
+    """Whether local trials can start as forks of this process, which imported JAX and the
+    trainer once (a new interpreter per trial spends ~1 s of CPU on imports alone): on
+    Linux, unless LLM_JAX_SWEEP_FORK=0, and only while this process has no JAX backend
+    (forking a running XLA runtime is unsafe; the runner never starts one)."""
+    if not sys.platform.startswith("linux") or os.environ.get(FORK_ENV, "1") == "0":
+        return False
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    return bridge is None or getattr(bridge, "_backends", None) == {}
+
+
+class _Forked:
+    """A trial run by `llm_jax.cli.run(argv)` in a fork of the runner: its own process,
+    session, output and exit code, as `subprocess.Popen` would give (the subset the runner
+    uses: pid, returncode, poll, wait, send_signal, kill)."""
+
+    def __init__(self, argv: Sequence[str], log, env: dict[str, str]):
+        self.returncode: int | None = None
+        for stream in (sys.stdout, sys.stderr):  # or the child would write them again
+            stream.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            _forked_child(list(argv), log.fileno(), env)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.time() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.time() > deadline:
+                raise subprocess.TimeoutExpired(f"trial pid {self.pid}", timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _forked_child(argv: list[str], log_fd: int, env: dict[str, str]) -> None:
+    """In the fork: become the trial's process (new session, default signal handlers, its
+    environment, output into its log), run the command and exit without the runner's
+    cleanup (its lease, its files)."""
+    code = 1
+    try:
+        os.setsid()  # its own process group: the terminal's Ctrl-C is the runner's
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # the runner's may be captured
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        os.environ.clear()
+        os.environ.update(env)  # XLA reads XLA_FLAGS when the child starts its backend
+        sys.argv = ["llm-jax", *argv]
+        from llm_jax import cli
+
+        code = cli.run(argv)
+    except BaseException:  # noqa: BLE001 (a bug: its traceback goes to the trial's log)
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
+
+
 class _Running:
     """A trial subprocess and its bookkeeping. The trials of a pack (`pack_size` > 1)
     share one process, started by the first (the others get `leader`)."""
 
-    def __init__(self, trial, plan, command, trial_dir: Path, env, pack_size=1, leader=None):
+    def __init__(
+        self, trial, plan, command, trial_dir: Path, env, pack_size=1, leader=None, fork=False
+    ):
         self.trial, self.plan, self.dir = trial, plan, trial_dir
         self.pack_size = pack_size
         self.start = self.beat = time.time()
@@ -223,13 +303,17 @@ class _Running:
         if pack_size == 1:  # a pack's trials each get their header in `_own_output`
             self.log.write(self.header)
             self.log.flush()
-        self.proc = subprocess.Popen(
-            command,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=dict(env, **{PARENT_ENV: str(os.getpid())}),
-            start_new_session=True,  # its own process group: the terminal's Ctrl-C is ours
-        )
+        env = dict(env, **{PARENT_ENV: str(os.getpid())})
+        if fork:
+            self.proc = _Forked(command[len(LAUNCHER) :], self.log, env)
+        else:
+            self.proc = subprocess.Popen(
+                command,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group: the terminal's Ctrl-C is ours
+            )
 
     def _record(self, exit_code: int | None, status: str, **fields) -> dict:
         """This attempt (start, end = now, rc) as the last entry of status.json."""
@@ -367,9 +451,9 @@ def _status_line(outcome: dict, running: list, queue: list, eta: _Eta, total: in
     return " | ".join(parts)
 
 
-def _start(group: list, sweep_path, workdir, launcher, env, out: _Reporter) -> list[_Running]:
-    """Start a trial, or a pack of them as one process; a trial whose workdir a live
-    process holds is skipped (reported, not returned)."""
+def _start(group: list, sweep_path, workdir, env, out: _Reporter, fork: bool) -> list[_Running]:
+    """Start a trial, or a pack of them as one process (forked from this one with `fork`);
+    a trial whose workdir a live process holds is skipped (reported, not returned)."""
     free = []
     for trial, plan in group:
         holder = lease_lib.read_holder(str(storage.path(workdir) / trial.name))
@@ -381,7 +465,7 @@ def _start(group: list, sweep_path, workdir, launcher, env, out: _Reporter) -> l
             free.append((trial, plan))
     if not free:
         return []
-    command = pack_command(sweep_path, workdir, [t for t, _ in free], launcher)
+    command = pack_command(sweep_path, workdir, [t for t, _ in free], LAUNCHER)
     started: list[_Running] = []
     for trial, plan in free:
         packed = f", packed with {free[0][0].name}" if started else ""
@@ -391,7 +475,7 @@ def _start(group: list, sweep_path, workdir, launcher, env, out: _Reporter) -> l
         )
         trial_dir = storage.path(workdir) / trial.name
         leader = started[0] if started else None
-        started.append(_Running(trial, plan, command, trial_dir, env, len(free), leader))
+        started.append(_Running(trial, plan, command, trial_dir, env, len(free), leader, fork))
     return started
 
 
@@ -456,12 +540,18 @@ def run_local(
     done_before: int,
     stream=None,
     groups: list | None = None,
+    fork: bool = False,
 ) -> dict[str, str]:
     """Run `todo` [(trial, plan)] with `parallel` processes at a time; returns name -> final
-    status. `groups` (`pack_groups`): trials that train together in one process."""
+    status. `groups` (`pack_groups`): trials that train together in one process. `fork`:
+    start trials as forks of this process where `fork_ready` (only a process whose JAX
+    config is a fresh one's, as `llm-jax sweep`'s is, may: a fork inherits it)."""
     pack_of = {t.name: i for i, group in enumerate(groups or []) for t, _ in group}
     env = _thread_env(parallel)
-    launcher = [sys.executable, "-m", "llm_jax.cli"]
+    fork = fork and fork_ready()
+    if fork:  # imported once here, not once per trial
+        import llm_jax.cli.train
+        import llm_jax.pack  # noqa: F401
     # Costliest first, so that the parallel slots finish at about the same time.
     queue = sorted(todo, key=lambda tp: -tp[1]["C_detailed"])
     running, outcome, eta, out = [], {}, _Eta(parallel), _Reporter(stream)
@@ -475,7 +565,7 @@ def run_local(
                 if not ready:
                     break
                 group = _pop_group(queue, ready[0], pack_of)
-                started = _start(group, sweep_path, workdir, launcher, env, out)
+                started = _start(group, sweep_path, workdir, env, out, fork)
                 names = {r.trial.name for r in started}
                 outcome.update({t.name: "busy" for t, _ in group if t.name not in names})
                 running += started
@@ -644,12 +734,13 @@ def run_sweep(
     launcher: str = "local",
     n_boot: int = 100,
     pack: int | None = None,
+    fork: bool = False,
 ) -> int:
     """Run (or plan, or write launch scripts for) a sweep; returns an exit code.
 
     `parallel`: processes at once; None takes the sweep file's PARALLEL (default 1).
     `pack`: at most this many compatible trials train as one program (local runs);
-    None: `default_pack()`.
+    None: `default_pack()`. `fork`: see `run_local`.
     """
     loaded = sweep_lib.load_sweep(sweep_path)
     parallel = parallel or loaded.parallel
@@ -676,7 +767,9 @@ def run_sweep(
         print("  " + shlex.join(pack_command(sweep_path, workdir, first, ("llm-jax",))))
         return 0
     with lease_lib.Lease(workdir, "sweep directory"):  # before anything is written
-        return _run_owned(sweep_path, workdir, planned, todo, parallel, launcher, n_boot, groups)
+        return _run_owned(
+            sweep_path, workdir, planned, todo, parallel, launcher, n_boot, groups, fork
+        )
 
 
 def _run_owned(
@@ -688,6 +781,7 @@ def _run_owned(
     launcher: str,
     n_boot: int,
     groups: list | None = None,
+    fork: bool = False,
 ) -> int:
     """`run_sweep` once the sweep directory's lease is held."""
     root = storage.path(workdir)
@@ -743,6 +837,7 @@ def _run_owned(
             len(planned),
             len(planned) - len(todo),
             groups=groups,
+            fork=fork,
         )
         if todo
         else {}

@@ -1,0 +1,122 @@
+"""Where a finished sweep's time went, by phase, summed over its trials.
+
+    python tools/profile_sweep.py DIR [--parallel 2] [--trials]
+
+Each trial's trainer writes DIR/<trial>/phases.json (wall and CPU seconds per phase and
+attempt: `startup` = interpreter, imports and config before the trainer; `setup` = model
+and step definitions; `data` = tokenizer, token cache, batches; `init` = initialise or
+restore the state; `compile` = the first train step; `steps`; `log`; `eval_compile` = the
+first evaluation; `eval`; `checkpoint` = saves and waiting for them; `finish`). The
+runner's status.json gives each attempt's span from process start to exit, so `exit`
+is the rest (interpreter teardown). Slot time the trials did not fill is `idle`: before
+the last trial started (waiting for parents' checkpoints, or the runner's polling), and
+`tail` after it (fewer trials left than slots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ORDER = [
+    "startup",
+    "setup",
+    "data",
+    "init",
+    "compile",
+    "steps",
+    "log",
+    "eval_compile",
+    "eval",
+    "checkpoint",
+    "finish",
+]
+
+
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def trial_phases(trial_dir: Path) -> dict[str, list[float]]:
+    """{phase: [wall, cpu]} summed over the trial's attempts, plus `exit` (wall only)."""
+    totals: dict[str, list[float]] = {}
+    for attempt in _read(trial_dir / "phases.json") or []:
+        for phase, t in attempt.items():
+            total = totals.setdefault(phase, [0.0, 0.0])
+            total[0] += t["wall"]
+            total[1] += t["cpu"]
+    status = _read(trial_dir / "status.json") or {"attempts": []}
+    span = sum(a["end"] - a["start"] for a in status["attempts"])
+    if totals:
+        totals["exit"] = [max(0.0, span - sum(w for w, _ in totals.values())), 0.0]
+    return totals
+
+
+def slot_use(spans: list[tuple[float, float]], parallel: int) -> dict[str, float]:
+    """Sweep wall time and the slot-seconds no trial filled, before and after the last start."""
+    start, end = min(s for s, _ in spans), max(e for _, e in spans)
+    last_start = max(s for s, _ in spans)
+    busy_before = sum(min(e, last_start) - s for s, e in spans if s < last_start)
+    busy_after = sum(e - max(s, last_start) for s, e in spans if e > last_start)
+    return {
+        "wall": end - start,
+        "idle": parallel * (last_start - start) - busy_before,
+        "tail": parallel * (end - last_start) - busy_after,
+    }
+
+
+def profile(sweep_dir: Path, parallel: int, per_trial: bool = False) -> str:
+    """The table: per phase, wall and CPU seconds summed over trials and their shares."""
+    rows: dict[str, list[float]] = {}
+    spans, lines = [], []
+    for status_path in sorted(sweep_dir.rglob("status.json")):
+        trial_dir = status_path.parent
+        phases = trial_phases(trial_dir)
+        if not phases:
+            continue
+        for a in (_read(status_path) or {}).get("attempts", []):
+            spans.append((a["start"], a["end"]))
+        for phase, (w, c) in phases.items():
+            total = rows.setdefault(phase, [0.0, 0.0])
+            total[0] += w
+            total[1] += c
+        if per_trial:
+            name = str(trial_dir.relative_to(sweep_dir))
+            lines.append(
+                f"{name:28s} "
+                + " ".join(f"{p}={w:.1f}/{c:.1f}" for p, (w, c) in phases.items() if w >= 0.05)
+            )
+    if not spans:
+        return f"{sweep_dir}: no trial with phases.json (trained before phases were recorded?)"
+    use = slot_use(spans, parallel)
+    wall, cpu = sum(w for w, _ in rows.values()), sum(c for _, c in rows.values())
+    out = lines + ["" if lines else None]
+    out = [x for x in out if x is not None]
+    out.append(f"{'phase':14s}{'wall s':>9s}{'share':>7s}{'CPU s':>9s}{'share':>7s}")
+    names = [p for p in ORDER if p in rows] + sorted(set(rows) - set(ORDER) - {"exit"})
+    for phase in [*names, "exit"]:
+        w, c = rows.get(phase, (0.0, 0.0))
+        out.append(f"{phase:14s}{w:9.1f}{w / wall:7.1%}{c:9.1f}{c / cpu:7.1%}")
+    out.append(f"{'trials':14s}{wall:9.1f}{'':7s}{cpu:9.1f}")
+    out.append(
+        f"\n{len(spans)} attempts over {use['wall']:.1f} s wall on {parallel} slots; slot-seconds "
+        f"not filled: {use['idle']:.1f} idle before the last start, {use['tail']:.1f} tail after"
+    )
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--parallel", type=int, default=2, help="the sweep's parallel slots")
+    p.add_argument("--trials", action="store_true", help="also one line per trial")
+    args = p.parse_args()
+    print(profile(args.sweep_dir, args.parallel, args.trials))
+
+
+if __name__ == "__main__":
+    main()
