@@ -11,10 +11,14 @@ compares each design's best loss over the grid:
 
     llm-jax sweep experiments/sweeps/wsd_vs_cosine.py --workdir runs/wsd_vs_cosine
     python experiments/sweeps/wsd_vs_cosine.py runs/wsd_vs_cosine   # the table
+
+`wsd_vs_cosine_long.py` (8x longer runs) and `wsd_vs_cosine_seeds.py` (two more seeds of
+the best cells) reuse this file's base config, trials and table.
 """
 
 import csv
 import dataclasses
+import statistics
 import sys
 from collections import defaultdict
 
@@ -54,55 +58,134 @@ def _rules(multiplier: float) -> sweep.SizeRules:
     )
 
 
-def _tagged(trials, multiplier):
-    """Trials tagged with their rate multiplier."""
-    return [dataclasses.replace(t, tags={**t.tags, "lr_multiplier": multiplier}) for t in trials]
+def design_trials(base, sizes, tokens, multiplier, *, prefix="", cosine_floors=(0.0,), seed=0):
+    """At one rate (`multiplier` x SizeRules'): per size a WSD parent and its cooldowns
+    branched at `tokens`, and per floor (`min_lr_ratio`, 0: decay to zero) a cosine run
+    ending at each cooldown's end; tagged with the multiplier (and seed, when not 0)."""
+    kwargs = dict(rules=_rules(multiplier), name_prefix=f"{prefix}lr{multiplier}x-", **SHAPE)
+    trials = sweep.wsd_branches(base, sizes, tokens, cooldown_fraction=COOLDOWN, **kwargs)
+    ends = sorted({t.overrides["train.tokens"] for t in trials if t.parent})
+    for floor in cosine_floors:
+        name = f"{prefix}lr{multiplier}x-cosine-" + (f"min{floor}-" if floor else "")
+        cosine = sweep.nd_grid(base, sizes, ends, **{**kwargs, "name_prefix": name})
+        floor_key = {"train.min_lr_ratio": floor} if floor else {}
+        trials += [dataclasses.replace(t, overrides={**t.overrides, **floor_key}) for t in cosine]
+    tags = {"lr_multiplier": multiplier}
+    seed_key = {"train.seed": seed} if seed else {}
+    return [
+        dataclasses.replace(t, overrides={**t.overrides, **seed_key}, tags={**t.tags, **tags})
+        for t in trials
+    ]
 
 
 def get_sweep():
     """Per rate: the WSD parents and their cooldowns, then cosine runs at the branches' ends."""
     base = get_config()
-    trials = []
-    for m in LR_MULTIPLIERS:
-        kwargs = dict(rules=_rules(m), name_prefix=f"lr{m}x-", **SHAPE)
-        wsd = sweep.wsd_branches(base, SIZES, TOKENS, cooldown_fraction=COOLDOWN, **kwargs)
-        ends = sorted({t.overrides["train.tokens"] for t in wsd if t.parent})
-        cosine = sweep.nd_grid(base, SIZES, ends, **{**kwargs, "name_prefix": f"lr{m}x-cosine-"})
-        trials += _tagged(wsd, m) + _tagged(cosine, m)
-    return trials
+    return [t for m in LR_MULTIPLIERS for t in design_trials(base, SIZES, TOKENS, m)]
+
+
+def design_of(row) -> str | None:
+    """A results.csv row's design: 'wsd' (a cooldown branch), 'cosine' (decaying to zero),
+    'cosine-<floor>' (to floor x the peak), or None for a constant-LR parent."""
+    role, floor = row.get("wsd_role"), row.get("train.min_lr_ratio") or "0"
+    if role == "parent":
+        return None
+    if role == "branch":
+        return "wsd"
+    return "cosine" if float(floor) == 0 else f"cosine-{float(floor):g}"
+
+
+def read_rows(*workdirs):
+    """The finished trials' rows of each sweep directory's results.csv."""
+    rows = []
+    for workdir in workdirs:
+        with open(f"{workdir}/results.csv") as f:
+            rows += [r for r in csv.DictReader(f) if r["status"] == "done"]
+    return rows
 
 
 def best_per_design(rows):
     """{(N, D): {design: (loss, lr)}}: each design's lowest final loss over the rate grid.
 
-    `rows`: results.csv rows (dicts of strings); constant-LR parents and unfinished trials
-    are left out.
+    `rows`: results.csv rows (dicts of strings) of finished trials; constant-LR parents are
+    left out.
     """
     best = defaultdict(dict)
     for r in rows:
-        if r["status"] != "done" or r.get("wsd_role") == "parent":
+        design = design_of(r)
+        if design is None:
             continue
         key, loss, lr = (int(r["N"]), int(r["D"])), float(r["loss"]), float(r["train.lr"])
-        design = "wsd" if r.get("wsd_role") == "branch" else "cosine"
         if design not in best[key] or loss < best[key][design][0]:
             best[key][design] = (loss, lr)
     return dict(best)
 
 
-def format_table(best):
-    """A markdown table: each design's best loss (and rate) per (N, D), WSD vs cosine in %."""
-    head = "| N | D (tokens) | " + " | ".join(f"{d}: loss (lr)" for d in DESIGNS)
-    lines = [head + " | WSD vs cosine |", "|---" * (len(DESIGNS) + 3) + "|"]
+def format_table(best, designs=DESIGNS, epochs=None):
+    """A markdown table: each design's best loss (and rate) per (N, D), the others vs
+    cosine in %, '-' where a design did not run; with `epochs` ({D: passes over the
+    training split}), an epochs column."""
+    head = "| N | D (tokens) | " + ("epochs | " if epochs else "")
+    head += " | ".join(f"{d}: loss (lr)" for d in designs)
+    head += " | " + " | ".join(f"{d} vs cosine" for d in designs[1:]) + " |"
+    columns = 2 + bool(epochs) + 2 * len(designs) - 1
+    lines = [head, "|---" * columns + "|"]
     for (n, d), by_design in sorted(best.items()):
-        cells = [f"{by_design[k][0]:.3f} ({by_design[k][1]:.2g})" for k in DESIGNS]
+        cells = [f"{n / 1e3:.1f}K", f"{d / 1e3:.0f}K"] + ([f"{epochs[d]:.2f}"] if epochs else [])
+        cells += [
+            f"{by_design[k][0]:.3f} ({by_design[k][1]:.2g})" if k in by_design else "-"
+            for k in designs
+        ]
         cosine = by_design["cosine"][0]
-        diffs = [f"{100 * (by_design[k][0] / cosine - 1):+.1f}%" for k in DESIGNS[1:]]
-        lines.append(f"| {n / 1e3:.1f}K | {d / 1e3:.0f}K | " + " | ".join(cells + diffs) + " |")
+        cells += [
+            f"{100 * (by_design[k][0] / cosine - 1):+.1f}%" if k in by_design else "-"
+            for k in designs[1:]
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def epochs_per_tokens(rows):
+    """{D: epochs}: the passes over the training split that a run of D tokens makes."""
+    return {int(r["D"]): float(r["epochs"]) for r in rows}
+
+
+def seed_table(rows, designs=DESIGNS):
+    """A markdown table: per (N, D), each design's final loss for every seed at one rate,
+    their mean ± sd, and the gap (WSD - cosine) per seed as mean ± sd, in nats.
+
+    `rows`: one finished run per (N, D, design, seed)."""
+    losses = defaultdict(dict)  # (N, D, design) -> {seed: loss}
+    for r in rows:
+        design = design_of(r)
+        if design in designs:
+            seed = int(r.get("train.seed") or 0)
+            losses[int(r["N"]), int(r["D"]), design][seed] = float(r["loss"])
+    lines = [
+        "| N | D (tokens) | "
+        + " | ".join(f"{d}: loss per seed, mean ± sd" for d in designs)
+        + " | WSD - cosine (nats), mean ± sd |",
+        "|---" * (3 + len(designs)) + "|",
+    ]
+    for n, d in sorted({(n, d) for n, d, _ in losses}):
+        cells = [f"{n / 1e3:.1f}K", f"{d / 1e3:.0f}K"]
+        for design in designs:
+            values = [v for _, v in sorted(losses[n, d, design].items())]
+            cells.append(" / ".join(f"{v:.3f}" for v in values) + f", {_mean_sd(values)}")
+        wsd, cosine = losses[n, d, "wsd"], losses[n, d, "cosine"]
+        gaps = [wsd[s] - cosine[s] for s in sorted(wsd.keys() & cosine.keys())]
+        lines.append("| " + " | ".join(cells + [_mean_sd(gaps)]) + " |")
+    return "\n".join(lines)
+
+
+def _mean_sd(values) -> str:
+    """'mean ± sd' of `values` (sd over them, n - 1 in the denominator)."""
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
 def compute_fraction(rows):
-    """The WSD design's training FLOPs over the cosine design's, at one rate.
+    """The WSD design's training FLOPs over the cosine design's (decaying to zero).
 
     A branch's C counts its parent's prefix, which the parent already paid for: the WSD
     design costs its parents' C plus each branch's C beyond its branch point.
@@ -114,13 +197,12 @@ def compute_fraction(rows):
             wsd += c
         elif r.get("wsd_role") == "branch":
             wsd += c * (1 - float(r["branch_tokens"]) / float(r["D"]))
-        else:
+        elif design_of(r) == "cosine":
             cosine += c
     return wsd / cosine
 
 
 if __name__ == "__main__":
-    with open(f"{sys.argv[1]}/results.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["status"] == "done"]
+    rows = read_rows(sys.argv[1])
     print(format_table(best_per_design(rows)))
     print(f"\nWSD design's compute / cosine design's: {compute_fraction(rows):.0%}")

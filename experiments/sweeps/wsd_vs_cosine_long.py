@@ -1,0 +1,46 @@
+"""`wsd_vs_cosine.py` at 8x the horizon: does the gap between WSD and cosine shrink?
+
+The same base config, 10-step warmup and 20% linear cooldowns, branched at 768, 1536 and
+3072 steps of 16 x 64 tokens (ending at 922, 1843 and 3686 steps: 0.35 to 1.4 passes
+over Shakespeare's training split), each size at the two rates that were best in the
+short study (`LR_MULTIPLIERS`, x the SizeRules rate; the larger model's pair is the lower
+one, as longer runs favour lower rates). For the smaller model a third design, cosine
+decaying to a tenth of the peak (`min_lr_ratio` 0.1, the common practice), packs with
+the cosine runs to zero at little extra cost:
+
+    llm-jax sweep experiments/sweeps/wsd_vs_cosine_long.py --workdir runs/wsd_vs_cosine_long
+    python experiments/sweeps/wsd_vs_cosine_long.py runs/wsd_vs_cosine_long   # the table
+"""
+
+import sys
+from pathlib import Path
+
+from llm_jax.config import load_python_file
+
+study = load_python_file(Path(__file__).with_name("wsd_vs_cosine.py"), ("get_sweep",), "sweep")
+
+TOKENS = [768 * 1024, 1536 * 1024, 3072 * 1024]
+LR_MULTIPLIERS = {3e4: (0.5, 1), 1.2e5: (0.25, 0.5)}
+COSINE_FLOORS = {3e4: (0.0, 0.1), 1.2e5: (0.0,)}
+DESIGNS = ("cosine", "wsd", "cosine-0.1")
+PARALLEL = 1
+get_config = study.get_config
+
+
+def get_sweep():
+    """Per size (the smaller first) and rate: the WSD parent and its cooldowns, and the
+    cosine runs (to zero; for the smaller model also to 0.1x)."""
+    base = get_config()
+    return [
+        t
+        for size, multipliers in LR_MULTIPLIERS.items()
+        for m in multipliers
+        for t in study.design_trials(base, [size], TOKENS, m, cosine_floors=COSINE_FLOORS[size])
+    ]
+
+
+if __name__ == "__main__":
+    rows = study.read_rows(sys.argv[1])
+    best = study.best_per_design(rows)
+    print(study.format_table(best, DESIGNS, epochs=study.epochs_per_tokens(rows)))
+    print(f"\nWSD design's compute / cosine design's: {study.compute_fraction(rows):.0%}")
