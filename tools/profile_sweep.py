@@ -41,6 +41,12 @@ def _read(path: Path):
         return None
 
 
+def _ordered(phases: dict) -> list[str]:
+    """The phases in the order a run goes through them (unknown ones after), `exit` last."""
+    known = [p for p in ORDER if p in phases]
+    return known + sorted(set(phases) - set(ORDER) - {"exit"}) + ["exit"] * ("exit" in phases)
+
+
 def trial_phases(trial_dir: Path) -> dict[str, list[float]]:
     """{phase: [wall, cpu]} summed over the trial's attempts, plus `exit` (wall only)."""
     totals: dict[str, list[float]] = {}
@@ -86,10 +92,8 @@ def profile(sweep_dir: Path, parallel: int, per_trial: bool = False) -> str:
             total[1] += c
         if per_trial:
             name = str(trial_dir.relative_to(sweep_dir))
-            lines.append(
-                f"{name:28s} "
-                + " ".join(f"{p}={w:.1f}/{c:.1f}" for p, (w, c) in phases.items() if w >= 0.05)
-            )
+            shown = [(p, phases[p]) for p in _ordered(phases) if phases[p][0] >= 0.05]
+            lines.append(f"{name:28s} " + " ".join(f"{p} {w:.1f}/{c:.1f}" for p, (w, c) in shown))
     if not spans:
         return f"{sweep_dir}: no trial with phases.json (trained before phases were recorded?)"
     use = slot_use(spans, parallel)
@@ -97,9 +101,8 @@ def profile(sweep_dir: Path, parallel: int, per_trial: bool = False) -> str:
     out = lines + ["" if lines else None]
     out = [x for x in out if x is not None]
     out.append(f"{'phase':14s}{'wall s':>9s}{'share':>7s}{'CPU s':>9s}{'share':>7s}")
-    names = [p for p in ORDER if p in rows] + sorted(set(rows) - set(ORDER) - {"exit"})
-    for phase in [*names, "exit"]:
-        w, c = rows.get(phase, (0.0, 0.0))
+    for phase in _ordered(rows):
+        w, c = rows[phase]
         out.append(f"{phase:14s}{w:9.1f}{w / wall:7.1%}{c:9.1f}{c / cpu:7.1%}")
     out.append(f"{'trials':14s}{wall:9.1f}{'':7s}{cpu:9.1f}")
     out.append(

@@ -9,7 +9,10 @@ Local: each trial is one subprocess, exactly the command a user would type,
     python -m llm_jax.cli train --config SWEEP.py --workdir DIR/<trial> --config.k=v ...
 
 with its output in DIR/<trial>/train.log (for a gs:// DIR, a local file appended there
-when the attempt ends). A trial is finished once the process exited 0
+when the attempt ends). `llm-jax sweep` runs that command in a fork of itself (which
+imported JAX and the trainer once) rather than a new interpreter: the same process
+boundary (session, signals, exit code, output), ~1 s less CPU per trial; `ps` shows
+such a trial with the runner's command line. A trial is finished once the process exited 0
 with its final evaluation in metrics.jsonl; the runner then writes DIR/<trial>/done.json.
 Rerunning the command skips finished trials and reruns the others, which resume from
 their checkpoints (the trainer restores them). A crash is recorded in status.json and the
