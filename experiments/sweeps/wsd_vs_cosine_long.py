@@ -2,11 +2,10 @@
 
 The same base config, 10-step warmup and 20% linear cooldowns, branched at 768, 1536 and
 3072 steps of 16 x 64 tokens (ending at 922, 1843 and 3686 steps: 0.35 to 1.4 passes
-over Shakespeare's training split), each size at the two rates that were best in the
-short study (`LR_MULTIPLIERS`, x the SizeRules rate; the larger model's pair is the lower
-one, as longer runs favour lower rates). For the smaller model a third design, cosine
-decaying to a tenth of the peak (`min_lr_ratio` 0.1, the common practice), packs with
-the cosine runs to zero at little extra cost:
+over Shakespeare's training split), for the smaller model at the two rates that were best
+in the short study (0.5x and 1x the SizeRules rate). A third design, cosine decaying to a
+tenth of the peak (`min_lr_ratio` 0.1, the common practice), packs with the cosine runs
+to zero at little extra cost:
 
     llm-jax sweep experiments/sweeps/wsd_vs_cosine_long.py --workdir runs/wsd_vs_cosine_long
     python experiments/sweeps/wsd_vs_cosine_long.py runs/wsd_vs_cosine_long   # the table
@@ -19,23 +18,22 @@ from llm_jax.config import load_python_file
 
 study = load_python_file(Path(__file__).with_name("wsd_vs_cosine.py"), ("get_sweep",), "sweep")
 
+SIZES = [3e4]
 TOKENS = [768 * 1024, 1536 * 1024, 3072 * 1024]
-LR_MULTIPLIERS = {3e4: (0.5, 1), 1.2e5: (0.25, 0.5)}
-COSINE_FLOORS = {3e4: (0.0, 0.1), 1.2e5: (0.0,)}
+LR_MULTIPLIERS = [0.5, 1]
+COSINE_FLOORS = (0.0, 0.1)
 DESIGNS = ("cosine", "wsd", "cosine-0.1")
 PARALLEL = 1
 get_config = study.get_config
 
 
 def get_sweep():
-    """Per size (the smaller first) and rate: the WSD parent and its cooldowns, and the
-    cosine runs (to zero; for the smaller model also to 0.1x)."""
+    """Per rate: the WSD parent and its cooldowns, cosine runs to zero and to 0.1x."""
     base = get_config()
     return [
         t
-        for size, multipliers in LR_MULTIPLIERS.items()
-        for m in multipliers
-        for t in study.design_trials(base, [size], TOKENS, m, cosine_floors=COSINE_FLOORS[size])
+        for m in LR_MULTIPLIERS
+        for t in study.design_trials(base, SIZES, TOKENS, m, cosine_floors=COSINE_FLOORS)
     ]
 
 
