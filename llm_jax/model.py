@@ -16,6 +16,7 @@ Tensor-name letters (each tensor name ends in its shape):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -173,6 +174,45 @@ def _lookup(table_NxD: jax.Array, ids_BxL: jax.Array, row_axis: str | None) -> j
     return jnp.take(table_NxD, ids_BxL, axis=0)
 
 
+def _on_cpu() -> bool:
+    return jax.default_backend() == "cpu"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_cpu(x_BxLxI: jax.Array, w: jax.Array, w_is_OxI: bool) -> jax.Array:
+    return jnp.einsum("BLI,OI->BLO" if w_is_OxI else "BLI,IO->BLO", x_BxLxI, w)
+
+
+def _dense_cpu_fwd(x_BxLxI, w, w_is_OxI):
+    return _dense_cpu(x_BxLxI, w, w_is_OxI), (x_BxLxI, w)
+
+
+def _dense_cpu_bwd(w_is_OxI, residuals, g_BxLxO):
+    x_BxLxI, w = residuals
+    x_NxI = x_BxLxI.reshape(-1, x_BxLxI.shape[-1])
+    g_NxO = g_BxLxO.reshape(-1, g_BxLxO.shape[-1])
+    if w_is_OxI:
+        return jnp.einsum("BLO,OI->BLI", g_BxLxO, w), jnp.einsum("NO,NI->OI", g_NxO, x_NxI)
+    return jnp.einsum("BLO,IO->BLI", g_BxLxO, w), jnp.einsum("NI,NO->IO", x_NxI, g_NxO)
+
+
+_dense_cpu.defvjp(_dense_cpu_fwd, _dense_cpu_bwd)
+
+
+def dense(x_BxLxI: jax.Array, w: jax.Array, w_is_OxI: bool = False, **einsum_kw) -> jax.Array:
+    """x @ w over the last axis ([I, O] weights, or [O, I] with `w_is_OxI`), [B, L, O].
+
+    On CPU the weight gradient is one 2-D matmul over the B*L rows: XLA:CPU otherwise
+    lays the output gradient out transposed and contracts over two axes, which made
+    the backward pass of the MLP twice as slow as this (the same values, bit for bit).
+    Other backends get the plain einsum, so their programs are unchanged.
+    """
+    if _on_cpu() and not einsum_kw and x_BxLxI.dtype == w.dtype:
+        return _dense_cpu(x_BxLxI, w, w_is_OxI)
+    spec = "BLI,OI->BLO" if w_is_OxI else "BLI,IO->BLO"
+    return jnp.einsum(spec, x_BxLxI, w, **einsum_kw)
+
+
 def sinusoidal_embedding(positions_BxL: jax.Array, d_model: int) -> jax.Array:
     """Vaswani et al. 2017: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(same)."""
     exponent = jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model
@@ -297,7 +337,9 @@ class Attention(nn.Module):
 
         def project(name: str, n_heads: int, head_axis: str) -> jax.Array:
             w_DxNxK = _param(self, name, (D, n_heads, K), ("embed", head_axis, "kv"), normal)
-            y_BxLxNxK = jnp.einsum("BLD,DNK->BLNK", x_BxLxD, w_DxNxK)
+            y_BxLxNxK = dense(x_BxLxD, w_DxNxK.reshape(D, n_heads * K)).reshape(
+                *x_BxLxD.shape[:2], n_heads, K
+            )
             if s.attn_bias:
                 y_BxLxNxK += _param(self, name + "_bias", (n_heads, K), (head_axis, "kv"), zeros)[
                     None, None
@@ -319,7 +361,9 @@ class Attention(nn.Module):
         else:
             k_BxSxGxK, v_BxSxGxK = k_BxLxGxK, v_BxLxGxK
 
-        if self.inspect:
+        impl = choose_attention_impl(s, self.decode)
+        # On CPU the written-out form is faster than the library's (no vmap over heads).
+        if self.inspect or (impl == "xla" and _on_cpu()):
             out_BxLxHxK = self._explicit_attention(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask_Bx1xLxS)
         else:
             # Scaled dot-product, softmax in float32 inside both implementations; without a
@@ -331,7 +375,7 @@ class Attention(nn.Module):
                 mask=mask_Bx1xLxS,
                 is_causal=mask_Bx1xLxS is None and s.causal,
                 scale=mup.attention_scale(s),
-                implementation=choose_attention_impl(s, self.decode),
+                implementation=impl,
             )
         out_BxLxHxK = nn.with_logical_constraint(out_BxLxHxK, ACTIVATION_HEADS["heads"])
 
@@ -342,7 +386,9 @@ class Attention(nn.Module):
             ("heads", "kv", "embed"),
             nn.initializers.normal(_init_std(s, residual_output=True)),
         )
-        y_BxLxD = jnp.einsum("BLHK,HKD->BLD", out_BxLxHxK, w_HxKxD)
+        y_BxLxD = dense(
+            out_BxLxHxK.reshape(*out_BxLxHxK.shape[:2], H * K), w_HxKxD.reshape(H * K, D)
+        )
         if s.attn_bias:
             y_BxLxD += _param(self, "out_bias", (D,), ("embed",), zeros)[None, None]
         return checkpoint_name(y_BxLxD, "attn_out")
@@ -396,9 +442,7 @@ class MLP(nn.Module):
         zeros = nn.initializers.zeros
 
         def up(name: str) -> jax.Array:
-            h_BxLxF = jnp.einsum(
-                "BLD,DF->BLF", x_BxLxD, _param(self, name, (D, F), ("embed", "mlp"), normal)
-            )
+            h_BxLxF = dense(x_BxLxD, _param(self, name, (D, F), ("embed", "mlp"), normal))
             if s.mlp_bias:
                 h_BxLxF += _param(self, name + "_bias", (F,), ("mlp",), zeros)[None, None]
             return checkpoint_name(h_BxLxF, f"mlp_{name}")
@@ -410,8 +454,7 @@ class MLP(nn.Module):
         h_BxLxF = nn.with_logical_constraint(
             h_BxLxF, ("activation_batch", "activation_length", "activation_mlp")
         )
-        y_BxLxD = jnp.einsum(
-            "BLF,FD->BLD",
+        y_BxLxD = dense(
             h_BxLxF,
             _param(
                 self,
@@ -566,10 +609,10 @@ class Transformer(nn.Module):
         if s.num_classes:
             return _class_logits(self, x_BxLxD, segment_ids_BxL)
 
+        # Float32 logits; asking for them when they already are would skip dense's CPU path.
+        f32_out = {} if x_BxLxD.dtype == jnp.float32 else {"preferred_element_type": jnp.float32}
         if s.tie_embeddings:
-            logits_BxLxV = jnp.einsum(
-                "BLD,VD->BLV", x_BxLxD, embed_VxD, preferred_element_type=jnp.float32
-            )
+            logits_BxLxV = dense(x_BxLxD, embed_VxD, w_is_OxI=True, **f32_out)
         else:
             head_DxV = _param(
                 self,
@@ -578,15 +621,14 @@ class Transformer(nn.Module):
                 ("embed", "vocab"),
                 nn.initializers.normal(s.init_std),
             )
-            logits_BxLxV = jnp.einsum(
-                "BLD,DV->BLV", x_BxLxD, head_DxV, preferred_element_type=jnp.float32
-            )
+            logits_BxLxV = dense(x_BxLxD, head_DxV, **f32_out)
         logits_BxLxV = mup.scale_logits(s, logits_BxLxV)
         logits_BxLxV = nn.with_logical_constraint(
             logits_BxLxV, ("activation_batch", "activation_length", "activation_vocab")
         )
-        real_V = jnp.arange(s.padded_vocab) < s.vocab_size
-        logits_BxLxV = jnp.where(real_V[None, None], logits_BxLxV, PAD_LOGIT)
+        if s.padded_vocab > s.vocab_size:  # a no-op select costs a pass over the logits
+            real_V = jnp.arange(s.padded_vocab) < s.vocab_size
+            logits_BxLxV = jnp.where(real_V[None, None], logits_BxLxV, PAD_LOGIT)
         if inspect:
             lens_YxBxLxV = logits_BxLxV[B:].reshape(-1, B, L, s.padded_vocab)
             self.sow("intermediates", "logit_lens", lens_YxBxLxV)
