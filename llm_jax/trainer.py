@@ -84,21 +84,29 @@ class PhaseClock:
     since the previous lap to `phase`, so the phases add up to the run's whole time.
 
     CPU counts every thread, so on a busy machine it is the steadier figure. `startup` is
-    what preceded the clock since the process started (or was forked from the sweep
-    runner): interpreter, imports, config.
+    what preceded the clock: since the process started (or was forked from the sweep
+    runner: interpreter, imports, config), or since the last lap of an earlier clock in
+    this process. The laps of all clocks in a process share one timeline, so the trials
+    of a pack (one clock each, laps interleaved) never count the same second twice.
     """
 
+    _last: tuple[float, float] | None = None  # the process's latest lap (wall, CPU)
+
     def __init__(self):
-        self.totals: dict[str, list[float]] = {"startup": [_process_age() or 0.0, _cpu_seconds()]}
-        self._last = (time.perf_counter(), _cpu_seconds())
+        self.totals: dict[str, list[float]] = {}
+        if PhaseClock._last is None:  # the process's first clock
+            PhaseClock._last = (time.perf_counter(), _cpu_seconds())
+            self.totals["startup"] = [_process_age() or 0.0, PhaseClock._last[1]]
+        else:
+            self.lap("startup")
 
     def lap(self, phase: str) -> None:
-        """Charge the wall and CPU time since the previous lap to `phase`."""
-        now = (time.perf_counter(), _cpu_seconds())
+        """Charge the wall and CPU time since the process's previous lap to `phase`."""
+        now, last = (time.perf_counter(), _cpu_seconds()), PhaseClock._last
         total = self.totals.setdefault(phase, [0.0, 0.0])
-        total[0] += now[0] - self._last[0]
-        total[1] += now[1] - self._last[1]
-        self._last = now
+        total[0] += now[0] - last[0]
+        total[1] += now[1] - last[1]
+        PhaseClock._last = now
 
     def summary(self) -> str:
         """One line for train.log: `phases (wall/CPU s): startup 4.1/3.9, data ...`."""
