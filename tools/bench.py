@@ -4,7 +4,7 @@
     python tools/bench.py --preset gpt2-small --attention cudnn --remat save_dots --no-scan
     python tools/bench.py --preset gpt2-small --n-layers 2 --d-model 96 --pack 16   # K models
     python tools/bench.py --preset gpt2-small --n-layers 2 --n-heads 6 --d-model 96 \
-        --vocab-size 512 --batch 16 --seq-len 64 --dtype float32 --no-scan   # any shape
+        --vocab-size 512 --batch 16 --seq-len 64 --dtype float32 --no-scan --threads 1
 
 Builds the step with `llm_jax.train.make_train` (the one `llm-jax train` runs), on
 random tokens, compiles it (timed), warms up, then times `--steps` steps one by one
@@ -15,13 +15,14 @@ and peak device memory. Run it by hand or on a GPU/TPU; it is not a test.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import jax
 import numpy as np
 
-from llm_jax import chips
+from llm_jax import chips, xla_cpu
 from llm_jax import config as config_lib
 from llm_jax import flops as flops_lib
 from llm_jax import pack as pack_lib
@@ -53,6 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=["auto", "vmap", "map"],
         help="how a pack steps its models (auto: vmap, map on CPU)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="pin to this many CPUs (XLA:CPU runs one thread per CPU it may use; 0: all)",
+    )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
     return p.parse_args(argv)
@@ -62,6 +69,8 @@ def build_config(args: argparse.Namespace):
     """The config the benchmark runs."""
     config = config_lib.apply_preset(config_lib.default_config(), args.preset)
     shape = {k: getattr(args, k) for k in ("d_model", "n_layers", "n_heads", "d_ff", "vocab_size")}
+    if shape["d_model"] and not shape["d_ff"]:  # keep the preset's d_ff / d_model ratio
+        shape["d_ff"] = config.model.d_ff * shape["d_model"] // config.model.d_model
     config.model.update({k: v for k, v in shape.items() if v})
     config.model.update(
         dtype=args.dtype,
@@ -108,6 +117,11 @@ def _compiled(setup, config, pack: int, vectorized: bool | None = None):
 def main(argv=None) -> None:
     """Run the benchmark and print its table."""
     args = parse_args(argv)
+    if args.threads:  # before JAX starts its backend
+        os.environ[xla_cpu.CPUS_ENV] = xla_cpu.format_cpus(
+            sorted(os.sched_getaffinity(0))[: args.threads]
+        )
+        xla_cpu.pin_from_env()
     config = build_config(args)
     setup = train_lib.make_train(config, sharding_lib.make_mesh(config.mesh))
     with setup.context():
@@ -141,6 +155,7 @@ def main(argv=None) -> None:
             f"scan={not args.no_scan}",
         ),
         ("batch x seq_len", f"{args.batch} x {args.seq_len}"),
+        ("CPUs the process may use", f"{len(os.sched_getaffinity(0))} of {os.cpu_count()}"),
         ("models per step (--pack)", f"{args.pack} ({args.pack_mode})"),
         ("step time (median)", f"{step_s * 1e3:.2f} ms  (min {min(times) * 1e3:.2f})"),
         ("tokens/s", f"{tokens_per_s:,.0f}"),

@@ -15,8 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from llm_jax import tpu_env
-from llm_jax.errors import UserError
+from llm_jax import tpu_env, xla_cpu
+from llm_jax.errors import UsageError, UserError
 
 COMMANDS: dict[str, str] = {
     "train": "train a model: --config FILE --workdir DIR",
@@ -72,6 +72,17 @@ def configure_logging() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
+def _pin_cpus() -> None:
+    """Apply LLM_JAX_CPUS (llm_jax/xla_cpu.py) before any subcommand starts JAX."""
+    try:
+        xla_cpu.pin_from_env()
+    except (ValueError, OSError) as e:
+        raise UsageError(
+            f"{xla_cpu.CPUS_ENV}={os.environ[xla_cpu.CPUS_ENV]!r} is not a usable CPU list "
+            f"({e}); give CPUs this machine has, e.g. 0 or 0-3, or unset it"
+        ) from None
+
+
 def run(argv: Sequence[str]) -> int:
     """Dispatch `argv` (without the program name) to a subcommand; returns the exit code."""
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -84,6 +95,7 @@ def run(argv: Sequence[str]) -> int:
     tpu_env.quiet_libtpu_without_tpu()  # before any subcommand starts JAX
     configure_logging()
     try:
+        _pin_cpus()
         module = importlib.import_module(f"llm_jax.cli.{name.replace('-', '_')}")
         return int(module.main([f"llm-jax {name}", *rest]) or 0)
     except UserError as e:

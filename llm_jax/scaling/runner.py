@@ -63,7 +63,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from llm_jax import atomic, storage
+from llm_jax import atomic, storage, xla_cpu
 from llm_jax import lease as lease_lib
 from llm_jax import metrics as metrics_lib
 from llm_jax.preemption import PREEMPTED_EXIT_CODE
@@ -426,17 +426,17 @@ class _Reporter:
             self.stream.flush()
 
 
-def _thread_env(parallel: int) -> dict[str, str]:
-    """Environment for trial processes: split the CPU cores between the parallel trials."""
+def _thread_env(parallel: int, running: list) -> dict[str, str]:
+    """Environment for a new trial process: with `parallel` CPU trials at a time, pinned
+    (llm_jax/xla_cpu.py) to a share of the CPUs no running trial holds, so each runs the
+    threads it is given and no more (XLA sizes its pool from the CPUs it may use)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cores = os.cpu_count() or 1
-    if parallel > 1 and env.get("JAX_PLATFORMS", "cpu") == "cpu":
-        threads = max(1, cores // parallel)
-        env["XLA_FLAGS"] = (
-            env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-            f"{'true' if threads > 1 else 'false'} "
-            f"intra_op_parallelism_threads={threads}"
-        ).strip()
+    slots = xla_cpu.cpu_slots(parallel) if parallel > 1 else []
+    if slots and env.get("JAX_PLATFORMS", "cpu") == "cpu" and xla_cpu.CPUS_ENV not in os.environ:
+        held = {getattr(r, "cpus", None) for r in running}
+        free = [cpus for cpus in map(xla_cpu.format_cpus, slots) if cpus not in held]
+        if free:
+            env[xla_cpu.CPUS_ENV] = free[0]
     return env
 
 
@@ -550,7 +550,6 @@ def run_local(
     start trials as forks of this process where `fork_ready` (only a process whose JAX
     config is a fresh one's, as `llm-jax sweep`'s is, may: a fork inherits it)."""
     pack_of = {t.name: i for i, group in enumerate(groups or []) for t, _ in group}
-    env = _thread_env(parallel)
     fork = fork and fork_ready()
     if fork:  # imported once here, not once per trial
         import llm_jax.cli.train
@@ -568,7 +567,10 @@ def run_local(
                 if not ready:
                     break
                 group = _pop_group(queue, ready[0], pack_of)
+                env = _thread_env(parallel, running)
                 started = _start(group, sweep_path, workdir, env, out, fork)
+                for r in started:
+                    r.cpus = env.get(xla_cpu.CPUS_ENV)
                 names = {r.trial.name for r in started}
                 outcome.update({t.name: "busy" for t, _ in group if t.name not in names})
                 running += started

@@ -1,0 +1,64 @@
+"""XLA:CPU process settings: which matmul kernels it uses and how many threads it runs.
+
+Both must be in place before JAX starts its CPU backend, so `llm_jax/__init__.py` sets
+the kernels and `llm-jax` (the CLI dispatcher) and tools/bench.py pin the threads first.
+
+- Kernels: XLA:CPU hands dots and some reductions to YNNPACK by default; on the train
+  steps of small GPT models here its fusions ran 1.3-1.5x slower than XLA's own
+  Eigen dots (tools/bench.py, one thread, losses equal). A flag in the user's XLA_FLAGS
+  wins over this default.
+- Threads: XLA sizes its thread pool from the CPUs the process may run on, whatever
+  `--xla_cpu_multi_thread_eigen` says, so two trials each "given one thread" still ran
+  two threads each and waited on each other on a busy machine. The only reliable limit
+  is the CPU affinity: `LLM_JAX_CPUS` (e.g. "0" or "2-3,6") pins the process to those
+  CPUs; the sweep runner gives each parallel trial its own share.
+"""
+
+from __future__ import annotations
+
+import os
+
+CPUS_ENV = "LLM_JAX_CPUS"
+_KERNEL_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+
+
+def set_default_flags() -> None:
+    """Add our XLA:CPU kernel default to XLA_FLAGS unless the user chose one."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _KERNEL_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {_KERNEL_FLAG}=".strip()
+
+
+def parse_cpus(text: str) -> set[int]:
+    """CPU numbers of a list like "0", "0,2" or "0-3,6" (the taskset -c format)."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    if not cpus:
+        raise ValueError(f"no CPUs in {text!r}")
+    return cpus
+
+
+def format_cpus(cpus) -> str:
+    """The inverse of `parse_cpus`, one number per item ("0,1")."""
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def pin_from_env() -> None:
+    """Pin this process to the CPUs in LLM_JAX_CPUS, if set (before JAX's backend starts)."""
+    text = os.environ.get(CPUS_ENV)
+    if text and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, parse_cpus(text))
+
+
+def cpu_slots(parallel: int) -> list[list[int]]:
+    """This process's CPUs split into `parallel` equal, disjoint slots (in order); [] when
+    there are fewer CPUs than slots or the platform cannot pin."""
+    if not hasattr(os, "sched_getaffinity"):
+        return []
+    cpus = sorted(os.sched_getaffinity(0))
+    per_slot = len(cpus) // parallel
+    if per_slot == 0:
+        return []
+    return [cpus[i * per_slot : (i + 1) * per_slot] for i in range(parallel)]

@@ -1,0 +1,89 @@
+"""XLA:CPU process settings: kernel flags, CPU lists, pinning and the runner's CPU slots."""
+
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from llm_jax import xla_cpu
+from llm_jax.scaling import runner
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux-only"
+)
+
+
+def test_parse_and_format_cpu_lists():
+    assert xla_cpu.parse_cpus("0") == {0}
+    assert xla_cpu.parse_cpus("0-3,6") == {0, 1, 2, 3, 6}
+    assert xla_cpu.parse_cpus(" 2 , 1 ") == {1, 2}
+    assert xla_cpu.format_cpus({3, 1}) == "1,3"
+    for bad in ("", "a", "1-b"):
+        with pytest.raises(ValueError):
+            xla_cpu.parse_cpus(bad)
+
+
+def test_default_kernel_flag_is_added_once_and_never_over_the_users(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    xla_cpu.set_default_flags()
+    xla_cpu.set_default_flags()
+    flags = os.environ["XLA_FLAGS"]
+    assert flags.startswith("--xla_dump_to=/tmp/x ")
+    assert flags.count("--xla_cpu_experimental_ynn_fusion_type") == 1
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+    xla_cpu.set_default_flags()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+
+
+def test_slots_split_this_process_cpus(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    assert xla_cpu.cpu_slots(2) == [[0, 1], [2, 3]]
+    assert xla_cpu.cpu_slots(5) == [[0], [1], [2], [3], [4]]
+    assert xla_cpu.cpu_slots(6) == []  # more trials than CPUs: nobody is pinned
+
+
+def test_runner_gives_each_parallel_trial_a_cpu_share_no_running_trial_holds(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.delenv(xla_cpu.CPUS_ENV, raising=False)
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    first = runner._thread_env(2, [])
+    assert first[xla_cpu.CPUS_ENV] == "0,1"
+    second = runner._thread_env(2, [SimpleNamespace(cpus="0,1")])
+    assert second[xla_cpu.CPUS_ENV] == "2,3"
+    after_first_ended = runner._thread_env(2, [SimpleNamespace(cpus="2,3")])
+    assert after_first_ended[xla_cpu.CPUS_ENV] == "0,1"
+    assert xla_cpu.CPUS_ENV not in runner._thread_env(1, [])  # one at a time: every CPU
+    monkeypatch.setenv(xla_cpu.CPUS_ENV, "3")  # the user's own pinning wins
+    assert runner._thread_env(2, [])[xla_cpu.CPUS_ENV] == "3"
+
+
+def test_a_pinned_llm_jax_process_may_run_on_its_cpus_only():
+    allowed = sorted(os.sched_getaffinity(0))
+    code = (
+        "import os, sys\n"
+        "from llm_jax import cli\n"
+        "cli._pin_cpus()\n"
+        "print(sorted(os.sched_getaffinity(0)))\n"
+    )
+    env = dict(os.environ, **{xla_cpu.CPUS_ENV: str(allowed[-1])})
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"[{allowed[-1]}]"
+
+
+def test_a_bad_cpu_list_is_one_line_and_exit_2():
+    env = dict(os.environ, **{xla_cpu.CPUS_ENV: "9999"})
+    out = subprocess.run(
+        [sys.executable, "-m", "llm_jax.cli", "inspect", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("error: LLM_JAX_CPUS='9999' is not a usable CPU list")
+    assert "Traceback" not in out.stderr
