@@ -70,6 +70,9 @@ def test_profile_sums_phases_over_trials_and_counts_unfilled_slots(tmp_path):
     assert "3 attempts over 10.0 s wall" in table and "2.0 idle" in table
     # After it: 8 slot-seconds, a filled 4 and c 2.
     assert "2.0 tail" in table
+    assert profile_sweep.timed_trials(tmp_path) == ["a", "b", "c"]
+    only_a = profile_sweep.profile(tmp_path, parallel=2, only={"a"})
+    assert "1 attempts over 10.0 s wall" in only_a and "steps" in only_a
 
 
 # This test process runs JAX (the trials of the runner's own forks never do); the child

@@ -75,15 +75,28 @@ def slot_use(spans: list[tuple[float, float]], parallel: int) -> dict[str, float
     }
 
 
-def profile(sweep_dir: Path, parallel: int, per_trial: bool = False) -> str:
-    """The table: per phase, wall and CPU seconds summed over trials and their shares."""
+def timed_trials(sweep_dir: Path) -> list[str]:
+    """The trials (paths under `sweep_dir`) that recorded their phases."""
+    return [
+        str(p.parent.relative_to(sweep_dir))
+        for p in sorted(sweep_dir.rglob("status.json"))
+        if (p.parent / "phases.json").exists()
+    ]
+
+
+def profile(
+    sweep_dir: Path, parallel: int, per_trial: bool = False, only: set[str] | None = None
+) -> str:
+    """The table: per phase, wall and CPU seconds summed over trials and their shares.
+    `only`: these trials alone (e.g. those two sweeps both finished, to compare them)."""
     rows: dict[str, list[float]] = {}
     spans, lines = [], []
-    for status_path in sorted(sweep_dir.rglob("status.json")):
-        trial_dir = status_path.parent
-        phases = trial_phases(trial_dir)
-        if not phases:
+    for name in timed_trials(sweep_dir):
+        if only is not None and name not in only:
             continue
+        trial_dir = sweep_dir / name
+        phases = trial_phases(trial_dir)
+        status_path = trial_dir / "status.json"
         for a in (_read(status_path) or {}).get("attempts", []):
             spans.append((a["start"], a["end"]))
         for phase, (w, c) in phases.items():
@@ -91,15 +104,13 @@ def profile(sweep_dir: Path, parallel: int, per_trial: bool = False) -> str:
             total[0] += w
             total[1] += c
         if per_trial:
-            name = str(trial_dir.relative_to(sweep_dir))
             shown = [(p, phases[p]) for p in _ordered(phases) if phases[p][0] >= 0.05]
             lines.append(f"{name:28s} " + " ".join(f"{p} {w:.1f}/{c:.1f}" for p, (w, c) in shown))
     if not spans:
         return f"{sweep_dir}: no trial with phases.json (trained before phases were recorded?)"
     use = slot_use(spans, parallel)
     wall, cpu = sum(w for w, _ in rows.values()), sum(c for _, c in rows.values())
-    out = lines + ["" if lines else None]
-    out = [x for x in out if x is not None]
+    out = [*lines, ""] if lines else []
     out.append(f"{'phase':14s}{'wall s':>9s}{'share':>7s}{'CPU s':>9s}{'share':>7s}")
     for phase in _ordered(rows):
         w, c = rows[phase]
@@ -117,8 +128,10 @@ def main() -> None:
     p.add_argument("sweep_dir", type=Path)
     p.add_argument("--parallel", type=int, default=2, help="the sweep's parallel slots")
     p.add_argument("--trials", action="store_true", help="also one line per trial")
+    p.add_argument("--same-as", type=Path, metavar="DIR", help="only the trials DIR has timed too")
     args = p.parse_args()
-    print(profile(args.sweep_dir, args.parallel, args.trials))
+    only = set(timed_trials(args.same_as)) if args.same_as else None
+    print(profile(args.sweep_dir, args.parallel, args.trials, only))
 
 
 if __name__ == "__main__":
