@@ -94,6 +94,7 @@ class ModelConfig:
     parametrization: config_lib.Parametrization
     mup_base_width: int
     mup_base_head_dim: int
+    cpu_matmul_bias_grads: bool
 
     @classmethod
     def from_config(cls, model_cfg: ml_collections.ConfigDict) -> ModelConfig:
@@ -211,6 +212,33 @@ def dense(x_BxLxI: jax.Array, w: jax.Array, w_is_OxI: bool = False, **einsum_kw)
         return _dense_cpu(x_BxLxI, w, w_is_OxI)
     spec = "BLI,OI->BLO" if w_is_OxI else "BLI,IO->BLO"
     return jnp.einsum(spec, x_BxLxI, w, **einsum_kw)
+
+
+@jax.custom_vjp
+def _add_bias_cpu(y_BxLx_: jax.Array, bias: jax.Array) -> jax.Array:
+    return y_BxLx_ + bias[None, None]
+
+
+def _add_bias_cpu_fwd(y_BxLx_, bias):
+    return _add_bias_cpu(y_BxLx_, bias), None
+
+
+def _add_bias_cpu_bwd(_, g_BxLx_):
+    g_NxO = g_BxLx_.reshape(-1, math.prod(g_BxLx_.shape[2:]))
+    ones_N = jnp.ones(g_NxO.shape[:1], g_NxO.dtype)
+    return g_BxLx_, (ones_N @ g_NxO).reshape(g_BxLx_.shape[2:])
+
+
+_add_bias_cpu.defvjp(_add_bias_cpu_fwd, _add_bias_cpu_bwd)
+
+
+def add_bias(y_BxLx_: jax.Array, bias: jax.Array, matmul_grad: bool) -> jax.Array:
+    """y + bias over the trailing axes. With `matmul_grad` on CPU, the bias gradient sums
+    the B*L rows as one matmul (ones @ g): XLA:CPU's own sum walks them in strided
+    windows, 20x slower at these sizes, but adds in another order (not bit-identical)."""
+    if matmul_grad and _on_cpu():
+        return _add_bias_cpu(y_BxLx_, bias)
+    return y_BxLx_ + bias[None, None]
 
 
 def sinusoidal_embedding(positions_BxL: jax.Array, d_model: int) -> jax.Array:
@@ -341,9 +369,8 @@ class Attention(nn.Module):
                 *x_BxLxD.shape[:2], n_heads, K
             )
             if s.attn_bias:
-                y_BxLxNxK += _param(self, name + "_bias", (n_heads, K), (head_axis, "kv"), zeros)[
-                    None, None
-                ]
+                bias_NxK = _param(self, name + "_bias", (n_heads, K), (head_axis, "kv"), zeros)
+                y_BxLxNxK = add_bias(y_BxLxNxK, bias_NxK, s.cpu_matmul_bias_grads)
             if s.qk_norm and name != "value":
                 y_BxLxNxK = Norm(s, axis_name="kv", name=name + "_norm")(y_BxLxNxK)
             if s.positions == "rope" and name != "value":
@@ -390,7 +417,8 @@ class Attention(nn.Module):
             out_BxLxHxK.reshape(*out_BxLxHxK.shape[:2], H * K), w_HxKxD.reshape(H * K, D)
         )
         if s.attn_bias:
-            y_BxLxD += _param(self, "out_bias", (D,), ("embed",), zeros)[None, None]
+            bias_D = _param(self, "out_bias", (D,), ("embed",), zeros)
+            y_BxLxD = add_bias(y_BxLxD, bias_D, s.cpu_matmul_bias_grads)
         return checkpoint_name(y_BxLxD, "attn_out")
 
     def _explicit_attention(self, q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask_Bx1xLxS):
@@ -444,7 +472,8 @@ class MLP(nn.Module):
         def up(name: str) -> jax.Array:
             h_BxLxF = dense(x_BxLxD, _param(self, name, (D, F), ("embed", "mlp"), normal))
             if s.mlp_bias:
-                h_BxLxF += _param(self, name + "_bias", (F,), ("mlp",), zeros)[None, None]
+                bias_F = _param(self, name + "_bias", (F,), ("mlp",), zeros)
+                h_BxLxF = add_bias(h_BxLxF, bias_F, s.cpu_matmul_bias_grads)
             return checkpoint_name(h_BxLxF, f"mlp_{name}")
 
         if s.mlp == "swiglu":
@@ -465,7 +494,8 @@ class MLP(nn.Module):
             ),
         )
         if s.mlp_bias:
-            y_BxLxD += _param(self, "down_bias", (D,), ("embed",), zeros)[None, None]
+            bias_D = _param(self, "down_bias", (D,), ("embed",), zeros)
+            y_BxLxD = add_bias(y_BxLxD, bias_D, s.cpu_matmul_bias_grads)
         return checkpoint_name(y_BxLxD, "mlp_down")
 
 

@@ -45,6 +45,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("d-model", "n-layers", "n-heads", "d-ff", "vocab-size"):
         p.add_argument(f"--{name}", type=int, default=0, help="override the preset's value")
     p.add_argument("--no-scan", action="store_true", help="unrolled layers instead of nn.scan")
+    p.add_argument(
+        "--cpu-matmul-bias-grads",
+        action="store_true",
+        help="config.model.cpu_matmul_bias_grads (faster on CPU, not bit-identical)",
+    )
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes (-1 = the rest)")
     p.add_argument("--pack", type=int, default=1, help="K models in one step (llm_jax/pack.py)")
@@ -77,6 +82,7 @@ def build_config(args: argparse.Namespace):
         attention_impl=args.attention,
         remat=args.remat,
         scan_layers=not args.no_scan,
+        cpu_matmul_bias_grads=args.cpu_matmul_bias_grads,
         max_seq_len=max(config.model.max_seq_len, args.seq_len),
     )
     config.data.seq_len = args.seq_len

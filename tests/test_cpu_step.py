@@ -1,0 +1,66 @@
+"""The CPU forms of the train step's pieces give the plain forms' values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llm_jax import model as model_lib
+from llm_jax import tasks as tasks_lib
+
+
+def _arrays(*shapes):
+    keys = jax.random.split(jax.random.PRNGKey(0), len(shapes))
+    return [jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes, strict=True)]
+
+
+@pytest.mark.parametrize("w_is_OxI", [False, True])
+def test_dense_cpu_path_equals_the_einsum_bit_for_bit(w_is_OxI):
+    x_BxLxI, w, probe_BxLxO = _arrays((4, 8, 24), (40, 24) if w_is_OxI else (24, 40), (4, 8, 40))
+    spec = "BLI,OI->BLO" if w_is_OxI else "BLI,IO->BLO"
+
+    def plain(x, w):
+        return (jnp.einsum(spec, x, w) * probe_BxLxO).sum()
+
+    def ours(x, w):
+        return (model_lib.dense(x, w, w_is_OxI) * probe_BxLxO).sum()
+
+    assert jax.default_backend() == "cpu"
+    np.testing.assert_array_equal(jax.jit(ours)(x_BxLxI, w), jax.jit(plain)(x_BxLxI, w))
+    for got, want in zip(
+        jax.jit(jax.grad(ours, (0, 1)))(x_BxLxI, w),
+        jax.jit(jax.grad(plain, (0, 1)))(x_BxLxI, w),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_bias_gradient_by_matmul_is_the_sum_to_float_rounding():
+    y_BxLxNxK, bias_NxK, probe = _arrays((4, 16, 3, 8), (3, 8), (4, 16, 3, 8))
+
+    def loss(matmul_grad):
+        return lambda y, b: (model_lib.add_bias(y, b, matmul_grad) * probe).sum()
+
+    (dy0, db0), (dy1, db1) = (
+        jax.jit(jax.grad(loss(m), (0, 1)))(y_BxLxNxK, bias_NxK) for m in (0, 1)
+    )
+    np.testing.assert_array_equal(dy1, dy0)
+    np.testing.assert_allclose(db1, probe.sum((0, 1)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(db1, db0, rtol=1e-5, atol=1e-5)
+
+
+def test_token_cross_entropy_equals_gathering_the_target_logit():
+    (logits_BxLxV,) = _arrays((2, 5, 11))
+    targets_BxL = jax.random.randint(jax.random.PRNGKey(1), (2, 5), 0, 11)
+
+    def gathered(logits):
+        target = jnp.take_along_axis(logits, targets_BxL[..., None], -1)[..., 0]
+        return (jax.nn.logsumexp(logits, -1) - target).sum()
+
+    def ours(logits):
+        return tasks_lib.token_cross_entropy(logits, targets_BxL).sum()
+
+    np.testing.assert_array_equal(jax.jit(ours)(logits_BxLxV), jax.jit(gathered)(logits_BxLxV))
+    np.testing.assert_array_equal(
+        jax.jit(jax.grad(ours))(logits_BxLxV), jax.jit(jax.grad(gathered))(logits_BxLxV)
+    )
