@@ -14,6 +14,7 @@ from tiny_run import tiny_config, write_corpus
 
 from llm_jax import cli, lease, trainer
 from llm_jax.scaling import results, runner
+from llm_jax.scaling.sweep import Trial
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # not a package
 import profile_sweep
@@ -73,6 +74,21 @@ def test_profile_sums_phases_over_trials_and_counts_unfilled_slots(tmp_path):
     assert profile_sweep.timed_trials(tmp_path) == ["a", "b", "c"]
     only_a = profile_sweep.profile(tmp_path, parallel=2, only={"a"})
     assert "1 attempts over 10.0 s wall" in only_a and "steps" in only_a
+
+
+def test_trials_that_others_wait_for_start_first_then_costliest_first():
+    def planned(name, cost, parent=""):
+        return (Trial(name, {}, parent=parent), {"C_detailed": cost})
+
+    todo = [
+        planned("big-branch", 16.0, parent="small-parent"),
+        planned("alone", 8.0),
+        planned("small-parent", 2.0),
+        planned("big-parent", 12.0),
+        planned("branch", 4.0, parent="big-parent"),
+    ]
+    order = [t.name for t, _ in runner.start_order(todo)]
+    assert order == ["big-parent", "small-parent", "big-branch", "alone", "branch"]
 
 
 # This test process runs JAX (the trials of the runner's own forks never do); the child

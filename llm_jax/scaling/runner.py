@@ -534,6 +534,15 @@ def _stop_all(running: list, outcome: dict) -> None:
         outcome[r.trial.name] = r.finish(rc)
 
 
+def start_order(todo: list) -> list:
+    """`todo` [(trial, plan)] in the order to start them: trials that others wait for (WSD
+    parents, fine-tuned trials) first, then the rest; costliest first within each. A
+    parent started late leaves one slot working alone at the end (the demo's smallest
+    size: the least FLOPs but the most steps, and then its branches)."""
+    parents = {t.parent for t, _ in todo if t.parent}
+    return sorted(todo, key=lambda tp: (tp[0].name not in parents, -tp[1]["C_detailed"]))
+
+
 def run_local(
     sweep_path: str,
     workdir: str,
@@ -554,8 +563,7 @@ def run_local(
     if fork:  # imported once here, not once per trial
         import llm_jax.cli.train
         import llm_jax.pack  # noqa: F401
-    # Costliest first, so that the parallel slots finish at about the same time.
-    queue = sorted(todo, key=lambda tp: -tp[1]["C_detailed"])
+    queue = start_order(todo)
     running, outcome, eta, out = [], {}, _Eta(parallel), _Reporter(stream)
     last_status = 0.0
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
