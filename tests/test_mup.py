@@ -1,5 +1,6 @@
 """µP: standard parametrization untouched, activations flat across widths under µP."""
 
+import dataclasses
 import hashlib
 
 import jax
@@ -14,6 +15,7 @@ from llm_jax.model import ModelConfig
 from llm_jax.scaling import sweep
 
 VOCAB = 64
+N_LAYERS = 2  # tiny_train_config's
 
 
 def _batch(seed: int) -> dict:
@@ -61,6 +63,8 @@ def test_mup_labels_and_multipliers():
     cfg = ModelConfig.from_config(config.model)
     assert mup.width_mult(cfg) == 4 and mup.hidden_init_scale(cfg) == 0.5
     assert mup.attention_scale(cfg) == pytest.approx(1 / 16)  # sqrt(K / 4) / K, K = 64
+    heads_cfg = dataclasses.replace(cfg, mup_base_head_dim=64)  # the width added heads
+    assert mup.attention_scale(heads_cfg) == pytest.approx(1 / 8)  # SP's 1 / sqrt(K)
     _, params, _, _ = _train(config, 0)
     labels = {
         "/".join(k.key for k in path): label
@@ -75,31 +79,57 @@ def test_mup_labels_and_multipliers():
     assert mup.lr_multipliers(cfg) == {mup.HIDDEN: 0.25, mup.VECTOR: 1.0}
 
 
-def _coordinates(parametrization: str, width: int) -> np.ndarray:
-    """Mean |activation| of the residual stream after each layer, and of the logits, after
-    4 Adam steps of a width-`width` model (base width 64)."""
+def _coordinates(parametrization: str, width: int, **model) -> np.ndarray:
+    """After 4 Adam steps of a width-`width` model (base width 64), per layer: the mean
+    |activation| of the residual stream, and the spread (std over keys) of the last query's
+    attention scores; then the mean |logit|."""
     config = tiny_train_config(
         d_model=width, steps=4, warmup_steps=0, schedule="constant", lr=1e-2, grad_clip=0.0
     )
-    config.model.update(n_heads=4, parametrization=parametrization, mup_base_width=64)
+    config.model.update(parametrization=parametrization, mup_base_width=64, **model)
     setup, _, state, _ = _train(config, 4)
     logits, inter = setup.model.apply(
         {"params": state["params"]}, _batch(9)["inputs"], inspect=True, mutable=["intermediates"]
     )
-    residual = np.abs(np.asarray(inter["intermediates"]["residual"][0])).mean(axis=(1, 2, 3))
-    return np.append(residual, np.abs(np.asarray(logits)[..., :VOCAB]).mean())
+    inter = inter["intermediates"]
+    residual = np.abs(np.asarray(inter["residual"][0])).mean(axis=(1, 2, 3))
+    # log softmax = scores - a constant per query: its spread over the keys is the scores'.
+    weights_YxBxHxLxS = np.asarray(inter["layers"]["attn"]["attention_weights"][0])
+    scores = np.log(weights_YxBxHxLxS[..., -1, :]).std(axis=-1).mean(axis=(1, 2))
+    return np.concatenate([residual, scores, [np.abs(np.asarray(logits)[..., :VOCAB]).mean()]])
+
+
+def _coordinate_check(model_at_width, flat) -> None:
+    """µP coordinates (`flat` of them) stay within 2.5x from width 64 to 512 and 1.25x from
+    256 to 512; SP's residual stream grows over 10x and its logits over 3x."""
+    mup = np.array([_coordinates("mup", w, **model_at_width(w)) for w in (64, 256, 512)])
+    sp_512 = _coordinates("sp", 512, **model_at_width(512))
+    print("mup", mup.round(4).tolist(), "sp 512", sp_512.round(4).tolist())
+    assert np.all(np.abs(np.log(mup[-1, flat] / mup[0, flat])) < np.log(2.5))
+    assert np.all(np.abs(np.log(mup[-1, flat] / mup[1, flat])) < np.log(1.25))
+    sp_growth = sp_512 / mup[0]  # at width 64 (m = 1) µP is SP
+    assert np.all(sp_growth[:N_LAYERS] > 10) and sp_growth[-1] > 3
 
 
 def test_coordinate_check_flat_under_mup_growing_under_sp():
-    # Measured (load 8, 2 cores): µP 64 -> 512 moves each coordinate by 0.5-0.8x and
-    # 256 -> 512 by under 15% (finite-width effects fading); SP grows it 4-200x.
-    mup_coords = np.array([_coordinates("mup", w) for w in (64, 256, 512)])  # [width, layer]
-    sp_coords = np.array([_coordinates("sp", w) for w in (64, 512)])
-    print("mup", mup_coords.round(3).tolist(), "sp", sp_coords.round(3).tolist())
-    assert np.all(np.abs(np.log(mup_coords[-1] / mup_coords[0])) < np.log(2.5))
-    assert np.all(np.abs(np.log(mup_coords[-1] / mup_coords[1])) < np.log(1.25))
-    assert np.all(sp_coords[-1, :-1] / sp_coords[0, :-1] > 10)  # the residual stream
-    assert sp_coords[-1, -1] / sp_coords[0, -1] > 3  # the logits
+    # Width grows by widening 4 heads (head_dim 16 to 128). Measured (load 8-11, 2 cores):
+    # µP 64 -> 512 moves the residual stream and logits by 0.5-0.8x, 256 -> 512 by under
+    # 15% (finite-width effects fading); SP grows them 4.6-210x. The attention scores are
+    # left out: under µP's 1/K they start 1/sqrt(m) smaller (0.24-0.32x at width 512), as
+    # µP intends, until training aligns q with k.
+    _coordinate_check(lambda width: {"n_heads": 4}, flat=np.r_[:N_LAYERS, -1])
+
+
+@pytest.mark.slow
+def test_coordinate_check_when_width_adds_heads():
+    # Width grows by adding heads of 16 (4 to 32), so the base keeps head_dim 16 and the
+    # attention scale stays 1/4. Measured (load 9-12): µP 64 -> 512 moves every coordinate,
+    # attention scores included, by 0.45-0.8x, 256 -> 512 by under 15%; SP grows the
+    # residual stream 114-231x and the scores 21-25x. With K_0 = K / m (mup_base_head_dim
+    # unset, the rule for widening heads) the scores fell 0.16-0.23x: the test fails.
+    _coordinate_check(
+        lambda width: {"n_heads": width // 16, "mup_base_head_dim": 16}, flat=np.s_[:]
+    )
 
 
 def test_size_rules_mup_mode_keeps_one_learning_rate_across_sizes():
@@ -111,4 +141,5 @@ def test_size_rules_mup_mode_keeps_one_learning_rate_across_sizes():
         assert t.overrides["train.lr"] == 3e-3
         assert t.overrides["model.parametrization"] == "mup"
         assert t.overrides["model.mup_base_width"] == 64
+        assert t.overrides["model.mup_base_head_dim"] == 16  # the ladder adds heads of 16
     assert sweep.SizeRules().lr(base, 3e5) != sweep.SizeRules().lr(base, 3e4)  # SP rules
