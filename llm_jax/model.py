@@ -610,7 +610,7 @@ class Transformer(nn.Module):
         )
         x_BxLxD = _lookup(embed_VxD, tokens_BxL, "vocab")
         if s.embed_scale:
-            x_BxLxD *= math.sqrt(s.d_model)
+            x_BxLxD *= math.sqrt(s.d_model / mup.width_mult(s))  # µP: the base's factor
         if s.positions == "sinusoidal":
             x_BxLxD += sinusoidal_embedding(positions_BxL, s.d_model).astype(s.dtype)
         elif s.positions == "learned":
@@ -746,7 +746,8 @@ def _class_logits(module: nn.Module, x_BxLxD: jax.Array, segment_ids_BxL) -> jax
         nn.initializers.normal(s.init_std),
     )
     bias_C = _param(module, "class_head_bias", (s.num_classes,), (None,), nn.initializers.zeros)
-    return jnp.einsum("BD,DC->BC", x_BxD, head_DxC.astype(jnp.float32)) + bias_C[None]
+    logits_BxC = jnp.einsum("BD,DC->BC", x_BxD, head_DxC.astype(jnp.float32))
+    return mup.scale_logits(s, logits_BxC) + bias_C[None]  # a readout, as the LM head
 
 
 def unstack_layers(params: dict, n_layers: int) -> dict:
