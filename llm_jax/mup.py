@@ -7,7 +7,9 @@ With `model.parametrization = 'mup'` and width multiplier m = d_model / mup_base
   width): init std divided by sqrt(m), Adam learning rate divided by m;
 - vector-like parameters (embeddings, norm scales, biases) and the output layer (one
   dimension, the vocabulary, is fixed): init and learning rate unchanged;
-- output logits multiplied by 1/m (the `mup` package's MuReadout);
+- output logits multiplied by 1/m (the `mup` package's MuReadout), the LM head's and a
+  classification head's alike; with `embed_scale` the embeddings are multiplied by the
+  base's sqrt(d_model / m), so the inputs do not grow with width;
 - attention scores q.k / K instead of q.k / sqrt(K), times sqrt(K_0) so the base model's
   scale is unchanged, K_0 being the base model's head_dim, `mup_base_head_dim`. The
   width can grow two ways: by widening heads at a fixed n_heads (`mup_base_head_dim=0`:

@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from tiny_run import tiny_train_config
 from llm_jax import mup
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
-from llm_jax.model import ModelConfig
+from llm_jax.model import ModelConfig, Transformer
 from llm_jax.scaling import sweep
 
 VOCAB = 64
@@ -77,6 +78,31 @@ def test_mup_labels_and_multipliers():
         for w in ws
     }
     assert mup.lr_multipliers(cfg) == {mup.HIDDEN: 0.25, mup.VECTOR: 1.0}
+
+
+def test_mup_divides_every_readout_by_m_and_keeps_embed_scale_at_the_base():
+    # With mup_base_head_dim = head_dim (attention as SP's) and the same params, µP's
+    # forward is SP's but for the readouts (x 1/m) and embed_scale (sqrt(base), not
+    # sqrt(d_model)): m = 4 makes the readout scale exact.
+    model = tiny_train_config(d_model=128).model
+    model.update(n_layers=1, mup_base_width=32, mup_base_head_dim=64)
+    sp_cfg = ModelConfig.from_config(model)
+    tokens = _batch(0)["inputs"]
+
+    def forward(parametrization, params=None, **changes):
+        cfg = dataclasses.replace(sp_cfg, parametrization=parametrization, **changes)
+        if params is None:
+            params = nn.meta.unbox(Transformer(cfg).init(jax.random.key(0), tokens)["params"])
+        return Transformer(cfg).apply({"params": params}, tokens), params
+
+    sp_classes, params = forward("sp", num_classes=3)
+    mup_classes, _ = forward("mup", params, num_classes=3)
+    np.testing.assert_array_equal(mup_classes * 4, sp_classes)  # the classification head
+    # µP with embed_scale = SP without it, the embedding table pre-multiplied by sqrt(32).
+    mup_logits, params = forward("mup", embed_scale=True)
+    scaled = {**params, "token_embed": params["token_embed"] * np.float32(np.sqrt(32))}
+    sp_logits, _ = forward("sp", scaled)
+    np.testing.assert_allclose(mup_logits * 4, sp_logits, rtol=1e-5)  # and the LM head
 
 
 def _coordinates(parametrization: str, width: int, **model) -> np.ndarray:
