@@ -16,16 +16,32 @@ the kernels and `llm-jax` (the CLI dispatcher) and tools/bench.py pin the thread
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 
 CPUS_ENV = "LLM_JAX_CPUS"
 _KERNEL_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 
+# XLA aborts the process on a flag it does not know, so the default is only set for the
+# jaxlib versions whose XLA was checked to have it (0.10.0, 0.10.2 and 0.12.0.1 were).
+_KERNEL_FLAG_JAXLIB = ((0, 10), (0, 13))
+
+
+def _jaxlib_version() -> tuple[int, ...]:
+    try:
+        text = importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return ()
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:2])
+
+
 def set_default_flags() -> None:
     """Add our XLA:CPU kernel default to XLA_FLAGS unless the user chose one."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if _KERNEL_FLAG not in flags:
+    low, high = _KERNEL_FLAG_JAXLIB
+    if _KERNEL_FLAG not in flags and low <= _jaxlib_version() < high:
         os.environ["XLA_FLAGS"] = f"{flags} {_KERNEL_FLAG}=".strip()
 
 

@@ -37,6 +37,21 @@ def test_default_kernel_flag_is_added_once_and_never_over_the_users(monkeypatch)
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
 
 
+@pytest.mark.parametrize("version", ["0.9.2", "0.13.0", None])
+def test_no_kernel_flag_on_a_jaxlib_whose_xla_may_not_know_it(monkeypatch, version):
+    """XLA aborts on an unknown flag: outside the checked versions, XLA_FLAGS is untouched."""
+
+    def fake_version(name):
+        if version is None:
+            raise xla_cpu.importlib.metadata.PackageNotFoundError(name)
+        return version
+
+    monkeypatch.setattr(xla_cpu.importlib.metadata, "version", fake_version)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    xla_cpu.set_default_flags()
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+
+
 def test_slots_split_this_process_cpus(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
     assert xla_cpu.cpu_slots(2) == [[0, 1], [2, 3]]
