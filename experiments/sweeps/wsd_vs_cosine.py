@@ -107,13 +107,13 @@ def read_rows(*workdirs):
 def best_per_design(rows):
     """{(N, D): {design: (loss, lr)}}: each design's lowest final loss over the rate grid.
 
-    `rows`: results.csv rows (dicts of strings) of finished trials; constant-LR parents are
-    left out.
+    `rows`: results.csv rows (dicts of strings); constant-LR parents and unfinished trials
+    are left out.
     """
     best = defaultdict(dict)
     for r in rows:
         design = design_of(r)
-        if design is None:
+        if design is None or r["status"] != "done":
             continue
         key, loss, lr = (int(r["N"]), int(r["D"])), float(r["loss"]), float(r["train.lr"])
         if design not in best[key] or loss < best[key][design][0]:
