@@ -8,9 +8,17 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Subprocesses (trainers, sweeps) inherit it too.
 os.environ["LLM_JAX_CACHE"] = tempfile.mkdtemp(prefix="llm_jax_test_cache_")
+# One persistent compilation cache for the whole session (this process, the trainers it
+# starts, and pytest-xdist's workers, which inherit the controller's variable): each tiny
+# program compiles once, not once per test module. tiny_run points trainers at it too.
+os.environ.setdefault(
+    "LLM_JAX_TEST_XLA_CACHE", os.path.join(os.environ["LLM_JAX_CACHE"], "jax_compilation_cache")
+)
 
 import jax
 
+jax.config.update("jax_compilation_cache_dir", os.environ["LLM_JAX_TEST_XLA_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)  # as the trainer sets it
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

@@ -229,6 +229,7 @@ def test_jsonl_rows_without_text_are_reported_and_non_text_refused(tmp_path, cap
         list(Corpus(config.data, tmp_path / "hf").documents("train"))
 
 
+@pytest.mark.slow  # a distributed run of two trainer processes, then SIGTERM: 70 s at load 10
 def test_sigterm_to_one_host_stops_every_host_at_the_same_step(corpus, tmp_path):
     corpus_glob, cache = corpus
     workdir = tmp_path / "two"

@@ -25,6 +25,7 @@ needs_libtpu = pytest.mark.skipif(
     not HAVE_LIBTPU, reason="libtpu is not installed: pip install -e .[tpu] (CI installs it)"
 )
 LLAMA_7B_CONFIG = "experiments/configs/llama2_7b.py"
+GPT2_NARROW = dict(d_model=128, n_heads=2, d_ff=512)  # GPT-2 small's 12 layers, 1/6 the width
 
 if HAVE_LIBTPU:
     plan.compile_only_process()  # JAX_PLATFORMS is cpu already (conftest); quiets libtpu
@@ -94,9 +95,10 @@ def test_the_advice_leaves_out_what_the_config_already_does():
 
 @pytest.fixture(scope="module")
 def gpt2_reports() -> dict[str, plan.PlanReport]:
-    # GPT-2 small on a v5p host; the v4 host only needs to show the chip's numbers, so a
-    # tiny model keeps its compile short.
-    gpt2 = _config("gpt2-small", seq_len=128, batch_size=16)
+    # GPT-2 small's layout, narrowed (TPU code generation grows with width; the 7B plan
+    # is the full-size compile), on a v5p host; the v4 host only needs to show the chip's
+    # numbers, so a tiny model keeps its compile short.
+    gpt2 = _config("gpt2-small", seq_len=128, batch_size=16, **GPT2_NARROW)
     tiny = _config("llama-tiny", seq_len=128, batch_size=16)
     return {
         "v5p-8": plan.plan(gpt2, plan.get_topology("v5p-8")),
@@ -125,7 +127,7 @@ def test_gpt2_small_fits_on_one_host(gpt2_reports, name, chip):
 
 @needs_libtpu
 def test_parameter_count_is_llm_jax_flops(gpt2_reports):
-    counts = flops.param_counts(_config("gpt2-small", 128, 16).model)
+    counts = flops.param_counts(_config("gpt2-small", 128, 16, **GPT2_NARROW).model)
     report = gpt2_reports["v5p-8"]
     assert report.params_total == counts.total
     assert report.params_allocated == counts.total + counts.vocab_padding

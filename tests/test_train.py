@@ -192,6 +192,7 @@ def test_resume_after_sigterm_is_exact(corpus, tmp_path):
     assert expected[-1]["step"] == 2 * k and "val/loss" in expected[-1]
 
 
+@pytest.mark.slow  # three trainer processes, two of them one distributed run: 130 s at load 10
 def test_two_processes_match_one(corpus, tmp_path):
     corpus_glob, cache = corpus
     extra = dict(

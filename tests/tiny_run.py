@@ -77,6 +77,8 @@ def tiny_overrides(corpus_glob: str, cache_dir, **extra) -> dict:
         "train.log_every": 2,
         "train.eval_every": 3,
         "checkpoint.every": 3,
+        # The session's compilation cache (tests/conftest.py), not one per data cache.
+        "train.compilation_cache_dir": os.environ.get("LLM_JAX_TEST_XLA_CACHE", ""),
     }
     overrides.update({k.replace("__", "."): v for k, v in extra.items()})
     return overrides
