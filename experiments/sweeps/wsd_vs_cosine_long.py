@@ -5,7 +5,8 @@ The same base config, 10-step warmup and 20% linear cooldowns, branched at 768, 
 over Shakespeare's training split), for the smaller model at the two rates that were best
 in the short study (0.5x and 1x the SizeRules rate). A third design, cosine decaying to a
 tenth of the peak (`min_lr_ratio` 0.1, the common practice), packs with the cosine runs
-to zero at little extra cost:
+to zero at little extra cost. Seeds 1 and 2 repeat the longest cell at 1x, for an error
+bar on the gap where it is smallest:
 
     llm-jax sweep experiments/sweeps/wsd_vs_cosine_long.py --workdir runs/wsd_vs_cosine_long
     python experiments/sweeps/wsd_vs_cosine_long.py runs/wsd_vs_cosine_long   # the table
@@ -23,22 +24,34 @@ TOKENS = [768 * 1024, 1536 * 1024, 3072 * 1024]
 LR_MULTIPLIERS = [0.5, 1]
 COSINE_FLOORS = (0.0, 0.1)
 DESIGNS = ("cosine", "wsd", "cosine-0.1")
+SEEDS = (1, 2)
 PARALLEL = 1
 get_config = study.get_config
 
 
 def get_sweep():
-    """Per rate: the WSD parent and its cooldowns, cosine runs to zero and to 0.1x."""
+    """Per rate: the WSD parent and its cooldowns, cosine runs to zero and to 0.1x; then
+    per extra seed, the longest cell's WSD branch (and parent) and cosine run at 1x."""
     base = get_config()
-    return [
+    trials = [
         t
         for m in LR_MULTIPLIERS
         for t in study.design_trials(base, SIZES, TOKENS, m, cosine_floors=COSINE_FLOORS)
     ]
+    for seed in SEEDS:
+        trials += study.design_trials(base, SIZES, TOKENS[-1:], 1, prefix=f"seed{seed}-", seed=seed)
+    return trials
 
 
 if __name__ == "__main__":
     rows = study.read_rows(sys.argv[1])
-    best = study.best_per_design(rows)
-    print(study.format_table(best, DESIGNS, epochs=study.epochs_per_tokens(rows)))
-    print(f"\nWSD design's compute / cosine design's: {study.compute_fraction(rows):.0%}")
+    seed0 = [r for r in rows if not r.get("train.seed")]
+    best = study.best_per_design(seed0)
+    print(study.format_table(best, DESIGNS, epochs=study.epochs_per_tokens(seed0)))
+    print(f"\nWSD design's compute / cosine design's: {study.compute_fraction(seed0):.0%}\n")
+    longest = max(int(r["D"]) for r in rows)
+    print(
+        study.seed_table(
+            [r for r in rows if int(r["D"]) == longest and float(r["lr_multiplier"]) == 1]
+        )
+    )
