@@ -9,7 +9,7 @@ to zero at little extra cost. Seeds 1 and 2 repeat the longest cell at 1x, for a
 bar on the gap where it is smallest:
 
     llm-jax sweep experiments/sweeps/wsd_vs_cosine_long.py --workdir runs/wsd_vs_cosine_long
-    python experiments/sweeps/wsd_vs_cosine_long.py runs/wsd_vs_cosine_long   # the table
+    python experiments/sweeps/wsd_vs_cosine_long.py runs/wsd_vs_cosine_long   # the tables
 """
 
 import sys
