@@ -6,11 +6,13 @@ import os
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Subprocesses (trainers, sweeps) inherit it too.
-os.environ["LLM_JAX_CACHE"] = tempfile.mkdtemp(prefix="llm_jax_test_cache_")
+# Subprocesses (trainers, sweeps) inherit it too, and so do pytest-xdist's workers: one
+# cache for the session (builds are locked, so workers wait for each other, not rebuild).
+os.environ.setdefault("LLM_JAX_TEST_CACHE", tempfile.mkdtemp(prefix="llm_jax_test_cache_"))
+os.environ["LLM_JAX_CACHE"] = os.environ["LLM_JAX_TEST_CACHE"]
 # One persistent compilation cache for the whole session (this process, the trainers it
-# starts, and pytest-xdist's workers, which inherit the controller's variable): each tiny
-# program compiles once, not once per test module. tiny_run points trainers at it too.
+# starts, the workers): each tiny program compiles once, not once per test module.
+# tiny_run points trainers at it too.
 os.environ.setdefault(
     "LLM_JAX_TEST_XLA_CACHE", os.path.join(os.environ["LLM_JAX_CACHE"], "jax_compilation_cache")
 )
