@@ -8,7 +8,7 @@ At width 64 both files train the same models.
     llm-jax sweep experiments/sweeps/mup_lr_transfer_heads.py --workdir runs/mup_lr_transfer_heads
 
 Widths 64 and 128 (`--only 'd_model=64-*,d_model=128-*'`, 28 runs) took 8.2 CPU-minutes
-packed, 27 min at load 9-11 on 2 cores; width 256 costs about three times that.
+packed, 27 min at load 9-11 on 2 cores; width 256 is not measured yet.
 """
 
 from pathlib import Path
