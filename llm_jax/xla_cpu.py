@@ -5,8 +5,8 @@ the kernels and `llm-jax` (the CLI dispatcher) and tools/bench.py pin the thread
 
 - Kernels: XLA:CPU hands dots and some reductions to YNNPACK by default; on the train
   steps of small GPT models here its fusions ran 1.3-1.5x slower than XLA's own
-  Eigen dots (tools/bench.py, one thread, losses equal). A flag in the user's XLA_FLAGS
-  wins over this default.
+  Eigen dots (tools/bench.py, one thread; the same float32 operations, rounding
+  may differ in the last bit). A flag in the user's XLA_FLAGS wins over this default.
 - Threads: XLA sizes its thread pool from the CPUs the process may run on, whatever
   `--xla_cpu_multi_thread_eigen` says, so two trials each "given one thread" still ran
   two threads each and waited on each other on a busy machine. The only reliable limit

@@ -20,7 +20,7 @@ os.environ.setdefault(
 import jax
 
 jax.config.update("jax_compilation_cache_dir", os.environ["LLM_JAX_TEST_XLA_CACHE"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)  # as the trainer sets it
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # as the trainer sets it
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

@@ -207,7 +207,13 @@ def test_unsupported_configs_are_refused_in_one_line():
 
 
 @pytest.mark.parametrize(
-    "key,value", [("norm_position", "post"), ("positions", "sinusoidal"), ("qk_norm", True)]
+    "key,value",
+    [
+        ("norm_position", "post"),
+        ("positions", "sinusoidal"),
+        ("qk_norm", True),
+        ("parametrization", "mup"),
+    ],
 )
 def test_export_refuses_switches_without_hf_equivalent(key, value):
     config = io.run_config(

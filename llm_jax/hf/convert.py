@@ -135,7 +135,10 @@ def family(m: ml_collections.ConfigDict) -> str:
         ),
         "llama": dict(positions="rope", norm="rmsnorm", mlp="swiglu"),
     }[kind]
-    wanted.update(norm_position="pre", qk_norm=False, embed_scale=False, causal=True)
+    # µP's logit and attention multipliers have no place in an HF config.json.
+    wanted.update(
+        norm_position="pre", qk_norm=False, embed_scale=False, causal=True, parametrization="sp"
+    )
     for key, value in wanted.items():
         if m[key] != value:
             raise ConvertError(
