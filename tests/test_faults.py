@@ -113,7 +113,9 @@ def test_sigterm_before_the_first_step_exits_75_and_a_rerun_starts_cleanly(corpu
     assert "resumed from" not in rerun.stderr
     # Off a terminal: one plain line per logged step, and the closing summary.
     assert "step 2/4 | loss " in rerun.stderr and "step 4/4 | loss " in rerun.stderr
-    summary = rerun.stderr.strip().splitlines()[-1]
+    # The closing summary, then the phases' times (the trainer's close) last.
+    *_, summary, phases = rerun.stderr.strip().splitlines()
+    assert phases.startswith("phases (wall/CPU s): startup ")
     assert summary.startswith("finished step 4 of 4: train/loss ") and "val/bpb" not in summary
     assert "(bpb " in summary and "tokens, wall time" in summary and str(workdir) in summary
 
