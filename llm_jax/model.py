@@ -388,9 +388,9 @@ class Attention(nn.Module):
         else:
             k_BxSxGxK, v_BxSxGxK = k_BxLxGxK, v_BxLxGxK
 
-        impl = choose_attention_impl(s, self.decode)
-        # On CPU the written-out form is faster than the library's (no vmap over heads).
-        if self.inspect or (impl == "xla" and _on_cpu()):
+        # On CPU the written-out form is faster than the library's XLA path (no vmap over
+        # heads); a forced 'cudnn' still goes to choose_attention_impl, which refuses it.
+        if self.inspect or (_on_cpu() and s.attention_impl != "cudnn"):
             out_BxLxHxK = self._explicit_attention(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask_Bx1xLxS)
         else:
             # Scaled dot-product, softmax in float32 inside both implementations; without a
@@ -402,7 +402,7 @@ class Attention(nn.Module):
                 mask=mask_Bx1xLxS,
                 is_causal=mask_Bx1xLxS is None and s.causal,
                 scale=mup.attention_scale(s),
-                implementation=impl,
+                implementation=choose_attention_impl(s, self.decode),
             )
         out_BxLxHxK = nn.with_logical_constraint(out_BxLxHxK, ACTIVATION_HEADS["heads"])
 

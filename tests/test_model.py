@@ -323,6 +323,14 @@ def test_forced_cudnn_on_cpu_is_a_clear_error():
     with pytest.raises(ValueError, match="cudnn.*backend is cpu.*float32"):
         jax.eval_shape(forced.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     assert model_lib.choose_attention_impl(model_lib.ModelConfig.from_config(tiny())) == "xla"
+    # Inspect mode writes attention out on any backend: a run trained with cuDNN
+    # attention can still be inspected on a CPU.
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    params = model_lib.Transformer(model_lib.ModelConfig.from_config(tiny())).init(
+        jax.random.key(0), tokens
+    )
+    _, sown = forced.apply(params, tokens, inspect=True, mutable=["intermediates"])
+    assert "intermediates" in sown
 
 
 # --- segments and the decode path --------------------------------------------------------

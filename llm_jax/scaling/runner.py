@@ -287,6 +287,7 @@ class _Running:
     ):
         self.trial, self.plan, self.dir = trial, plan, trial_dir
         self.pack_size = pack_size
+        self.cpus = env.get(xla_cpu.CPUS_ENV)  # the CPUs it is pinned to (`_thread_env`)
         self.start = self.beat = time.time()
         state = results_io.read_json(trial_dir / "status.json") or {"attempts": []}
         self.attempt = len(state["attempts"]) + 1
@@ -433,7 +434,7 @@ def _thread_env(parallel: int, running: list) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     slots = xla_cpu.cpu_slots(parallel) if parallel > 1 else []
     if slots and env.get("JAX_PLATFORMS", "cpu") == "cpu" and xla_cpu.CPUS_ENV not in os.environ:
-        held = {getattr(r, "cpus", None) for r in running}
+        held = {r.cpus for r in running}
         free = [cpus for cpus in map(xla_cpu.format_cpus, slots) if cpus not in held]
         if free:
             env[xla_cpu.CPUS_ENV] = free[0]
@@ -577,8 +578,6 @@ def run_local(
                 group = _pop_group(queue, ready[0], pack_of)
                 env = _thread_env(parallel, running)
                 started = _start(group, sweep_path, workdir, env, out, fork)
-                for r in started:
-                    r.cpus = env.get(xla_cpu.CPUS_ENV)
                 names = {r.trial.name for r in started}
                 outcome.update({t.name: "busy" for t, _ in group if t.name not in names})
                 running += started
