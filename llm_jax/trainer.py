@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -56,6 +57,8 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> str:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return path
 
+
+log = logging.getLogger(__name__)
 
 PHASES_FILE = "phases.json"  # per attempt: wall and CPU seconds per phase (tools/profile_sweep.py)
 
@@ -116,7 +119,14 @@ class PhaseClock:
     def save(self, workdir: str) -> None:
         """Append this attempt's totals to workdir/phases.json."""
         path = storage.join(workdir, PHASES_FILE)
-        attempts = json.loads(storage.read_text(path)) if storage.exists(path) else []
+        try:
+            attempts = json.loads(storage.read_text(path)) if storage.exists(path) else []
+            if not isinstance(attempts, list):
+                raise ValueError("not a list")
+        except ValueError as e:  # not ours to overwrite: moved aside, a new list started
+            storage.move(path, path + ".unreadable")
+            log.warning("%s was unreadable (%s): kept as %s.unreadable", path, e, PHASES_FILE)
+            attempts = []
         attempts.append({k: {"wall": w, "cpu": c} for k, (w, c) in self.totals.items()})
         storage.write_json(path, attempts)
 

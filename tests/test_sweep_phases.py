@@ -54,6 +54,16 @@ def _trial(root: Path, name: str, span: tuple[float, float], phases: dict) -> No
     (folder / "phases.json").write_text(json.dumps([rows]))
 
 
+def test_an_unreadable_phases_file_is_kept_aside_not_a_crash(tmp_path):
+    (tmp_path / trainer.PHASES_FILE).write_text("{not json")
+    clock = trainer.PhaseClock()
+    clock.lap("steps")
+    clock.save(str(tmp_path))
+    assert (tmp_path / (trainer.PHASES_FILE + ".unreadable")).read_text() == "{not json"
+    attempts = json.loads((tmp_path / trainer.PHASES_FILE).read_text())
+    assert len(attempts) == 1 and "steps" in attempts[0]
+
+
 def test_profile_sums_phases_over_trials_and_counts_unfilled_slots(tmp_path):
     # Two slots: a from 0 to 10, b from 0 to 4, c (waited for a's checkpoint) from 6 to 8.
     _trial(tmp_path, "a", (100.0, 110.0), {"startup": (1.0, 0.5), "steps": (8.0, 7.0)})
