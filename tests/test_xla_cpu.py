@@ -70,8 +70,13 @@ def test_runner_gives_each_parallel_trial_a_cpu_share_no_running_trial_holds(mon
     after_first_ended = runner._thread_env(2, [SimpleNamespace(cpus="2,3")])
     assert after_first_ended[xla_cpu.CPUS_ENV] == "0,1"
     assert xla_cpu.CPUS_ENV not in runner._thread_env(1, [])  # one at a time: every CPU
-    monkeypatch.setenv(xla_cpu.CPUS_ENV, "3")  # the user's own pinning wins
-    assert runner._thread_env(2, [])[xla_cpu.CPUS_ENV] == "3"
+    # The user's own pinning: `llm-jax sweep` runs on those CPUs, and its trials share them.
+    monkeypatch.setenv(xla_cpu.CPUS_ENV, "2-3")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3})
+    assert runner._thread_env(2, [])[xla_cpu.CPUS_ENV] == "2"
+    assert runner._thread_env(2, [SimpleNamespace(cpus="2")])[xla_cpu.CPUS_ENV] == "3"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert runner._thread_env(2, [])[xla_cpu.CPUS_ENV] == "2-3"  # fewer CPUs than trials
 
 
 def test_a_pinned_llm_jax_process_may_run_on_its_cpus_only():

@@ -433,7 +433,8 @@ def _thread_env(parallel: int, running: list) -> dict[str, str]:
     threads it is given and no more (XLA sizes its pool from the CPUs it may use)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     slots = xla_cpu.cpu_slots(parallel) if parallel > 1 else []
-    if slots and env.get("JAX_PLATFORMS", "cpu") == "cpu" and xla_cpu.CPUS_ENV not in os.environ:
+    # This process's CPUs are the user's LLM_JAX_CPUS if set (`llm-jax` pinned it first).
+    if slots and env.get("JAX_PLATFORMS", "cpu") == "cpu":
         held = {r.cpus for r in running}
         free = [cpus for cpus in map(xla_cpu.format_cpus, slots) if cpus not in held]
         if free:
