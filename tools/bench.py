@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from llm_jax import chips, xla_cpu
+from llm_jax import chips
 from llm_jax import config as config_lib
 from llm_jax import flops as flops_lib
 from llm_jax import pack as pack_lib
@@ -123,11 +123,8 @@ def _compiled(setup, config, pack: int, vectorized: bool | None = None):
 def main(argv=None) -> None:
     """Run the benchmark and print its table."""
     args = parse_args(argv)
-    if args.threads:  # before JAX starts its backend
-        os.environ[xla_cpu.CPUS_ENV] = xla_cpu.format_cpus(
-            sorted(os.sched_getaffinity(0))[: args.threads]
-        )
-        xla_cpu.pin_from_env()
+    if args.threads:  # before JAX starts its backend (llm_jax/xla_cpu.py: why affinity)
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
     config = build_config(args)
     setup = train_lib.make_train(config, sharding_lib.make_mesh(config.mesh))
     with setup.context():
