@@ -26,46 +26,86 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from llm_jax import mup, trees
 
 Schedule = Callable[[jax.Array | int], jax.Array]
+KINDS = ("cosine", "linear", "wsd", "constant", "rsqrt")
 
 
-def make_schedule(train_cfg: ml_collections.ConfigDict, total_steps: int) -> Schedule:
-    """The learning rate as a jittable function of the (0-based) step."""
+def schedule_values(train_cfg: ml_collections.ConfigDict, total_steps: int) -> dict[str, float]:
+    """The numbers a schedule reads, worked out in Python: `schedule_from_values` takes
+    them as constants or as traced arrays (the train step's inputs, so that runs differing
+    only in these numbers, such as a WSD parent and its cooldowns, share one program)."""
     peak = train_cfg.lr
     low = peak * train_cfg.min_lr_ratio
     warmup = max(0, min(train_cfg.warmup_steps, total_steps))
-    kind = train_cfg.schedule
     decay_steps = max(1, round(train_cfg.decay_fraction * total_steps))
+    start = max(warmup, total_steps - decay_steps)
+    # 'constant' is the linear WSD formula at a decay progress held at 0.
+    inv_decay_span = 0.0 if train_cfg.schedule == "constant" else _reciprocal(total_steps - start)
+    return {
+        "peak": peak,
+        "low": low,
+        "range": peak - low,
+        "half_range": (peak - low) * 0.5,
+        "warmup": warmup,
+        "warmup_at_least_1": max(1, warmup),
+        "start": start,  # the step a WSD decay starts
+        # Reciprocals: XLA turns a division by a constant into a product with its float32
+        # reciprocal, so multiplying by these keeps the arithmetic of constant schedules.
+        "warmup_rate": float(np.float32(peak) * _reciprocal(warmup)),  # lr per step
+        "inv_span": float(_reciprocal(total_steps - warmup)),  # after warmup to the end
+        "inv_decay_span": float(inv_decay_span),
+    }
+
+
+def _reciprocal(n: int) -> np.float32:
+    return np.float32(1.0) / np.float32(max(1, n))
+
+
+def program_kind(train_cfg: ml_collections.ConfigDict) -> tuple[str, str]:
+    """(formula, decay shape): what the compiled step depends on, beyond the numbers."""
+    if train_cfg.schedule == "constant":  # exactly the linear WSD formula before its decay
+        return "wsd", "linear"
+    return train_cfg.schedule, train_cfg.decay_shape
+
+
+def schedule_from_values(kind: tuple[str, str], values: dict) -> Schedule:
+    """The learning rate as a jittable function of the (0-based) step; `kind` from
+    `program_kind`, `values` from `schedule_values` (Python numbers or scalar arrays)."""
+    formula, decay_shape = kind
+    if formula not in KINDS:
+        raise ValueError(f"unknown schedule {formula!r}")
+    v = values
 
     def schedule(step):
         s = jnp.asarray(step, jnp.float32)
-        p = jnp.clip((s - warmup) / max(1, total_steps - warmup), 0.0, 1.0)
-        if kind == "cosine":
-            after = low + (peak - low) * 0.5 * (1.0 + jnp.cos(jnp.pi * p))
-        elif kind == "linear":
-            after = peak - (peak - low) * p
-        elif kind == "wsd":
-            start = max(warmup, total_steps - decay_steps)
-            q = jnp.clip((s - start) / max(1, total_steps - start), 0.0, 1.0)
-            if train_cfg.decay_shape == "1-sqrt":
-                after = low + (peak - low) * (1.0 - jnp.sqrt(q))
+        p = jnp.clip((s - v["warmup"]) * v["inv_span"], 0.0, 1.0)
+        if formula == "cosine":
+            after = v["low"] + v["half_range"] * (1.0 + jnp.cos(jnp.pi * p))
+        elif formula == "linear":
+            after = v["peak"] - v["range"] * p
+        elif formula == "wsd":
+            q = jnp.clip((s - v["start"]) * v["inv_decay_span"], 0.0, 1.0)
+            if decay_shape == "1-sqrt":
+                after = v["low"] + v["range"] * (1.0 - jnp.sqrt(q))
             else:
-                after = peak - (peak - low) * q
-        elif kind == "constant":
-            after = jnp.full_like(s, peak)
-        elif kind == "rsqrt":
-            after = peak * jnp.sqrt(max(1, warmup) / jnp.maximum(s, max(1, warmup)))
-        else:
-            raise ValueError(f"unknown schedule {kind!r}")
-        if warmup == 0:
-            return after
-        return jnp.where(s < warmup, peak * (s + 1.0) / warmup, after)
+                after = v["peak"] - v["range"] * q
+        else:  # rsqrt
+            w = v["warmup_at_least_1"]
+            after = v["peak"] * jnp.sqrt(w / jnp.maximum(s, w))
+        # With no warmup, s < 0 never holds.
+        return jnp.where(s < v["warmup"], (s + 1.0) * v["warmup_rate"], after)
 
     return schedule
+
+
+def make_schedule(train_cfg: ml_collections.ConfigDict, total_steps: int) -> Schedule:
+    """The learning rate of `train_cfg` as a jittable function of the (0-based) step."""
+    return schedule_from_values(program_kind(train_cfg), schedule_values(train_cfg, total_steps))
 
 
 def _is_embedding(names: tuple[str, ...]) -> bool:
@@ -96,17 +136,16 @@ def weight_decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
 
 def make_optimizer(
     train_cfg: ml_collections.ConfigDict,
-    total_steps: int,
+    schedule: Schedule,
     model_cfg: ml_collections.ConfigDict | None = None,
-) -> tuple[optax.GradientTransformation, Schedule]:
-    """AdamW (with masked decay) after global-norm clipping; returns (optimizer, schedule).
+) -> optax.GradientTransformation:
+    """AdamW at `schedule`'s rate (with masked decay) after global-norm clipping.
 
     Under µP (`model_cfg.parametrization == 'mup'`) each parameter's update is then
     scaled by its partition's learning-rate multiplier (llm_jax/mup.py): AdamW's update,
     decoupled decay included, is proportional to the learning rate, so this is AdamW at
     lr x multiplier per partition, with no extra optimizer state.
     """
-    schedule = make_schedule(train_cfg, total_steps)
     adamw = optax.adamw(
         learning_rate=schedule,
         b1=train_cfg.b1,
@@ -126,5 +165,5 @@ def make_optimizer(
             ),
         )
     if train_cfg.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), adamw), schedule
-    return adamw, schedule
+        return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), adamw)
+    return adamw

@@ -9,9 +9,9 @@ writer, window, progress lines), so its workdir is what `llm-jax train` would ha
 written; trial k's state is sliced out of the stack only to evaluate or checkpoint it.
 `PackedTrainer` is a `Trainer` and runs the same loop.
 
-The step reads the learning-rate values (`TRACED`) as per-model arrays: the optimizer
-and schedule are built inside the mapped function from a view of config.train whose lr
-and min_lr_ratio are that model's traced values, so the arithmetic is the unpacked step's.
+The step takes each model's schedule values (`train.schedule_args`: rates, warmup, decay
+start) as per-model arrays, exactly as the unpacked step takes one model's, so a packed
+trial runs the arithmetic of the same trial alone.
 A trial that diverges is reported and dropped from logging, evaluation and checkpoints;
 the others go on.
 """
@@ -41,8 +41,15 @@ from llm_jax import trainer as trainer_lib
 from llm_jax.config import ConfigError
 from llm_jax.trainer import Trainer, TrainError
 
-PACKABLE = ("train.lr", "train.min_lr_ratio", "train.seed", "model.init_std")
-TRACED = ("lr", "min_lr_ratio")  # the config.train fields the step reads per model
+# The step's inputs (seed and init scale: the initial state; the rest: schedule values).
+PACKABLE = (
+    "train.lr",
+    "train.min_lr_ratio",
+    "train.warmup_steps",
+    "train.decay_fraction",
+    "train.seed",
+    "model.init_std",
+)
 
 
 def pack_key(config: ml_collections.ConfigDict) -> str:
@@ -54,26 +61,17 @@ def pack_key(config: ml_collections.ConfigDict) -> str:
     return json.dumps(tree, sort_keys=True, default=str)
 
 
-class _TracedTrain:
-    """config.train with the `TRACED` fields replaced by one model's traced values."""
-
-    def __init__(self, train_cfg: ml_collections.ConfigDict, values: dict[str, jax.Array]):
-        self._train_cfg, self._values = train_cfg, values
-
-    def __getattr__(self, name: str) -> Any:
-        if name in self._values:
-            return self._values[name]
-        return getattr(self._train_cfg, name)
-
-
 def stacked_sharding(sharding: NamedSharding) -> NamedSharding:
     """The sharding of K such arrays stacked on a new, unsharded leading axis."""
     return NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))
 
 
-def hyperparameters(configs: Sequence[ml_collections.ConfigDict]) -> dict[str, jax.Array]:
-    """The `TRACED` values of K configs, as float32 arrays of shape [K]."""
-    return {name: jnp.asarray([c.train[name] for c in configs], jnp.float32) for name in TRACED}
+def hyperparameters(
+    configs: Sequence[ml_collections.ConfigDict], total_steps: int
+) -> dict[str, np.ndarray]:
+    """The schedule values of K configs, as float32 arrays of shape [K]."""
+    rows = [train_lib.schedule_args(c, total_steps) for c in configs]
+    return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
 
 
 def make_packed_step(setup: train_lib.TrainSetup, vectorized: bool | None = None):
@@ -89,10 +87,7 @@ def make_packed_step(setup: train_lib.TrainSetup, vectorized: bool | None = None
     if vectorized is None:
         vectorized = jax.default_backend() != "cpu"
 
-    def one_model(state: dict, batch: dict, values: dict) -> tuple[dict, dict]:
-        train_cfg = _TracedTrain(config.train, values)
-        step, _, _ = train_lib.train_step_fn(config, setup.model, setup.total_steps, train_cfg)
-        return step(state, batch)
+    one_model = train_lib.train_step_fn(config, setup.model)
 
     def packed(state: dict, batch: dict, values: dict) -> tuple[dict, dict]:
         return jax.lax.map(lambda args: one_model(*args), (state, batch, values))
@@ -199,7 +194,10 @@ class PackedTrainer(Trainer):
         # The loop's window, checkpointer and lease are all K trials'.
         self.window = self.checkpointer = self.lease = _Members(self)
         self.batch_sharding = stacked_sharding(first.setup.batch_sharding)
-        self.hparams = hyperparameters([m.config for m in members])
+        self.hparams = jax.device_put(
+            hyperparameters([m.config for m in members], self.setup.total_steps),
+            NamedSharding(self.setup.mesh, PartitionSpec()),
+        )
         with self.setup.context():
             self.train_step = make_packed_step(self.setup)
             self.state = stack_states(self.setup, [m.state for m in members])

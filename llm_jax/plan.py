@@ -366,7 +366,9 @@ def _compile(
     XLA's RESOURCE_EXHAUSTED at compile time becomes a Memory that does not fit.
     """
     with setup.context():
-        lowered = setup.train_step.lower(setup.abstract_state, setup.abstract_batch)
+        lowered = setup.train_step.lower(
+            setup.abstract_state, setup.abstract_batch, setup.schedule_args
+        )
     try:
         compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as e:

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -42,6 +43,7 @@ class TrainSetup:
     model: Transformer
     optimizer: optax.GradientTransformation
     schedule: optim.Schedule
+    schedule_args: dict[str, np.ndarray]  # the step's third argument
     total_steps: int
     abstract_state: Any
     state_shardings: Any
@@ -84,12 +86,15 @@ def _grads_and_sums(loss_and_grad, params, batch: dict, rng, m: int):
     return ce_sum, grads
 
 
-def _train_step_fn(
-    model: Transformer, task: tasks_lib.Objective, optimizer, schedule, train_cfg, deterministic
-):
+def _train_step_fn(model: Transformer, task: tasks_lib.Objective, config, deterministic):
+    train_cfg = config.train
     m = int(train_cfg.microbatches)
+    kind = optim.program_kind(train_cfg)
 
-    def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+    def train_step(state: dict, batch: dict, schedule_values: dict) -> tuple[dict, dict]:
+        schedule = optim.schedule_from_values(kind, schedule_values)
+        optimizer = optim.make_optimizer(train_cfg, schedule, config.model)
+        optimizer = finetune.freeze(optimizer, config.finetune.freeze)
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         total_weight = jnp.maximum(task.weights(batch).sum(), 1.0)
 
@@ -116,18 +121,21 @@ def _train_step_fn(
     return train_step
 
 
-def train_step_fn(
-    config: ml_collections.ConfigDict, model: Transformer, total_steps: int, train_cfg: Any = None
-) -> tuple[Callable, optax.GradientTransformation, optim.Schedule]:
-    """(unjitted step, optimizer, schedule) of `config`. `train_cfg`: config.train, or a
-    view of it whose lr values are traced per-model arrays (llm_jax/pack.py vmaps the step)."""
-    train_cfg = config.train if train_cfg is None else train_cfg
-    optimizer, schedule = optim.make_optimizer(train_cfg, total_steps, config.model)
-    optimizer = finetune.freeze(optimizer, config.finetune.freeze)
+def train_step_fn(config: ml_collections.ConfigDict, model: Transformer) -> Callable:
+    """The unjitted step (state, batch, schedule values) -> (state, metrics) of `config`.
+
+    The schedule's numbers (`schedule_args`) are inputs, not constants of the program: runs
+    that differ only in them (a WSD parent and its cooldowns, learning rates, warmups)
+    compile to one program, which the persistent compilation cache then serves to all.
+    """
     task = tasks_lib.objective(config)
-    deterministic = config.model.dropout == 0.0
-    step = _train_step_fn(model, task, optimizer, schedule, train_cfg, deterministic)
-    return step, optimizer, schedule
+    return _train_step_fn(model, task, config, deterministic=config.model.dropout == 0.0)
+
+
+def schedule_args(config: ml_collections.ConfigDict, total_steps: int) -> dict[str, np.ndarray]:
+    """The step's schedule values of `config`, as float32 scalars."""
+    values = optim.schedule_values(config.train, total_steps)
+    return {name: np.float32(value) for name, value in values.items()}
 
 
 def _rows_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -153,7 +161,12 @@ def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Tr
     """The jitted step and the abstract, sharded train state, without allocating arrays."""
     model = Transformer(ModelConfig.from_config(config.model))
     total_steps = config_lib.train_steps(config)
-    step, optimizer, schedule = train_step_fn(config, model, total_steps)
+    step = train_step_fn(config, model)
+    schedule = optim.make_schedule(config.train, total_steps)
+    # The optimizer's state does not depend on the schedule: this one builds the state.
+    optimizer = finetune.freeze(
+        optim.make_optimizer(config.train, schedule, config.model), config.finetune.freeze
+    )
     task = tasks_lib.objective(config)
     init_tokens = jnp.zeros((1, 8), jnp.int32)  # parameter shapes do not depend on these
 
@@ -186,7 +199,7 @@ def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Tr
     }
     train_step = jax.jit(
         step,
-        in_shardings=(state_shardings, batch_sh),
+        in_shardings=(state_shardings, batch_sh, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
@@ -206,6 +219,7 @@ def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Tr
         model=model,
         optimizer=optimizer,
         schedule=schedule,
+        schedule_args=schedule_args(config, total_steps),
         total_steps=total_steps,
         abstract_state=abstract_state,
         state_shardings=state_shardings,

@@ -207,6 +207,8 @@ class Trainer:
         self.started = time.time()
         self.primary = jax.process_index() == 0
         self.setup = train_lib.make_train(config, _make_mesh(config))
+        replicated = jax.sharding.NamedSharding(self.setup.mesh, jax.sharding.PartitionSpec())
+        self.schedule_args = jax.device_put(self.setup.schedule_args, replicated)
         self.clock.lap("setup")
         workdir_lib.check_workdir(workdir)
         storage.makedirs(workdir)
@@ -357,7 +359,7 @@ class Trainer:
     def step(self) -> None:
         """One optimizer step; its metrics stay on the device until `log`."""
         batch = self._to_global(next(self.iterator), self.setup.batch_sharding)
-        self.state, metrics = self.setup.train_step(self.state, batch)
+        self.state, metrics = self.setup.train_step(self.state, batch, self.schedule_args)
         self.step_count += 1
         self.window.pending.append(metrics)
 

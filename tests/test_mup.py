@@ -34,7 +34,7 @@ def _train(config, steps: int):
         losses = []
         for seed in range(steps):
             state, metrics = setup.train_step(
-                state, jax.device_put(_batch(seed), setup.batch_sharding)
+                state, jax.device_put(_batch(seed), setup.batch_sharding), setup.schedule_args
             )
             losses.append(float(jax.device_get(metrics["train/loss"])))
     return setup, first, jax.device_get(state), losses

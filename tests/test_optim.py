@@ -42,6 +42,58 @@ def test_schedule_without_warmup_starts_at_peak():
     assert float(schedule(100)) == pytest.approx(0.1)
 
 
+def _reference(t, total):
+    """The module docstring's formulas with the numbers as constants of the program."""
+    peak, low = t.lr, t.lr * t.min_lr_ratio
+    warmup = min(t.warmup_steps, total)
+    start = max(warmup, total - max(1, round(t.decay_fraction * total)))
+
+    def schedule(step):
+        s = jnp.asarray(step, jnp.float32)
+        p = jnp.clip((s - warmup) / max(1, total - warmup), 0.0, 1.0)
+        q = jnp.clip((s - start) / max(1, total - start), 0.0, 1.0)
+        after = {
+            "cosine": lambda: low + (peak - low) * 0.5 * (1.0 + jnp.cos(jnp.pi * p)),
+            "linear": lambda: peak - (peak - low) * p,
+            "wsd": lambda: (
+                low + (peak - low) * (1.0 - jnp.sqrt(q))
+                if t.decay_shape == "1-sqrt"
+                else peak - (peak - low) * q
+            ),
+            "constant": lambda: jnp.full_like(s, peak),
+            "rsqrt": lambda: peak * jnp.sqrt(max(1, warmup) / jnp.maximum(s, max(1, warmup))),
+        }[t.schedule]()
+        return after if warmup == 0 else jnp.where(s < warmup, peak * (s + 1.0) / warmup, after)
+
+    return schedule
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "wsd", "wsd-1-sqrt", "constant", "rsqrt"])
+def test_schedule_as_step_inputs_equals_it_as_constants_bit_for_bit(kind):
+    # The step takes the schedule's numbers as inputs (so runs differing only in them share
+    # a program); XLA would have folded them into the program as constants before.
+    kind, _, shape = kind.partition("-")
+    program = optim.program_kind(_train_cfg(schedule=kind, decay_shape=shape or "linear"))
+    traced = jax.jit(lambda s, v: jax.vmap(optim.schedule_from_values(program, v))(s))
+    for lr, ratio, warmup, total, fraction in [
+        (3e-3, 0.1, 5, 113, 0.2),
+        (1.23e-2, 0.0, 0, 97, 0.33),
+        (6e-4, 0.07, 30, 40, 0.25),
+    ]:
+        t = _train_cfg(
+            schedule=kind,
+            decay_shape=shape or "linear",
+            lr=lr,
+            min_lr_ratio=ratio,
+            warmup_steps=warmup,
+            decay_fraction=fraction,
+        )
+        steps = jnp.arange(total + 3)
+        want = np.asarray(jax.jit(jax.vmap(_reference(t, total)))(steps))
+        values = {k: np.float32(v) for k, v in optim.schedule_values(t, total).items()}
+        np.testing.assert_array_equal(np.asarray(traced(steps, values)), want)
+
+
 def _params(preset):
     config = config_lib.apply_preset(config_lib.default_config(), preset)
     config.model.update(d_model=32, n_heads=2, n_kv_heads=0, d_ff=64, vocab_size=64)
@@ -80,9 +132,8 @@ def test_weight_decay_mask_excludes_norms_biases_and_embeddings():
 
 def test_optimizer_decays_only_masked_params_and_clips():
     params = {"dense": {"kernel": jnp.ones((4, 4))}, "norm": {"scale": jnp.ones((4,))}}
-    tx, _ = optim.make_optimizer(
-        _train_cfg(schedule="constant", warmup_steps=0, lr=0.1, weight_decay=0.5), 10
-    )
+    t = _train_cfg(schedule="constant", warmup_steps=0, lr=0.1, weight_decay=0.5)
+    tx = optim.make_optimizer(t, optim.make_schedule(t, 10))
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zero_grads, tx.init(params), params)
     new = optax.apply_updates(params, updates)
@@ -93,7 +144,8 @@ def test_optimizer_decays_only_masked_params_and_clips():
     huge = jax.tree.map(lambda p: 1e6 * jnp.ones_like(p), params)
 
     def first_moment_norm(grad_clip):
-        opt, _ = optim.make_optimizer(_train_cfg(grad_clip=grad_clip, b1=0.9), 10)
+        t = _train_cfg(grad_clip=grad_clip, b1=0.9)
+        opt = optim.make_optimizer(t, optim.make_schedule(t, 10))
         _, state = opt.update(huge, opt.init(params), params)
         (adam,) = [s for s in jax.tree.leaves(state, is_leaf=_is_adam) if _is_adam(s)]
         return float(optax.tree.norm(adam.mu))

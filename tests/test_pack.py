@@ -69,7 +69,7 @@ def test_packed_step_equals_each_model_alone():
             initial.append(jax.device_get(state))  # the step donates its input
             losses = []
             for batch in _batches(k, steps):
-                state, metrics = setup.train_step(state, batch)
+                state, metrics = setup.train_step(state, batch, setup.schedule_args)
                 losses.append(jax.device_get(metrics))
         alone.append(losses)
     setup = train_lib.make_train(configs[0], mesh)  # the pack's shape; its lr is unused
@@ -78,7 +78,7 @@ def test_packed_step_equals_each_model_alone():
         for vectorized in (True, False):  # vmap (accelerators) and lax.map (CPU)
             step = pack.make_packed_step(setup, vectorized)
             state = pack.stack_states(setup, initial)
-            hparams = pack.hyperparameters(configs)
+            hparams = pack.hyperparameters(configs, setup.total_steps)
             for i in range(steps):
                 batch = {n: np.stack([m[i][n] for m in per_model]) for n in ("inputs", "targets")}
                 state, metrics = step(state, batch, hparams)
@@ -86,7 +86,10 @@ def test_packed_step_equals_each_model_alone():
                 for k in range(3):
                     for name, value in alone[k][i].items():
                         got = metrics[name][k]
-                        assert got == pytest.approx(value, rel=1e-5), (vectorized, k, i, name)
+                        if vectorized:  # batched matmuls may round otherwise
+                            assert got == pytest.approx(value, rel=1e-5), (k, i, name)
+                        else:  # the same programs, the schedule's numbers as inputs
+                            assert got == value, (k, i, name)
     assert len({float(alone[k][-1]["train/loss"]) for k in range(3)}) == 3
 
 

@@ -56,7 +56,7 @@ def _run_steps(config, mesh, batches):
         history = []
         for batch in batches:
             state, step_metrics = setup.train_step(
-                state, jax.device_put(batch, setup.batch_sharding)
+                state, jax.device_put(batch, setup.batch_sharding), setup.schedule_args
             )
             history.append(jax.device_get(step_metrics))
         return jax.device_get(state), history
@@ -83,6 +83,25 @@ def test_optimizer_state_takes_its_parameters_shardings():
                 assert same.spec == sharding.spec, path
         sharded = [s for _, s in params if any(a is not None for a in s.spec)]
         assert len(sharded) >= 8  # the test means something: most params are split
+
+
+def test_runs_differing_only_in_schedule_numbers_share_one_program():
+    # A WSD parent (constant rate) and its cooldown branches: other lengths, decay
+    # fractions, rates and warmups lower to the same program, so one compile (and the
+    # persistent cache) serves them all; another formula (cosine) lowers to another.
+    def lowered(**train):
+        setup = train_lib.make_train(_config(**train), _mesh())
+        with setup.context():
+            args = (setup.abstract_state, setup.abstract_batch, setup.schedule_args)
+            return setup.train_step.lower(*args).as_text()
+
+    parent = lowered(schedule="constant", steps=80, lr=1e-2, warmup_steps=5)
+    branches = [
+        lowered(schedule="wsd", steps=24, decay_fraction=1 / 6, lr=1e-2, warmup_steps=5),
+        lowered(schedule="wsd", steps=96, decay_fraction=0.25, lr=3e-3, warmup_steps=0),
+    ]
+    assert all(branch == parent for branch in branches)
+    assert lowered(schedule="cosine", steps=80, lr=1e-2) != parent
 
 
 def test_sharded_steps_match_one_device():

@@ -103,17 +103,18 @@ def _compiled(setup, config, pack: int, vectorized: bool | None = None):
         "targets": tokens[..., 1:].astype(np.int32),
     }
     if pack == 1:
+        args = jax.device_put(setup.schedule_args)
         start = time.perf_counter()
-        step = setup.train_step.lower(setup.abstract_state, setup.abstract_batch).compile()
+        step = setup.train_step.lower(setup.abstract_state, setup.abstract_batch, args).compile()
         return (
-            step,
+            lambda s, b: step(s, b, args),
             setup.init_state(0),
             jax.device_put(batch, setup.batch_sharding),
             (time.perf_counter() - start),
         )
     state = pack_lib.stack_states(setup, [setup.init_state(0)] * pack)
     batch = jax.device_put(batch, pack_lib.stacked_sharding(setup.batch_sharding))
-    hparams = pack_lib.hyperparameters([config] * pack)
+    hparams = jax.device_put(pack_lib.hyperparameters([config] * pack, setup.total_steps))
     start = time.perf_counter()
     compiled = pack_lib.make_packed_step(setup, vectorized).lower(state, batch, hparams).compile()
     compile_s = time.perf_counter() - start
