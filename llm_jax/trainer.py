@@ -68,11 +68,11 @@ def _process_age() -> float | None:
     try:
         with open("/proc/self/stat") as f:  # field 22: start time, clock ticks after boot
             start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/stat") as f:
-            boot = next(float(line.split()[1]) for line in f if line.startswith("btime"))
-    except (OSError, ValueError, IndexError, StopIteration):
+        with open("/proc/uptime") as f:  # (not /proc/stat's btime: whole seconds)
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
         return None
-    return time.time() - (boot + start_ticks / os.sysconf("SC_CLK_TCK"))
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def _cpu_seconds() -> float:

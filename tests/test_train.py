@@ -3,6 +3,8 @@
 import json
 import os
 import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -19,6 +21,7 @@ from tiny_run import (
 )
 
 from llm_jax import checkpoint as ckpt_lib
+from llm_jax import config as config_lib
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
 from llm_jax import trainer
@@ -102,6 +105,21 @@ def test_runs_differing_only_in_schedule_numbers_share_one_program():
     ]
     assert all(branch == parent for branch in branches)
     assert lowered(schedule="cosine", steps=80, lr=1e-2) != parent
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_cpu_init_at_the_faster_compile_level_gives_the_same_state(preset):
+    config = config_lib.apply_preset(_config(), preset)
+    config.model.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=0, vocab_size=VOCAB)
+    setup = train_lib.make_train(config, _mesh())
+    with setup.context():
+        fast = jax.device_get(setup.init_state(3))
+        default_level = jax.jit(
+            setup.init_state.__wrapped__, static_argnums=0, out_shardings=setup.state_shardings
+        )
+        state = jax.device_get(default_level(3))
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_sharded_steps_match_one_device():
@@ -266,3 +284,13 @@ def test_two_processes_match_one(corpus, tmp_path):
         for run in ("one", "two")
     ]
     assert saved[0] == saved[1] and saved[0]["position"] == 32  # one global position
+
+
+def test_process_age_counts_from_the_process_start():
+    # The phase clock's `startup` is the process's age when the trainer starts; /proc's
+    # btime (whole seconds) once added up to a second to every trial's startup.
+    code = "import time; from llm_jax.trainer import _process_age; print(_process_age())"
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    elapsed = time.perf_counter() - start
+    assert 0.0 < float(out.stdout) <= elapsed + 0.02
