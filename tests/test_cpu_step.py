@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from llm_jax import model as model_lib
-from llm_jax import tasks as tasks_lib
 
 
 def _arrays(*shapes):
@@ -49,20 +48,3 @@ def test_bias_gradient_by_matmul_is_the_sum_to_float_rounding():
     np.testing.assert_array_equal(dy1, dy0)
     np.testing.assert_allclose(db1, probe.sum((0, 1)), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(db1, db0, rtol=1e-5, atol=1e-5)
-
-
-def test_token_cross_entropy_equals_gathering_the_target_logit():
-    (logits_BxLxV,) = _arrays((2, 5, 11))
-    targets_BxL = jax.random.randint(jax.random.PRNGKey(1), (2, 5), 0, 11)
-
-    def gathered(logits):
-        target = jnp.take_along_axis(logits, targets_BxL[..., None], -1)[..., 0]
-        return (jax.nn.logsumexp(logits, -1) - target).sum()
-
-    def ours(logits):
-        return tasks_lib.token_cross_entropy(logits, targets_BxL).sum()
-
-    np.testing.assert_array_equal(jax.jit(ours)(logits_BxLxV), jax.jit(gathered)(logits_BxLxV))
-    np.testing.assert_array_equal(
-        jax.jit(jax.grad(ours))(logits_BxLxV), jax.jit(jax.grad(gathered))(logits_BxLxV)
-    )

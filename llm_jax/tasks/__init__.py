@@ -98,16 +98,16 @@ def apply_model(model, params, batch: dict, rng, deterministic: bool) -> jax.Arr
     )
 
 
+def target_logit(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+    """Each token's logit of its target, [B, L]."""
+    # A gather, whose gradient is a scatter. A masked sum over the vocabulary (a select
+    # in the gradient) measured 0-17% slower steps on CPU at vocabularies 512-8192.
+    return jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], -1)[..., 0]
+
+
 def token_cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
     """Per-token cross-entropy [B, L] in float32."""
-    log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-    # A masked sum, not take_along_axis: the same value exactly (one term, the rest zeros),
-    # but its gradient is a select rather than a scatter, which XLA:CPU runs element by
-    # element (a third of the step at vocabulary 2048).
-    vocab_1xV = jnp.arange(logits_BxLxV.shape[-1]).reshape((1,) * targets_BxL.ndim + (-1,))
-    is_target_BxLxV = vocab_1xV == targets_BxL[..., None]
-    target_logit_BxL = jnp.where(is_target_BxLxV, logits_BxLxV, 0.0).sum(-1)
-    return log_z_BxL - target_logit_BxL
+    return jax.nn.logsumexp(logits_BxLxV, axis=-1) - target_logit(logits_BxLxV, targets_BxL)
 
 
 class ExampleIterator:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from llm_jax.tasks import Objective, apply_model
+from llm_jax.tasks import Objective, apply_model, target_logit
 
 
 def weights(batch: dict) -> jax.Array:
@@ -25,7 +25,7 @@ def token_losses(model, params, batch: dict, rng, deterministic: bool):
     """Per-token (cross-entropy, log Z) [B, L] and weights (0 on padding)."""
     logits_BxLxV = apply_model(model, params, batch, rng, deterministic)
     log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-    target_logit_BxL = jnp.take_along_axis(logits_BxLxV, batch["targets"][..., None], -1)[..., 0]
+    target_logit_BxL = target_logit(logits_BxLxV, batch["targets"])
     return log_z_BxL - target_logit_BxL, log_z_BxL, weights(batch)
 
 
