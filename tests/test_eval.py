@@ -5,7 +5,6 @@ import json
 import math
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 pytest.importorskip("tokenizers")
 
 from hf_tokenizers import byte_level_bpe, shakespeare_texts
+from tiny_run import init_params
 
 from llm_jax import cli, eval_results, evaluate
 from llm_jax import config as config_lib
@@ -44,8 +44,7 @@ def run(tmp_path_factory):
     config.model.update(vocab_size=tokenizer.vocab_size, d_model=32, max_seq_len=32)
     config.data.seq_len = 32
     model = Transformer(ModelConfig.from_config(config.model))
-    boxed = model.init(jax.random.key(0), np.zeros((1, 8), np.int32))["params"]
-    params = nn.meta.unbox(boxed)
+    params = init_params(model, np.zeros((1, 8), np.int32))
     workdir = str(tmp_path_factory.mktemp("run") / "w")
     io.write_workdir(workdir, config, params, tokenizer, source="test")
     return workdir, config, params, tokenizer

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from hf_tokenizers import byte_level_bpe  # noqa: E402
+from tiny_run import init_params  # noqa: E402
 
 from llm_jax import cli  # noqa: E402
 from llm_jax import workdir as workdir_lib  # noqa: E402
@@ -269,7 +270,6 @@ def test_cli_import_generate_export(tmp_path, hf_tokenizer_dir, capsys):
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
 def test_native_preset_exports_to_transformers(tmp_path, preset):
     """A model made here (not imported) loads in transformers with the same logits."""
-    import flax.linen as nn
     import jax
 
     from llm_jax import config as config_lib
@@ -278,7 +278,7 @@ def test_native_preset_exports_to_transformers(tmp_path, preset):
     config.model.vocab_size = VOCAB  # padded to 384 rows here, 300 in the export
     model = Transformer(ModelConfig.from_config(config.model))
     tokens = _tokens()
-    params = nn.meta.unbox(model.init(jax.random.key(1), tokens)["params"])
+    params = init_params(model, tokens, seed=1)
     params = jax.tree.map(lambda p: p * 3, params)  # logits of order 10, not 0.1
     ours = np.asarray(model.apply({"params": params}, tokens))[..., :VOCAB]
     io.write_workdir(str(tmp_path / "w"), config, params, None, source="test")
@@ -290,8 +290,6 @@ def test_native_preset_exports_to_transformers(tmp_path, preset):
 
 def test_sentencepiece_run_exports_a_tokenizer_autotokenizer_loads(tmp_path):
     """A run trained with llm_jax's SentencePiece gets tokenizer.json + config on export."""
-    import flax.linen as nn
-    import jax
     from hf_tokenizers import shakespeare_texts
 
     from llm_jax import config as config_lib
@@ -301,7 +299,7 @@ def test_sentencepiece_run_exports_a_tokenizer_autotokenizer_loads(tmp_path):
     config = config_lib.apply_preset(config_lib.default_config(), "llama-tiny")
     config.model.vocab_size = 400
     model = Transformer(ModelConfig.from_config(config.model))
-    params = nn.meta.unbox(model.init(jax.random.key(0), _tokens(8))["params"])
+    params = init_params(model, _tokens(8))
     io.write_workdir(str(tmp_path / "w"), config, params, sentencepiece, source="test")
     files = io.export_hf(str(tmp_path / "w"), str(tmp_path / "out"))
     assert {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"} <= set(files)

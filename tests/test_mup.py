@@ -3,11 +3,10 @@
 import dataclasses
 import hashlib
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from tiny_run import tiny_train_config
+from tiny_run import init_params, tiny_train_config
 
 from llm_jax import mup
 from llm_jax import sharding as sharding_lib
@@ -92,7 +91,7 @@ def test_mup_divides_every_readout_by_m_and_keeps_embed_scale_at_the_base():
     def forward(parametrization, params=None, **changes):
         cfg = dataclasses.replace(sp_cfg, parametrization=parametrization, **changes)
         if params is None:
-            params = nn.meta.unbox(Transformer(cfg).init(jax.random.key(0), tokens)["params"])
+            params = init_params(Transformer(cfg), tokens)
         return Transformer(cfg).apply({"params": params}, tokens), params
 
     sp_classes, params = forward("sp", num_classes=3)

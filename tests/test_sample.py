@@ -4,12 +4,11 @@ import functools
 import json
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_run import tiny_model
+from tiny_run import init_params, tiny_model
 
 from llm_jax import sample
 from llm_jax.model import ModelConfig, Transformer, init_cache
@@ -115,8 +114,7 @@ def test_prompt_longer_than_the_context():
 def _tiny(**overrides):
     """A 2-layer d_model 32 model config and its random params (shared between tests)."""
     m = tiny_model(**{**dict(vocab_size=61, vocab_multiple=32, d_ff=0), **overrides})
-    init = jax.jit(Transformer(ModelConfig.from_config(m)).init)
-    return m, nn.unbox(init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
+    return m, init_params(Transformer(ModelConfig.from_config(m)), jnp.zeros((1, 4), jnp.int32))
 
 
 PROMPTS = [[5, 9, 2, 33, 7, 1, 40], [12, 3], [60, 8, 8, 19]]

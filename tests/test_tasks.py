@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_run import tiny_config, write_corpus
+from tiny_run import init_params, tiny_config, write_corpus
 
 from llm_jax import cli, trainer
 from llm_jax import config as config_lib
@@ -30,8 +30,7 @@ def _tiny_model(**model):
     config.model.update(d_model=32, n_layers=2, n_heads=2, vocab_size=64, vocab_multiple=64)
     config.model.update(model)
     model = Transformer(ModelConfig.from_config(config.model))
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    return model, params
+    return model, init_params(model, jnp.zeros((1, 8), jnp.int32))
 
 
 def test_pool_hidden_picks_the_last_real_token_or_the_mean():
