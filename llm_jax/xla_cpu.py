@@ -12,10 +12,16 @@ the kernels and `llm-jax` (the CLI dispatcher) and tools/bench.py pin the thread
   two threads each and waited on each other on a busy machine. The only reliable limit
   is the CPU affinity: `LLM_JAX_CPUS` (e.g. "0" or "2-3,6") pins the process to those
   CPUs; the sweep runner gives each parallel trial its own share.
+- Memory: XLA:CPU allocates each execution's temporaries anew, and glibc serves blocks
+  over 32 MB with fresh pages from the kernel and hands them back when freed, so every
+  step faulted its temporaries in again, page by page. `reuse_freed_memory` (the trainer
+  and the bench call it on CPU) keeps freed memory in the process instead.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.metadata
 import os
 import re
@@ -43,6 +49,26 @@ def set_default_flags() -> None:
     low, high = _KERNEL_FLAG_JAXLIB
     if _KERNEL_FLAG not in flags and low <= _jaxlib_version() < high:
         os.environ["XLA_FLAGS"] = f"{flags} {_KERNEL_FLAG}=".strip()
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc serve every block from the heap and never shrink it, so freed
+    memory is reused without page faults; False where there is no glibc.
+
+    Measured at 4 layers x d_model 128 (one thread): 868K page faults and 116 ms per step
+    before, 207K and 88 ms after. The process keeps its peak heap, as it would on a CPU
+    running step after step; call it only for CPU backends (accelerator hosts hold their
+    large arrays on the device).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def parse_cpus(text: str) -> set[int]:

@@ -107,3 +107,36 @@ def test_a_bad_cpu_list_is_one_line_and_exit_2():
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: LLM_JAX_CPUS='9999' is not a usable CPU list")
     assert "Traceback" not in out.stderr
+
+
+def test_reuse_freed_memory_stops_refaulting_a_freed_block():
+    # XLA:CPU allocates each step's temporaries anew (malloc, no huge pages): a block freed
+    # and allocated again must come back without page faults; glibc returns blocks over
+    # 32 MB to the kernel at free, so each reuse faulted every 4 KB page in again.
+    code = """
+import ctypes, ctypes.util, resource, sys
+from llm_jax import xla_cpu
+if sys.argv[1] == "reuse":
+    assert xla_cpu.reuse_freed_memory()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def faults_of_a_fresh_block(size=64 << 20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_of_a_fresh_block()
+print(faults_of_a_fresh_block())
+"""
+    faults = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", code, mode], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for mode in ("default", "reuse")
+    }
+    assert faults["default"] > 10_000  # 64 MB in 4 KB pages, every time
+    assert faults["reuse"] < 1_000
