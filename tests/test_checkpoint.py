@@ -93,14 +93,16 @@ def test_preemption_guard_turns_signals_into_a_flag():
 
 
 def _save_steps(directory, steps, **options):
-    """Tiny states saved at `steps` (one device); returns (setup, {step: state})."""
+    """Tiny states saved at `steps` (one device), each with values of its own: the initial
+    state plus the step (one compiled init, not one per seed); returns (setup, {step: state})."""
     config = _config()
     setup = _setup(config)
     checkpointer = ckpt_lib.Checkpointer(str(directory), every=1, async_save=False, **options)
     states = {}
     with setup.context():
+        initial = setup.init_state(0)
         for step in steps:
-            states[step] = setup.init_state(step)
+            states[step] = jax.tree.map(lambda x, step=step: x + step, initial)
             checkpointer.save(step, states[step], {"step": step, "data": [{}]})
     checkpointer.close()
     return setup, jax.device_get(states)
