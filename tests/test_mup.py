@@ -1,6 +1,7 @@
 """µP: standard parametrization untouched, activations flat across widths under µP."""
 
 import dataclasses
+import functools
 import hashlib
 
 import jax
@@ -113,9 +114,10 @@ def _coordinates(parametrization: str, width: int, **model) -> np.ndarray:
     )
     config.model.update(parametrization=parametrization, mup_base_width=64, **model)
     setup, _, state, _ = _train(config, 4)
-    logits, inter = setup.model.apply(
-        {"params": state["params"]}, _batch(9)["inputs"], inspect=True, mutable=["intermediates"]
+    inspected = jax.jit(
+        functools.partial(setup.model.apply, inspect=True, mutable=["intermediates"])
     )
+    logits, inter = inspected({"params": state["params"]}, _batch(9)["inputs"])
     inter = inter["intermediates"]
     residual = np.abs(np.asarray(inter["residual"][0])).mean(axis=(1, 2, 3))
     # log softmax = scores - a constant per query: its spread over the keys is the scores'.
