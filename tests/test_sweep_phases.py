@@ -123,9 +123,17 @@ def test_a_forked_trial_has_its_own_output_exit_code_and_signals(tmp_path, monke
     assert "env from-the-runner argv ['train']" in text
     assert "RuntimeError: a bug in the trial" in text  # the traceback, as a process prints it
 
-    monkeypatch.setattr(cli, "run", lambda argv: time.sleep(60))
+    def sleep(argv):
+        print("asleep", flush=True)  # after the fork's setsid and default handlers
+        time.sleep(60)
+
+    monkeypatch.setattr(cli, "run", sleep)
     with open(tmp_path / "trial.log", "w") as log:
         sleeper = runner._Forked(["train"], log, env)
+        deadline = time.time() + 60  # on a loaded machine the fork may not have started yet
+        while "asleep" not in (tmp_path / "trial.log").read_text():
+            assert sleeper.poll() is None and time.time() < deadline
+            time.sleep(0.01)
         with pytest.raises(subprocess.TimeoutExpired):
             sleeper.wait(timeout=0.2)
         assert os.getpgid(sleeper.pid) == sleeper.pid  # its own session and process group
