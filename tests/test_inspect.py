@@ -3,12 +3,11 @@ neighbours, and `llm-jax inspect` on a tiny trained workdir."""
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_run import tiny_config, write_corpus
+from tiny_run import init_params, tiny_config, write_corpus
 
 from llm_jax import cli, trainer
 from llm_jax import config as config_lib
@@ -48,7 +47,7 @@ def _setup(name: str):
     """(model, params, fused apply, inspect apply) of config `name`, jitted, cached."""
     model = model_lib.Transformer(_cfg(name))
     tokens = jnp.zeros((1, 4), jnp.int32)
-    params = nn.meta.unbox(model.init(jax.random.key(0), tokens)["params"])
+    params = init_params(model, tokens)  # jitted: an eager init compiles the layer scan too
     fused = jax.jit(model.apply)
     inspected = jax.jit(functools.partial(model.apply, inspect=True, mutable=["intermediates"]))
     return model, params, fused, inspected
