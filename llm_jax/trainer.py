@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from llm_jax import checkpoint as ckpt_lib
-from llm_jax import chips, finetune, storage, xla_cpu
+from llm_jax import chips, finetune, storage
 from llm_jax import config as config_lib
 from llm_jax import lease as lease_lib
 from llm_jax import metrics as metrics_lib
@@ -207,8 +207,6 @@ class Trainer:
         self.started = time.time()
         self.primary = jax.process_index() == 0
         self.setup = train_lib.make_train(config, _make_mesh(config))
-        if self.setup.mesh.devices.flat[0].platform == "cpu":
-            xla_cpu.reuse_freed_memory()  # each step's temporaries without page faults
         replicated = jax.sharding.NamedSharding(self.setup.mesh, jax.sharding.PartitionSpec())
         self.schedule_args = jax.device_put(self.setup.schedule_args, replicated)
         self.clock.lap("setup")

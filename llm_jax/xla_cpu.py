@@ -14,19 +14,23 @@ the kernels and `llm-jax` (the CLI dispatcher) and tools/bench.py pin the thread
   CPUs; the sweep runner gives each parallel trial its own share.
 - Memory: XLA:CPU allocates each execution's temporaries anew, and glibc serves blocks
   over 32 MB with fresh pages from the kernel and hands them back when freed, so every
-  step faulted its temporaries in again, page by page. `reuse_freed_memory` (the trainer
-  and the bench call it on CPU) keeps freed memory in the process instead.
+  step faulted its temporaries in again, page by page. `reuse_freed_memory` (called on
+  import where JAX will run on the CPU) keeps freed memory in the process instead.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import glob
 import importlib.metadata
 import os
 import re
 
+from llm_jax import tpu_env
+
 CPUS_ENV = "LLM_JAX_CPUS"
+REUSE_MEMORY_ENV = "LLM_JAX_REUSE_MEMORY"  # 0: leave glibc's malloc as it is
 _KERNEL_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 
@@ -51,24 +55,40 @@ def set_default_flags() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} {_KERNEL_FLAG}=".strip()
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt (malloc.h)
+
+
+def jax_runs_on_cpu() -> bool:
+    """Whether JAX will run on its CPU backend here: JAX_PLATFORMS puts cpu first, or,
+    unset, the machine shows no GPU or TPU (no JAX import: call before JAX starts)."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    accelerators = glob.glob("/dev/nvidia[0-9]*") or glob.glob("/dev/kfd")
+    return not (accelerators or tpu_env.has_tpu_chips())
 
 
 def reuse_freed_memory() -> bool:
-    """Make glibc's malloc serve every block from the heap and never shrink it, so freed
-    memory is reused without page faults; False where there is no glibc.
+    """Make glibc's malloc serve every block from one heap and never shrink it, so freed
+    memory is reused without page faults; False where there is no glibc, or with
+    LLM_JAX_REUSE_MEMORY=0.
 
-    Measured at 4 layers x d_model 128 (one thread): 868K page faults and 116 ms per step
-    before, 207K and 88 ms after. The process keeps its peak heap, as it would on a CPU
-    running step after step; call it only for CPU backends (accelerator hosts hold their
-    large arrays on the device).
+    The process keeps its peak heap (and the holes between long-lived arrays), so its
+    resident memory grows (README, Speed on CPU): `import llm_jax` calls it where
+    `jax_runs_on_cpu`, where the arrays live in this memory and the steps repeat. It must
+    run before JAX starts its threads: a thread that already has its own arena keeps it.
     """
+    if os.environ.get(REUSE_MEMORY_ENV, "1") == "0":
+        return False
     name = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(name).mallopt
     except (OSError, AttributeError, TypeError):
         return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    # One arena: a thread's own arena maps blocks over its 64 MB heap size whatever
+    # M_MMAP_MAX says; the main arena grows its heap instead.
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    return all([bool(mallopt(name, value)) for name, value in settings])
 
 
 def parse_cpus(text: str) -> set[int]:

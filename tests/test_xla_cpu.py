@@ -115,9 +115,8 @@ def test_reuse_freed_memory_stops_refaulting_a_freed_block():
     # 32 MB to the kernel at free, so each reuse faulted every 4 KB page in again.
     code = """
 import ctypes, ctypes.util, resource, sys
-from llm_jax import xla_cpu
-if sys.argv[1] == "reuse":
-    assert xla_cpu.reuse_freed_memory()
+from llm_jax import xla_cpu  # `import llm_jax` calls it here (a CPU), unless the env says 0
+assert xla_cpu.reuse_freed_memory() == (sys.argv[1] == "reuse")
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -130,13 +129,23 @@ def faults_of_a_fresh_block(size=64 << 20):
 faults_of_a_fresh_block()
 print(faults_of_a_fresh_block())
 """
-    faults = {
-        mode: int(
-            subprocess.run(
-                [sys.executable, "-c", code, mode], capture_output=True, text=True, check=True
-            ).stdout
+
+    def faults(mode: str) -> int:
+        env = dict(os.environ, LLM_JAX_REUSE_MEMORY="1" if mode == "reuse" else "0")
+        run = subprocess.run(
+            [sys.executable, "-c", code, mode], env=env, capture_output=True, text=True
         )
-        for mode in ("default", "reuse")
-    }
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout)
+
+    faults = {mode: faults(mode) for mode in ("default", "reuse")}
     assert faults["default"] > 10_000  # 64 MB in 4 KB pages, every time
     assert faults["reuse"] < 1_000
+
+
+@pytest.mark.parametrize(
+    "platforms, expected", [("cpu", True), ("cpu,cuda", True), ("cuda", False), ("tpu", False)]
+)
+def test_jax_runs_on_cpu_follows_jax_platforms(monkeypatch, platforms, expected):
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    assert xla_cpu.jax_runs_on_cpu() is expected

@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from llm_jax import chips, xla_cpu
+from llm_jax import chips
 from llm_jax import config as config_lib
 from llm_jax import flops as flops_lib
 from llm_jax import pack as pack_lib
@@ -128,8 +128,6 @@ def main(argv=None) -> None:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
     config = build_config(args)
     setup = train_lib.make_train(config, sharding_lib.make_mesh(config.mesh))
-    if setup.mesh.devices.flat[0].platform == "cpu":
-        xla_cpu.reuse_freed_memory()  # as the trainer does
     with setup.context():
         step, state, batch, compile_s = _compiled(
             setup, config, args.pack, {"vmap": True, "map": False}.get(args.pack_mode)
