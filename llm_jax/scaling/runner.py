@@ -222,9 +222,16 @@ class _Forked:
         self.returncode: int | None = None
         for stream in (sys.stdout, sys.stderr):  # or the child would write them again
             stream.flush()
-        self.pid = os.fork()
-        if self.pid == 0:
-            _forked_child(list(argv), log.fileno(), env)
+        # Held until the child has its own handlers: a SIGTERM in between would run the
+        # runner's handler inside the trial.
+        signals = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        try:
+            self.pid = os.fork()
+            if self.pid == 0:
+                _forked_child(list(argv), log.fileno(), env, signals)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -249,7 +256,7 @@ class _Forked:
         self.send_signal(signal.SIGKILL)
 
 
-def _forked_child(argv: list[str], log_fd: int, env: dict[str, str]) -> None:
+def _forked_child(argv: list[str], log_fd: int, env: dict[str, str], held: set) -> None:
     """In the fork: become the trial's process (new session, default signal handlers, its
     environment, output into its log), run the command and exit without the runner's
     cleanup (its lease, its files)."""
@@ -258,6 +265,7 @@ def _forked_child(argv: list[str], log_fd: int, env: dict[str, str]) -> None:
         os.setsid()  # its own process group: the terminal's Ctrl-C is the runner's
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)  # the fork inherited them held
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # the runner's may be captured
