@@ -6,4 +6,4 @@ __version__ = "0.1.0"
 
 _xla_cpu.set_default_flags()  # read when JAX starts its CPU backend, so set on import
 if _xla_cpu.jax_runs_on_cpu():
-    _xla_cpu.reuse_freed_memory()  # before JAX's threads take their own malloc arenas
+    _xla_cpu.reuse_freed_memory()  # if asked; before JAX's threads take their own arenas

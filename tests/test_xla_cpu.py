@@ -115,7 +115,7 @@ def test_reuse_freed_memory_stops_refaulting_a_freed_block():
     # 32 MB to the kernel at free, so each reuse faulted every 4 KB page in again.
     code = """
 import ctypes, ctypes.util, resource, sys
-from llm_jax import xla_cpu  # `import llm_jax` calls it here (a CPU), unless the env says 0
+from llm_jax import xla_cpu  # `import llm_jax` calls it here (a CPU) when the env says 1
 assert xla_cpu.reuse_freed_memory() == (sys.argv[1] == "reuse")
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype = ctypes.c_void_p
