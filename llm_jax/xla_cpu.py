@@ -74,7 +74,7 @@ def reuse_freed_memory() -> bool:
     and never shrink it, so freed memory is reused without page faults; False otherwise
     or where there is no glibc.
 
-    Opt-in (README, Speed on CPU): 1.2-1.36x faster steps where a step's temporaries
+    Opt-in (README, Speed on CPU): 1.2-1.33x faster steps where a step's temporaries
     exceed 32 MB, but the README demo's small forked trials ran 13% slower with it, and
     the process keeps its peak heap. `import llm_jax` calls it where `jax_runs_on_cpu`:
     it must run before JAX starts its threads (a thread keeps the arena it took).
