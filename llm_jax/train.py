@@ -93,8 +93,7 @@ def _train_step_fn(model: Transformer, task: tasks_lib.Objective, config, determ
 
     def train_step(state: dict, batch: dict, schedule_values: dict) -> tuple[dict, dict]:
         schedule = optim.schedule_from_values(kind, schedule_values)
-        optimizer = optim.make_optimizer(train_cfg, schedule, config.model)
-        optimizer = finetune.freeze(optimizer, config.finetune.freeze)
+        optimizer = make_optimizer(config, schedule)
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         total_weight = jnp.maximum(task.weights(batch).sum(), 1.0)
 
@@ -119,6 +118,14 @@ def _train_step_fn(model: Transformer, task: tasks_lib.Objective, config, determ
         return new_state, metrics
 
     return train_step
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, schedule: optim.Schedule
+) -> optax.GradientTransformation:
+    """`config`'s optimizer at `schedule`'s rate, frozen parameters held (finetune.freeze)."""
+    optimizer = optim.make_optimizer(config.train, schedule, config.model)
+    return finetune.freeze(optimizer, config.finetune.freeze)
 
 
 def train_step_fn(config: ml_collections.ConfigDict, model: Transformer) -> Callable:
@@ -168,10 +175,7 @@ def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Tr
     total_steps = config_lib.train_steps(config)
     step = train_step_fn(config, model)
     schedule = optim.make_schedule(config.train, total_steps)
-    # The optimizer's state does not depend on the schedule: this one builds the state.
-    optimizer = finetune.freeze(
-        optim.make_optimizer(config.train, schedule, config.model), config.finetune.freeze
-    )
+    optimizer = make_optimizer(config, schedule)  # the state's; the step builds its own
     task = tasks_lib.objective(config)
     init_tokens = jnp.zeros((1, 8), jnp.int32)  # parameter shapes do not depend on these
 
