@@ -5,5 +5,4 @@ from llm_jax import xla_cpu as _xla_cpu
 __version__ = "0.1.0"
 
 _xla_cpu.set_default_flags()  # read when JAX starts its CPU backend, so set on import
-if _xla_cpu.jax_runs_on_cpu():
-    _xla_cpu.reuse_freed_memory()  # if asked; before JAX's threads take their own arenas
+_xla_cpu.reuse_freed_memory()  # if asked, on a CPU; before JAX's threads take their arenas

@@ -69,27 +69,40 @@ def jax_runs_on_cpu() -> bool:
     return not (accelerators or tpu_env.has_tpu_chips())
 
 
+def reuse_memory_asked() -> bool:
+    """LLM_JAX_REUSE_MEMORY as a bool; ValueError for anything but unset, 0 or 1."""
+    value = os.environ.get(REUSE_MEMORY_ENV, "0").strip()
+    if value not in ("0", "1"):
+        raise ValueError(
+            f"{REUSE_MEMORY_ENV}={value!r}: use 1 to reuse freed memory, 0 or unset not to"
+        )
+    return value == "1"
+
+
 def reuse_freed_memory() -> bool:
-    """With LLM_JAX_REUSE_MEMORY=1, make glibc's malloc serve every block from one heap
-    and never shrink it, so freed memory is reused without page faults; False otherwise
-    or where there is no glibc.
+    """With LLM_JAX_REUSE_MEMORY=1 and JAX on the CPU (`jax_runs_on_cpu`), make glibc's
+    malloc serve every block from one heap and never shrink it, so freed memory is reused
+    without page faults; False otherwise or where there is no glibc.
 
     Opt-in (README, Speed on CPU): 1.2-1.33x faster steps where a step's temporaries
     exceed 32 MB, but the README demo's small forked trials ran 13% slower with it, and
-    the process keeps its peak heap. `import llm_jax` calls it where `jax_runs_on_cpu`:
-    it must run before JAX starts its threads (a thread keeps the arena it took).
+    the process keeps its peak heap. `import llm_jax` calls it: it must run before JAX
+    starts its threads (a thread keeps the arena it took).
     """
-    if os.environ.get(REUSE_MEMORY_ENV, "0") != "1":
-        return False
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        asked = reuse_memory_asked()
+    except ValueError:  # `llm-jax` refuses the value in one line (cli.run)
+        return False
+    if not asked or not jax_runs_on_cpu():
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):
         return False
     # One arena: a thread's own arena maps blocks over its 64 MB heap size whatever
     # M_MMAP_MAX says; the main arena grows its heap instead.
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
-    return all([bool(mallopt(name, value)) for name, value in settings])
+    return all([bool(mallopt(param, value)) for param, value in settings])
 
 
 def parse_cpus(text: str) -> set[int]:

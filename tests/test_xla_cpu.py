@@ -84,7 +84,7 @@ def test_a_pinned_llm_jax_process_may_run_on_its_cpus_only():
     code = (
         "import os, sys\n"
         "from llm_jax import cli\n"
-        "cli._pin_cpus()\n"
+        "cli._apply_cpu_env()\n"
         "print(sorted(os.sched_getaffinity(0)))\n"
     )
     env = dict(os.environ, **{xla_cpu.CPUS_ENV: str(allowed[-1])})
@@ -107,6 +107,21 @@ def test_a_bad_cpu_list_is_one_line_and_exit_2():
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: LLM_JAX_CPUS='9999' is not a usable CPU list")
     assert "Traceback" not in out.stderr
+
+
+def test_a_bad_reuse_memory_value_is_one_line_and_exit_2():
+    env = dict(os.environ, **{xla_cpu.REUSE_MEMORY_ENV: "yes"})
+    out = subprocess.run(
+        [sys.executable, "-m", "llm_jax.cli", "inspect", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "error: LLM_JAX_REUSE_MEMORY='yes': use 1 to reuse freed memory, 0 or unset not to"
+    )
 
 
 def test_reuse_freed_memory_stops_refaulting_a_freed_block():

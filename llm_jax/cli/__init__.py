@@ -72,8 +72,13 @@ def configure_logging() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def _pin_cpus() -> None:
-    """Apply LLM_JAX_CPUS (llm_jax/xla_cpu.py) before any subcommand starts JAX."""
+def _apply_cpu_env() -> None:
+    """Apply LLM_JAX_CPUS (llm_jax/xla_cpu.py) before any subcommand starts JAX, and check
+    LLM_JAX_REUSE_MEMORY (`import llm_jax` applied it, or ignored a bad value)."""
+    try:
+        xla_cpu.reuse_memory_asked()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     try:
         xla_cpu.pin_from_env()
     except (ValueError, OSError) as e:
@@ -95,7 +100,7 @@ def run(argv: Sequence[str]) -> int:
     tpu_env.quiet_libtpu_without_tpu()  # before any subcommand starts JAX
     configure_logging()
     try:
-        _pin_cpus()
+        _apply_cpu_env()
         module = importlib.import_module(f"llm_jax.cli.{name.replace('-', '_')}")
         return int(module.main([f"llm-jax {name}", *rest]) or 0)
     except UserError as e:
