@@ -13,7 +13,9 @@ docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -169,13 +171,63 @@ def abstract_params(model_cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 _INIT_COMPILE_CPU = {"xla_backend_optimization_level": 1}
 
 
+# Config fields the programs below do not depend on: the schedule's numbers are the step's
+# inputs (`schedule_args`), the seed is init_state's argument, the rest is bookkeeping.
+_NOT_IN_PROGRAM = {
+    "train": (
+        *("lr", "min_lr_ratio", "warmup_steps", "decay_fraction", "schedule", "decay_shape"),
+        *("seed", "steps", "tokens", "eval_every", "log_every", "compilation_cache_dir"),
+    ),
+    "data": ("tokenizer_path",),  # a WSD branch reads its parent's: the same vocabulary
+    "checkpoint": None,  # None: the whole section
+    "tracking": None,
+    "init": None,  # read before this point (tasks.resolve_config), to restore after it
+}
+_PROGRAMS: dict[tuple, dict] = {}  # program_key -> the jitted functions and abstract state
+_MAX_PROGRAMS = 16  # oldest dropped first
+
+
+def program_key(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple:
+    """What `make_train`'s programs depend on: configs with equal keys share them."""
+    tree = config.to_dict()
+    for section, names in _NOT_IN_PROGRAM.items():
+        for name in list(tree.get(section, {})) if names is None else names:
+            tree.get(section, {}).pop(name, None)
+    tree["train"]["schedule"] = optim.program_kind(config.train)
+    return json.dumps(tree, sort_keys=True, default=str), mesh
+
+
 def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> TrainSetup:
-    """The jitted step and the abstract, sharded train state, without allocating arrays."""
-    model = Transformer(ModelConfig.from_config(config.model))
+    """The jitted step and the abstract, sharded train state, without allocating arrays.
+
+    A config whose `program_key` an earlier call in this process had gets that call's
+    jitted functions, which JAX then neither traces nor compiles again (a sweep worker
+    running a WSD parent and then its cooldowns).
+    """
     total_steps = config_lib.train_steps(config)
-    step = train_step_fn(config, model)
     schedule = optim.make_schedule(config.train, total_steps)
     optimizer = make_optimizer(config, schedule)  # the state's; the step builds its own
+    key = program_key(config, mesh)
+    if key not in _PROGRAMS:
+        if len(_PROGRAMS) >= _MAX_PROGRAMS:
+            del _PROGRAMS[next(iter(_PROGRAMS))]
+        # A private copy: the functions trace it later, whatever the caller does with its own.
+        _PROGRAMS[key] = _programs(copy.deepcopy(config), mesh, optimizer)
+    return TrainSetup(
+        config=config,
+        mesh=mesh,
+        optimizer=optimizer,
+        schedule=schedule,
+        schedule_args=schedule_args(config, total_steps),
+        total_steps=total_steps,
+        **_PROGRAMS[key],
+    )
+
+
+def _programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, optimizer) -> dict:
+    """The model, abstract state, shardings and jitted functions of `make_train`."""
+    model = Transformer(ModelConfig.from_config(config.model))
+    step = train_step_fn(config, model)
     task = tasks_lib.objective(config)
     init_tokens = jnp.zeros((1, 8), jnp.int32)  # parameter shapes do not depend on these
 
@@ -223,14 +275,8 @@ def make_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Tr
         out_shardings=state_shardings,
         compiler_options=_INIT_COMPILE_CPU if mesh.devices.flat[0].platform == "cpu" else None,
     )
-    return TrainSetup(
-        config=config,
-        mesh=mesh,
+    return dict(
         model=model,
-        optimizer=optimizer,
-        schedule=schedule,
-        schedule_args=schedule_args(config, total_steps),
-        total_steps=total_steps,
         abstract_state=abstract_state,
         state_shardings=state_shardings,
         batch_sharding=batch_sh,

@@ -88,9 +88,10 @@ class PhaseClock:
 
     CPU counts every thread, so on a busy machine it is the steadier figure. `startup` is
     what preceded the clock: since the process started (or was forked from the sweep
-    runner: interpreter, imports, config), or since the last lap of an earlier clock in
-    this process. The laps of all clocks in a process share one timeline, so the trials
-    of a pack (one clock each, laps interleaved) never count the same second twice.
+    runner: interpreter, imports, config), since `start_run`, or since the last lap of an
+    earlier clock in this process. The laps of all clocks in a process share one timeline,
+    so the trials of a pack (one clock each, laps interleaved) never count the same second
+    twice.
     """
 
     _last: tuple[float, float] | None = None  # the process's latest lap (wall, CPU)
@@ -102,6 +103,12 @@ class PhaseClock:
             self.totals["startup"] = [_process_age() or 0.0, PhaseClock._last[1]]
         else:
             self.lap("startup")
+
+    @classmethod
+    def start_run(cls) -> None:
+        """A new run starts in this process now (a sweep worker's next trial): its clock's
+        `startup` counts from here, not from the previous run's last lap."""
+        cls._last = (time.perf_counter(), _cpu_seconds())
 
     def lap(self, phase: str) -> None:
         """Charge the wall and CPU time since the process's previous lap to `phase`."""

@@ -86,10 +86,11 @@ def test_profile_sums_phases_over_trials_and_counts_unfilled_slots(tmp_path):
     assert "1 attempts over 10.0 s wall" in only_a and "steps" in only_a
 
 
-def test_trials_that_others_wait_for_start_first_then_costliest_first():
-    def planned(name, cost, parent=""):
-        return (Trial(name, {}, parent=parent), {"C_detailed": cost})
+def planned(name, cost, parent=""):
+    return (Trial(name, {}, parent=parent), {"C_detailed": cost})
 
+
+def test_trials_that_others_wait_for_start_first_then_costliest_first():
     todo = [
         planned("big-branch", 16.0, parent="small-parent"),
         planned("alone", 8.0),
@@ -101,44 +102,85 @@ def test_trials_that_others_wait_for_start_first_then_costliest_first():
     assert order == ["big-parent", "small-parent", "big-branch", "alone", "branch"]
 
 
-# This test process runs JAX (the trials of the runner's own forks never do); the child
-# here runs no JAX either.
+# This test process runs JAX (the runner's own workers are forked before it ever does);
+# the workers here run no JAX either.
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
-def test_a_forked_trial_has_its_own_output_exit_code_and_signals(tmp_path, monkeypatch):
+def test_a_worker_runs_trials_with_their_own_output_exit_code_and_signals(tmp_path, monkeypatch):
     env = dict(os.environ, MARKER="from-the-runner")
-    with open(tmp_path / "trial.log", "a") as log:
-        unknown = runner._Forked(["no-such-command"], log, env)
-        assert unknown.wait(timeout=60) == 2 == unknown.poll()
-    assert "unknown command 'no-such-command'" in (tmp_path / "trial.log").read_text()
+    log = tmp_path / "trial.log"
+    worker = runner._Worker()
+    unknown = worker.run(["no-such-command"], log, env)
+    assert unknown.wait(timeout=60) == 2 == unknown.poll()
+    assert "unknown command 'no-such-command'" in log.read_text()
+    assert not _alive_soon(worker)  # a trial that did not exit 0: the worker retires
+
+    def ok(argv):
+        print("pid", os.getpid(), "env", os.environ["MARKER"], "argv", argv)
+        return 0
+
+    monkeypatch.setattr(cli, "run", ok)  # the fork inherits the patched module
+    worker = runner._Worker()
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    assert worker.run(["train", "a"], first, env).wait(timeout=60) == 0
+    assert worker.run(["train", "b"], second, dict(env, MARKER="changed")).wait(timeout=60) == 0
+    assert first.read_text() == f"pid {worker.pid} env from-the-runner argv ['train', 'a']\n"
+    assert second.read_text() == f"pid {worker.pid} env changed argv ['train', 'b']\n"
+    worker.close()
+    assert worker.returncode == 0
 
     def broken(argv):
-        print("env", os.environ["MARKER"], "argv", argv)
         raise RuntimeError("a bug in the trial")
 
-    monkeypatch.setattr(cli, "run", broken)  # the fork inherits the patched module
-    with open(tmp_path / "trial.log", "w") as log:
-        crashed = runner._Forked(["train"], log, env)
-        assert crashed.wait(timeout=60) == 1
-    text = (tmp_path / "trial.log").read_text()
-    assert "env from-the-runner argv ['train']" in text
-    assert "RuntimeError: a bug in the trial" in text  # the traceback, as a process prints it
+    monkeypatch.setattr(cli, "run", broken)
+    worker = runner._Worker()
+    assert worker.run(["train"], log, env).wait(timeout=60) == 1
+    assert "RuntimeError: a bug in the trial" in log.read_text()  # as a process prints it
+    assert not _alive_soon(worker)
 
     def sleep(argv):
         print("asleep", flush=True)  # after the fork's setsid and default handlers
         time.sleep(60)
 
     monkeypatch.setattr(cli, "run", sleep)
-    with open(tmp_path / "trial.log", "w") as log:
-        sleeper = runner._Forked(["train"], log, env)
-        deadline = time.time() + 60  # on a loaded machine the fork may not have started yet
-        while "asleep" not in (tmp_path / "trial.log").read_text():
-            assert sleeper.poll() is None and time.time() < deadline
-            time.sleep(0.01)
-        with pytest.raises(subprocess.TimeoutExpired):
-            sleeper.wait(timeout=0.2)
-        assert os.getpgid(sleeper.pid) == sleeper.pid  # its own session and process group
-        sleeper.send_signal(signal.SIGTERM)  # the runner's handlers are not the trial's
-        assert sleeper.wait(timeout=60) == -signal.SIGTERM
+    worker = runner._Worker()
+    sleeper = worker.run(["train"], log, env)
+    deadline = time.time() + 60  # on a loaded machine the fork may not have started yet
+    while "asleep" not in log.read_text():
+        assert sleeper.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    with pytest.raises(subprocess.TimeoutExpired):
+        sleeper.wait(timeout=0.2)
+    assert os.getpgid(sleeper.pid) == sleeper.pid  # its own session and process group
+    sleeper.send_signal(signal.SIGTERM)  # the runner's handlers are not the trial's
+    assert sleeper.wait(timeout=60) == -signal.SIGTERM
+    # A worker that died while idle fails the next trial with its exit code.
+    assert worker.run(["train"], log, env).wait(timeout=60) == -signal.SIGTERM
+
+
+def _alive_soon(worker, timeout: float = 30.0) -> bool:
+    deadline = time.time() + timeout
+    while worker.alive() and time.time() < deadline:
+        time.sleep(0.01)
+    return worker.alive()
+
+
+def test_a_free_slot_prefers_trials_whose_program_its_worker_holds():
+    todo = [
+        planned("p1", 10.0),
+        planned("p2", 9.0),
+        planned("p1-a", 5.0, parent="p1"),
+        planned("p2-a", 4.0, parent="p2"),
+        planned("p2-b", 3.0, parent="p2"),
+    ]
+    queue = runner.start_order(todo)
+    waited_on = {"p1", "p2"}
+    everything = list(range(len(queue)))
+    # Trials others wait for go first, whatever the worker holds.
+    assert queue[runner._pick(queue, everything, {"p2"}, waited_on)][0].name == "p1"
+    branches = everything[2:]
+    assert queue[runner._pick(queue, branches, {"p2"}, waited_on)][0].name == "p2-a"
+    assert queue[runner._pick(queue, branches, set(), waited_on)][0].name == "p1-a"
+    assert queue[runner._pick(queue, branches[1:], {"p1"}, waited_on)][0].name == "p2-a"
 
 
 SWEEP = """

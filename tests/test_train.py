@@ -88,15 +88,21 @@ def test_optimizer_state_takes_its_parameters_shardings():
         assert len(sharded) >= 8  # the test means something: most params are split
 
 
+def _lowered(config) -> str:
+    """The step's program for `config`, traced afresh (no program shared from earlier)."""
+    train_lib._PROGRAMS.clear()
+    setup = train_lib.make_train(config, _mesh())
+    with setup.context():
+        args = (setup.abstract_state, setup.abstract_batch, setup.schedule_args)
+        return setup.train_step.lower(*args).as_text()
+
+
 def test_runs_differing_only_in_schedule_numbers_share_one_program():
     # A WSD parent (constant rate) and its cooldown branches: other lengths, decay
     # fractions, rates and warmups lower to the same program, so one compile (and the
     # persistent cache) serves them all; another formula (cosine) lowers to another.
     def lowered(**train):
-        setup = train_lib.make_train(_config(**train), _mesh())
-        with setup.context():
-            args = (setup.abstract_state, setup.abstract_batch, setup.schedule_args)
-            return setup.train_step.lower(*args).as_text()
+        return _lowered(_config(**train))
 
     parent = lowered(schedule="constant", steps=80, lr=1e-2, warmup_steps=5)
     branches = [
@@ -107,8 +113,44 @@ def test_runs_differing_only_in_schedule_numbers_share_one_program():
     assert lowered(schedule="cosine", steps=80, lr=1e-2) != parent
 
 
+# A change of each kind of field `make_train` leaves out of its programs' key.
+_OUTSIDE_THE_PROGRAM = {
+    "schedule numbers": {
+        "train": dict(schedule="wsd", lr=3e-3, min_lr_ratio=0.0, warmup_steps=3, decay_fraction=0.3)
+    },
+    "seed, length, logging": {"train": dict(seed=7, steps=20, eval_every=5, log_every=2)},
+    "bookkeeping": {
+        "checkpoint": dict(every=3, keep=5, async_save=False),
+        "tracking": dict(wandb_project="p"),
+        "init": dict(workdir="/elsewhere", step=4, state=True),
+        "data": dict(tokenizer_path="/elsewhere/tokenizer.model"),
+    },
+}
+
+
+def test_configs_differing_outside_the_program_share_its_functions():
+    # A sweep worker runs a WSD parent and then its cooldowns in one process: they get the
+    # parent's jitted functions (no trace, no compile). Sound only if each field left out
+    # of the key really leaves the program as it is: traced afresh, it lowers the same.
+    base = _config(steps=50)
+    reference = _lowered(base)
+    for name, changes in _OUTSIDE_THE_PROGRAM.items():
+        shared = train_lib.make_train(base, _mesh())
+        config = _config(steps=50)
+        for section, values in changes.items():
+            config[section].update(values)
+        again = train_lib.make_train(config, _mesh())
+        assert again.train_step is shared.train_step, name
+        assert again.eval_step is shared.eval_step and again.init_state is shared.init_state
+        assert _lowered(config) == reference, name
+    # A change inside the program gets its own functions.
+    shared = train_lib.make_train(base, _mesh())
+    other = train_lib.make_train(_config(steps=50, z_loss=1e-4), _mesh())
+    assert other.train_step is not shared.train_step
+
+
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
-def test_cpu_init_at_the_faster_compile_level_gives_the_same_state(preset):
+def test_cpu_init_at_the_faster_compile_level_gives_the_same_state(preset, optimized_xla):
     config = config_lib.apply_preset(_config(), preset)
     config.model.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=0, vocab_size=VOCAB)
     setup = train_lib.make_train(config, _mesh())

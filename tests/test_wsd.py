@@ -1,5 +1,9 @@
 """WSD branches: the design's trials and dependencies, and a branch that restores exactly."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -177,3 +181,62 @@ def test_runner_starts_a_branch_once_its_checkpoint_exists(tmp_path, capsys):
     assert "BLOCKED orphan" in out and not (work / "orphan" / "train.log").exists()
     with pytest.raises(sweep.SweepError, match="launch the parents first"):
         runner.run_sweep(str(tmp_path / "sweep.py"), str(work), launcher="slurm")
+
+
+WORKER_SWEEP = """
+from llm_jax.config import default_config
+from llm_jax.scaling.sweep import Trial
+
+
+def get_config():
+    config = default_config()
+    config.model.update(d_model=16, n_layers=1, n_heads=1, d_ff=32, vocab_size=512,
+                        max_seq_len=32)
+    config.data.update(seq_len=32, num_val_batches=1)
+    config.train.update(steps=8, batch_size=4, warmup_steps=2, log_every=2, eval_every=8,
+                        schedule="constant")
+    config.checkpoint.update(every=4, keep_every=4, async_save=False)
+    return config
+
+
+def get_sweep():
+    def branch(step, steps):
+        return {"train.steps": steps, "train.schedule": "wsd", "train.min_lr_ratio": 0.0,
+                "train.decay_fraction": 2 / steps, "train.eval_every": steps,
+                "init.step": step, "init.state": True}
+
+    return [Trial("parent", {}), Trial("early", branch(4, 6), parent="parent"),
+            Trial("late", branch(8, 10), parent="parent")]
+"""
+
+
+@pytest.mark.slow
+def test_one_worker_runs_a_parent_and_its_branches_as_new_processes_would(tmp_path):
+    # `llm-jax sweep` runs trials in workers, forks that keep their compiled programs: the
+    # branches reuse the parent's. Their metrics must be those of a new interpreter per
+    # trial (LLM_JAX_SWEEP_FORK=0), bit for bit.
+    (tmp_path / "sweep.py").write_text(WORKER_SWEEP)
+    runs = {}
+    for mode, fork in (("worker", "1"), ("processes", "0")):
+        work = tmp_path / mode
+        command = [sys.executable, "-m", "llm_jax.cli", "sweep", str(tmp_path / "sweep.py")]
+        env = dict(os.environ, LLM_JAX_SWEEP_FORK=fork)
+        subprocess.run(
+            [*command, "--workdir", str(work), "--parallel", "1"], env=env, timeout=600, check=True
+        )
+        runs[mode] = {
+            name: (
+                results_io.read_json(work / name / "status.json")["attempts"][-1]["pid"],
+                metrics_lib.read_metrics(work / name / "metrics.jsonl"),
+            )
+            for name in ("parent", "early", "late")
+        }
+    assert len({pid for pid, _ in runs["worker"].values()}) == 1
+    assert len({pid for pid, _ in runs["processes"].values()}) == 3
+    for name in ("parent", "early", "late"):
+        worker, alone = runs["worker"][name][1], runs["processes"][name][1]
+        keys = ("step", "train/loss", "val/loss", "lr", "grad_norm")
+        assert [[r.get(k) for k in keys] for r in worker] == [
+            [r.get(k) for k in keys] for r in alone
+        ], name
+    assert min(r["step"] for r in runs["worker"]["late"][1]) > 8  # it continued from step 8

@@ -53,6 +53,7 @@ results support are fitted into DIR/fit.json, and the plots are drawn into DIR/p
 from __future__ import annotations
 
 import fnmatch
+import multiprocessing
 import os
 import shlex
 import signal
@@ -213,31 +214,81 @@ def fork_ready() -> bool:
     return bridge is None or getattr(bridge, "_backends", None) == {}
 
 
-class _Forked:
-    """A trial run by `llm_jax.cli.run(argv)` in a fork of the runner: its own process,
-    session, output and exit code, as `subprocess.Popen` would give (the subset the runner
-    uses: pid, returncode, poll, wait, send_signal, kill)."""
+class _Worker:
+    """A fork of the runner that runs trials one after another, each as `llm_jax.cli.run(argv)`
+    with the trial's environment and its output in the trial's log: a process boundary as
+    a new interpreter gives (session, signals, exit code, output), without its imports.
 
-    def __init__(self, argv: Sequence[str], log, env: dict[str, str]):
-        self.returncode: int | None = None
+    Successive trials keep the process's JAX state: a trial whose program an earlier one
+    here compiled (a WSD parent, then its cooldowns: `train.program_key`) neither traces
+    nor compiles it again. A worker retires after a trial that did not exit 0, so nothing
+    a failed or stopped trial left behind reaches the next; one that dies (killed, or a
+    crash below Python) is its trial's exit code, as for a process."""
+
+    def __init__(self):
+        self.families: set[str] = set()  # the trials' parents or names: programs held here
+        self.conn, child = multiprocessing.Pipe()
         for stream in (sys.stdout, sys.stderr):  # or the child would write them again
             stream.flush()
         # Held until the child has its own handlers: a SIGTERM in between would run the
-        # runner's handler inside the trial.
+        # runner's handler inside the worker.
         signals = {signal.SIGINT, signal.SIGTERM}
         signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         try:
             self.pid = os.fork()
             if self.pid == 0:
-                _forked_child(list(argv), log.fileno(), env, signals)
+                self.conn.close()
+                _serve(child, signals)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+        child.close()
+        self.returncode: int | None = None  # the process's, once it has ended
 
-    def poll(self) -> int | None:
+    def alive(self) -> bool:
         if self.returncode is None:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode is None
+
+    def run(self, argv: Sequence[str], log_path: str, env: dict[str, str]) -> _Job:
+        """Start `argv` here; its output is appended to `log_path`."""
+        job = _Job(self)
+        try:
+            self.conn.send((list(argv), str(log_path), dict(env)))
+        except OSError:  # the worker died while idle: the trial fails with its exit code
+            job.returncode = self.returncode if not self.alive() else -signal.SIGKILL
+        return job
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Let the worker exit (it is idle), or kill it after `timeout` seconds."""
+        self.conn.close()
+        deadline = time.time() + timeout
+        while self.alive() and time.time() < deadline:
+            time.sleep(0.02)
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+
+
+class _Job:
+    """A trial running in a `_Worker`, with the subset of `subprocess.Popen` the runner
+    uses (pid, returncode, poll, wait, send_signal, kill)."""
+
+    def __init__(self, worker: _Worker):
+        self.worker, self.pid = worker, worker.pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            w = self.worker
+            try:
+                if w.conn.poll():
+                    self.returncode = w.conn.recv()
+            except (EOFError, OSError):  # died while answering
+                pass
+            if self.returncode is None and not w.alive():
+                self.returncode = w.returncode
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -245,37 +296,60 @@ class _Forked:
         while self.poll() is None:
             if deadline is not None and time.time() > deadline:
                 raise subprocess.TimeoutExpired(f"trial pid {self.pid}", timeout)
-            time.sleep(0.05)
+            time.sleep(0.02)
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
+        if self.poll() is None and self.worker.alive():
             os.kill(self.pid, sig)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
 
-def _forked_child(argv: list[str], log_fd: int, env: dict[str, str], held: set) -> None:
-    """In the fork: become the trial's process (new session, default signal handlers, its
-    environment, output into its log), run the command and exit without the runner's
-    cleanup (its lease, its files)."""
-    code = 1
+def _serve(conn, held: set) -> None:
+    """In the worker: run each trial the runner sends until it closes the pipe, then exit
+    without the runner's cleanup (its lease, its files)."""
+    code = 0
     try:
         os.setsid()  # its own process group: the terminal's Ctrl-C is the runner's
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
+        _default_signals()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, held)  # the fork inherited them held
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # the runner's may be captured
         sys.stderr = open(2, "w", buffering=1, closefd=False)
-        os.environ.clear()
-        os.environ.update(env)  # XLA reads XLA_FLAGS when the child starts its backend
-        sys.argv = ["llm-jax", *argv]
-        from llm_jax import cli
+        while code == 0:
+            try:
+                argv, log_path, env = conn.recv()
+            except EOFError:  # the runner is done with this worker
+                break
+            code = _run_trial(argv, log_path, env)
+            conn.send(code)
+    finally:
+        os._exit(0)
 
+
+def _default_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _run_trial(argv: list[str], log_path: str, env: dict[str, str]) -> int:
+    """One trial in the worker: its output into its log, its environment; its exit code."""
+    from llm_jax import cli
+    from llm_jax.trainer import PhaseClock
+
+    code = 1
+    with open(log_path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        os.environ.clear()
+        os.environ.update(env)  # XLA reads XLA_FLAGS when the first trial starts its backend
+        sys.argv = ["llm-jax", *argv]
+        PhaseClock.start_run()
         code = cli.run(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
     except BaseException:  # noqa: BLE001 (a bug: its traceback goes to the trial's log)
         import traceback
 
@@ -283,7 +357,8 @@ def _forked_child(argv: list[str], log_fd: int, env: dict[str, str], held: set) 
     finally:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        os._exit(code)
+        _default_signals()
+    return code
 
 
 class _Running:
@@ -291,7 +366,7 @@ class _Running:
     share one process, started by the first (the others get `leader`)."""
 
     def __init__(
-        self, trial, plan, command, trial_dir: Path, env, pack_size=1, leader=None, fork=False
+        self, trial, plan, command, trial_dir: Path, env, pack_size=1, leader=None, worker=None
     ):
         self.trial, self.plan, self.dir = trial, plan, trial_dir
         self.pack_size = pack_size
@@ -316,8 +391,8 @@ class _Running:
             self.log.write(self.header)
             self.log.flush()
         env = dict(env, **{PARENT_ENV: str(os.getpid())})
-        if fork:
-            self.proc = _Forked(command[len(LAUNCHER) :], self.log, env)
+        if worker is not None:
+            self.proc = worker.run(command[len(LAUNCHER) :], self.log_path, env)
         else:
             self.proc = subprocess.Popen(
                 command,
@@ -328,10 +403,14 @@ class _Running:
             )
 
     def _record(self, exit_code: int | None, status: str, **fields) -> dict:
-        """This attempt (start, end = now, rc) as the last entry of status.json."""
+        """This attempt (start, end = now, rc, the pid that ran it) as the last entry of
+        status.json."""
         state = results_io.read_json(self.dir / "status.json") or {"attempts": []}
         attempts = state["attempts"][: self.attempt - 1]
-        attempts.append({"start": self.start, "end": time.time(), "rc": exit_code})
+        attempt = {"start": self.start, "end": time.time(), "rc": exit_code}
+        if hasattr(self, "proc"):
+            attempt["pid"] = self.proc.pid
+        attempts.append(attempt)
         return _write_status(self.dir, status, attempts=attempts, **fields)
 
     def heartbeat(self) -> None:
@@ -464,9 +543,9 @@ def _status_line(outcome: dict, running: list, queue: list, eta: _Eta, total: in
     return " | ".join(parts)
 
 
-def _start(group: list, sweep_path, workdir, env, out: _Reporter, fork: bool) -> list[_Running]:
-    """Start a trial, or a pack of them as one process (forked from this one with `fork`);
-    a trial whose workdir a live process holds is skipped (reported, not returned)."""
+def _start(group: list, sweep_path, workdir, env, out: _Reporter, worker) -> list[_Running]:
+    """Start a trial, or a pack of them as one process (in `worker` unless None); a trial
+    whose workdir a live process holds is skipped (reported, not returned)."""
     free = []
     for trial, plan in group:
         holder = lease_lib.read_holder(str(storage.path(workdir) / trial.name))
@@ -488,7 +567,7 @@ def _start(group: list, sweep_path, workdir, env, out: _Reporter, fork: bool) ->
         )
         trial_dir = storage.path(workdir) / trial.name
         leader = started[0] if started else None
-        started.append(_Running(trial, plan, command, trial_dir, env, len(free), leader, fork))
+        started.append(_Running(trial, plan, command, trial_dir, env, len(free), leader, worker))
     return started
 
 
@@ -553,6 +632,20 @@ def start_order(todo: list) -> list:
     return sorted(todo, key=lambda tp: (tp[0].name not in parents, -tp[1]["C_detailed"]))
 
 
+def _family(trial: sweep_lib.Trial) -> str:
+    """Trials of one family share a program: a WSD parent and its cooldown branches."""
+    return trial.parent or trial.name
+
+
+def _pick(queue: list, ready: list[int], held: set[str], waited_on: set[str]) -> int:
+    """The queue index of the next trial for a worker holding `held` families' programs:
+    the first ready one (`start_order`) if others wait for it, else the first ready one of
+    a family held there (nothing to trace or compile), else the first ready one."""
+    if queue[ready[0]][0].name in waited_on:
+        return ready[0]
+    return next((i for i in ready if _family(queue[i][0]) in held), ready[0])
+
+
 def run_local(
     sweep_path: str,
     workdir: str,
@@ -566,14 +659,17 @@ def run_local(
 ) -> dict[str, str]:
     """Run `todo` [(trial, plan)] with `parallel` processes at a time; returns name -> final
     status. `groups` (`pack_groups`): trials that train together in one process. `fork`:
-    start trials as forks of this process where `fork_ready` (only a process whose JAX
-    config is a fresh one's, as `llm-jax sweep`'s is, may: a fork inherits it)."""
+    run trials in `_Worker` forks of this process where `fork_ready` (only a process whose
+    JAX config is a fresh one's, as `llm-jax sweep`'s is, may: a fork inherits it), one
+    worker per parallel slot."""
     pack_of = {t.name: i for i, group in enumerate(groups or []) for t, _ in group}
     fork = fork and fork_ready()
     if fork:  # imported once here, not once per trial
         import llm_jax.cli.train
         import llm_jax.pack  # noqa: F401
     queue = start_order(todo)
+    waited_on = {t.parent for t, _ in todo if t.parent}
+    workers: dict[str, _Worker] = {}  # by the CPUs of their slot ('' unpinned)
     running, outcome, eta, out = [], {}, _Eta(parallel), _Reporter(stream)
     last_status = 0.0
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -584,17 +680,23 @@ def run_local(
                 ready = [i for i, (t, _) in enumerate(queue) if branch_ready(t, workdir)]
                 if not ready:
                     break
-                group = _pop_group(queue, ready[0], pack_of)
                 env = _thread_env(parallel, running)
-                started = _start(group, sweep_path, workdir, env, out, fork)
+                slot = env.get(xla_cpu.CPUS_ENV, "")
+                held = workers[slot].families if slot in workers else set()
+                group = _pop_group(queue, _pick(queue, ready, held, waited_on), pack_of)
+                if fork and (slot not in workers or not workers[slot].alive()):
+                    workers[slot] = _Worker()
+                worker = workers.get(slot)
+                started = _start(group, sweep_path, workdir, env, out, worker)
                 names = {r.trial.name for r in started}
                 outcome.update({t.name: "busy" for t, _ in group if t.name not in names})
                 running += started
                 changed = True
-            time.sleep(0.2)
+            time.sleep(0.05)
             for r in [r for r in running if r.proc.poll() is not None]:
                 running.remove(r)
                 outcome[r.trial.name] = _finished(r, eta, out)
+                _retire(r, workers)
                 changed = True
             for r in running:
                 r.heartbeat()
@@ -613,8 +715,25 @@ def run_local(
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        for worker in workers.values():
+            worker.close()
         out.close()
     return outcome
+
+
+def _retire(r: _Running, workers: dict) -> None:
+    """After `r`'s process ended: its worker keeps its family's program, or, if the trial
+    did not exit 0 (the worker then exits), leaves the pool."""
+    if not isinstance(r.proc, _Job):
+        return
+    worker = r.proc.worker
+    if r.proc.returncode == 0:
+        worker.families.add(_family(r.trial))
+        return
+    for slot, w in list(workers.items()):
+        if w is worker:
+            del workers[slot]
+            worker.close()
 
 
 # --- cluster scripts ------------------------------------------------------------------------
