@@ -17,7 +17,16 @@ os.environ.setdefault(
     "LLM_JAX_TEST_XLA_CACHE", os.path.join(os.environ["LLM_JAX_CACHE"], "jax_compilation_cache")
 )
 
+# Hundreds of distinct tiny programs, each compiled for a few steps: XLA's expensive passes
+# cost more than they save (they halve a tiny train step's compile). Off for the session,
+# in the trainers and workers it starts too; tests about the optimized program itself (its
+# exact bits, cost analysis, memory plans) turn them back on with `optimized_xla`.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import contextlib
+
 import jax
+import pytest
 
 jax.config.update("jax_compilation_cache_dir", os.environ["LLM_JAX_TEST_XLA_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # as the trainer sets it
@@ -27,3 +36,34 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # One GCS server for the whole session (tests/gcs_server.py): the storage layer configures
 # its clients once per process, so every gs:// test must see the same endpoint.
 from gcs_server import gcs_bucket, gs  # noqa: E402, F401
+
+
+@contextlib.contextmanager
+def _xla_optimizations(on: bool):
+    """XLA's optimizations on or off here and in the processes started meanwhile. JAX's
+    in-memory caches do not key on the setting: they are cleared on the way in and out."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0" if on else "1")
+        jax.config.update("jax_disable_most_optimizations", not on)
+        jax.clear_caches()
+        try:
+            yield
+        finally:
+            jax.config.update("jax_disable_most_optimizations", previous)
+            jax.clear_caches()
+
+
+@pytest.fixture
+def optimized_xla():
+    """The test compiles as users' runs do (XLA's optimizations on)."""
+    with _xla_optimizations(True):
+        yield
+
+
+@pytest.fixture(scope="module")
+def optimized_xla_module():
+    """`optimized_xla` for a whole module, module fixtures included (`pytestmark =
+    pytest.mark.usefixtures("optimized_xla_module")`)."""
+    with _xla_optimizations(True):
+        yield

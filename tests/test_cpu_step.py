@@ -7,6 +7,9 @@ import pytest
 
 from llm_jax import model as model_lib
 
+# The CPU forms exist for XLA:CPU's optimized kernels: compare the programs users run.
+pytestmark = pytest.mark.usefixtures("optimized_xla_module")
+
 
 def _arrays(*shapes):
     keys = jax.random.split(jax.random.PRNGKey(0), len(shapes))

@@ -84,7 +84,7 @@ def xla_train_flops_per_token(m, batch, seq_len):
     return cost["flops"] / (batch * seq_len)
 
 
-def test_detailed_flops_agree_with_xla_cost_analysis():
+def test_detailed_flops_agree_with_xla_cost_analysis(optimized_xla):
     # Unscanned layers: XLA's cost analysis counts a while-loop body once, not per layer.
     m = preset("tiny", vocab_size=256, n_kv_heads=2, scan_layers=False)
     long, short = 32, 16

@@ -26,14 +26,6 @@ B, L = 2, 10
 SEGMENT_IDS = np.array([[1, 1, 1, 1, 2, 2, 2, 2, 0, 0], [1] * L], np.int32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
-
-
 def _cfg(name: str, **overrides) -> model_lib.ModelConfig:
     m = config_lib.default_config().model
     # A large init_std makes attention peaked: uniform weights would hide mistakes.

@@ -25,16 +25,6 @@ POSITION_CONFIGS = [
 B, L = 2, 9
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    # These tests check values, not speed: skipping XLA's expensive passes halves the
-    # compile time that dominates them on a 2-core CPU.
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
-
-
 @functools.cache
 def _build(spec):
     model = model_lib.Transformer(spec)

@@ -47,7 +47,7 @@ def _digest(tree) -> str:
     return h.hexdigest()[:16]
 
 
-def test_standard_parametrization_is_bit_identical_to_before_mup():
+def test_standard_parametrization_is_bit_identical_to_before_mup(optimized_xla):
     # Recorded before µP was added (same tiny config, CPU): init params and first losses.
     _, params, _, losses = _train(tiny_train_config(steps=10, warmup_steps=2), 3)
     assert _digest(params) == "c97e41f97735c9a1"

@@ -69,7 +69,7 @@ def _reference(t, total):
 
 
 @pytest.mark.parametrize("kind", ["cosine", "linear", "wsd", "wsd-1-sqrt", "constant", "rsqrt"])
-def test_schedule_as_step_inputs_equals_it_as_constants_bit_for_bit(kind):
+def test_schedule_as_step_inputs_equals_it_as_constants_bit_for_bit(kind, optimized_xla):
     # The step takes the schedule's numbers as inputs (so runs differing only in them share
     # a program); XLA would have folded them into the program as constants before.
     kind, _, shape = kind.partition("-")

@@ -26,6 +26,8 @@ needs_libtpu = pytest.mark.skipif(
 )
 LLAMA_7B_CONFIG = "experiments/configs/llama2_7b.py"
 GPT2_NARROW = dict(d_model=128, n_heads=2, d_ff=512)  # GPT-2 small's 12 layers, 1/6 the width
+# Plans report the memory and FLOPs of the program users' runs compile.
+pytestmark = pytest.mark.usefixtures("optimized_xla_module")
 
 if HAVE_LIBTPU:
     plan.compile_only_process()  # JAX_PLATFORMS is cpu already (conftest); quiets libtpu
