@@ -125,8 +125,13 @@ def test_a_worker_runs_trials_with_their_own_output_exit_code_and_signals(tmp_pa
     assert worker.run(["train", "b"], second, dict(env, MARKER="changed")).wait(timeout=60) == 0
     assert first.read_text() == f"pid {worker.pid} env from-the-runner argv ['train', 'a']\n"
     assert second.read_text() == f"pid {worker.pid} env changed argv ['train', 'b']\n"
-    worker.close()
-    assert worker.returncode == 0
+    # A younger worker holds no end of an older one's pipe: when the runner's end closes
+    # (here without its goodbye, as when the runner dies), the older one leaves at once.
+    younger = runner._Worker()
+    worker.conn.close()
+    assert not _alive_soon(worker) and worker.returncode == 0
+    younger.close()
+    assert younger.returncode == 0  # it left when asked, not killed
 
     def broken(argv):
         raise RuntimeError("a bug in the trial")

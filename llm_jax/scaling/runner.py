@@ -9,10 +9,11 @@ Local: each trial is one subprocess, exactly the command a user would type,
     python -m llm_jax.cli train --config SWEEP.py --workdir DIR/<trial> --config.k=v ...
 
 with its output in DIR/<trial>/train.log (for a gs:// DIR, a local file appended there
-when the attempt ends). `llm-jax sweep` runs that command in a fork of itself (which
-imported JAX and the trainer once) rather than a new interpreter: the same process
-boundary (session, signals, exit code, output), ~1 s less CPU per trial; `ps` shows
-such a trial with the runner's command line. A trial is finished once the process exited 0
+when the attempt ends). `llm-jax sweep` runs that command in a worker, a fork of itself
+(which imported JAX and the trainer once) that runs its slot's trials one after another,
+rather than a new interpreter: the same process boundary (session, signals, exit code,
+output) without the imports, and a WSD branch after its parent reuses its compiled step;
+`ps` shows a worker with the runner's command line. A trial is finished once it exited 0
 with its final evaluation in metrics.jsonl; the runner then writes DIR/<trial>/done.json.
 Rerunning the command skips finished trials and reruns the others, which resume from
 their checkpoints (the trainer restores them). A crash is recorded in status.json and the
@@ -214,6 +215,9 @@ def fork_ready() -> bool:
     return bridge is None or getattr(bridge, "_backends", None) == {}
 
 
+_WORKER_ENDS: list = []  # the runner's ends of its live workers' pipes (a fork closes them)
+
+
 class _Worker:
     """A fork of the runner that runs trials one after another, each as `llm_jax.cli.run(argv)`
     with the trial's environment and its output in the trial's log: a process boundary as
@@ -237,11 +241,14 @@ class _Worker:
         try:
             self.pid = os.fork()
             if self.pid == 0:
-                self.conn.close()
+                # Or an older worker would never see its pipe close when the runner ends.
+                for end in (*_WORKER_ENDS, self.conn):
+                    end.close()
                 _serve(child, signals)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         child.close()
+        _WORKER_ENDS.append(self.conn)
         self.returncode: int | None = None  # the process's, once it has ended
 
     def alive(self) -> bool:
@@ -262,7 +269,13 @@ class _Worker:
 
     def close(self, timeout: float = 30.0) -> None:
         """Let the worker exit (it is idle), or kill it after `timeout` seconds."""
+        try:
+            self.conn.send(None)
+        except OSError:  # it is gone already
+            pass
         self.conn.close()
+        if self.conn in _WORKER_ENDS:
+            _WORKER_ENDS.remove(self.conn)
         deadline = time.time() + timeout
         while self.alive() and time.time() < deadline:
             time.sleep(0.02)
@@ -319,10 +332,12 @@ def _serve(conn, held: set) -> None:
         sys.stderr = open(2, "w", buffering=1, closefd=False)
         while code == 0:
             try:
-                argv, log_path, env = conn.recv()
-            except EOFError:  # the runner is done with this worker
+                job = conn.recv()
+            except EOFError:  # the runner ended
                 break
-            code = _run_trial(argv, log_path, env)
+            if job is None:  # the runner is done with this worker
+                break
+            code = _run_trial(*job)
             conn.send(code)
     finally:
         os._exit(0)
