@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_run import init_params, tiny_model
+from tiny_run import init_params, tiny_flags, tiny_model, write_corpus
 
 from llm_jax import sample
 from llm_jax.model import ModelConfig, Transformer, init_cache
@@ -259,23 +259,10 @@ def test_llm_jax_generate_prints_samples_of_a_trained_workdir(tmp_path, capsys):
     batched (not a terminal) and streamed output hold the same text."""
     from llm_jax import cli
 
-    config_file = Path(__file__).parents[1] / "experiments" / "configs" / "shakespeare_tiny.py"
     workdir = str(tmp_path / "run")
-    assert (
-        cli.run(
-            [
-                "train",
-                f"--config={config_file}",
-                f"--workdir={workdir}",
-                "--config.train.steps=2",
-                "--config.train.batch_size=8",
-                "--config.checkpoint.every=2",
-                "--config.train.eval_every=2",
-                "--config.data.num_val_batches=1",
-            ]
-        )
-        == 0
-    )
+    corpus = write_corpus(tmp_path / "corpus")
+    flags = tiny_flags(workdir, corpus, tmp_path / "cache", train__steps=2, checkpoint__every=2)
+    assert cli.run(flags) == 0
     # The workdir carries its tokenizer: sampling neither reads nor rebuilds the data cache.
     config_path = Path(workdir) / "config.json"
     config = json.loads(config_path.read_text())
@@ -286,9 +273,9 @@ def test_llm_jax_generate_prints_samples_of_a_trained_workdir(tmp_path, capsys):
         "--workdir",
         workdir,
         "--prompt",
-        "ROMEO:",
+        "the king",
         "--prompt",
-        "JULIET:\nO",
+        "my lord\ngood",
         "--max-new-tokens",
         "12",
         "--num-samples",
@@ -310,7 +297,7 @@ def test_llm_jax_generate_prints_samples_of_a_trained_workdir(tmp_path, capsys):
         "2, sample 2",
     ]
     texts = [b.split(" ---\n", 1)[1] for b in blocks]
-    prompts = ["ROMEO:", "ROMEO:", "JULIET:\nO", "JULIET:\nO"]
+    prompts = ["the king", "the king", "my lord\ngood", "my lord\ngood"]
     assert all(t.startswith(p) for t, p in zip(texts, prompts, strict=True))
     continuations = [t[len(p) :].strip() for t, p in zip(texts, prompts, strict=True)]
     assert sum(bool(c) for c in continuations) >= 3  # the model wrote text

@@ -107,19 +107,21 @@ def tiny_config(corpus_glob: str, cache_dir, **extra):
     return config
 
 
-def tiny_command(workdir, corpus_glob: str, cache_dir, **extra) -> list[str]:
-    """`llm-jax train` (through this Python) with the tiny config as flag overrides."""
+def tiny_flags(workdir, corpus_glob: str, cache_dir, **extra) -> list[str]:
+    """`llm-jax train`'s arguments for the tiny config (flag overrides), without the program."""
     flags = [
         f"--config.{k}={v}" for k, v in tiny_overrides(corpus_glob, cache_dir, **extra).items()
     ]
+    return ["train", f"--config={BASE_CONFIG}", *flags, f"--workdir={workdir}"]
+
+
+def tiny_command(workdir, corpus_glob: str, cache_dir, **extra) -> list[str]:
+    """`llm-jax train` (through this Python) with the tiny config as flag overrides."""
     return [
         sys.executable,
         "-m",
         "llm_jax.cli",
-        "train",
-        f"--config={BASE_CONFIG}",
-        *flags,
-        f"--workdir={workdir}",
+        *tiny_flags(workdir, corpus_glob, cache_dir, **extra),
     ]
 
 
