@@ -14,7 +14,9 @@ Public API (the trainer codes against these):
     `epoch` (float), `epoch_offset(epoch) -> int`.
   - `val_batches(prepared, batch_size, seq_len, num_batches, process_index=None,
     process_count=None, segment_ids=False) -> list[dict]`: the fixed validation batches.
-  - `to_global(batch, sharding) -> dict[str, jax.Array]`.
+  - `to_global(batch, sharding) -> dict[str, jax.Array]`; `DeviceBatches(iterator,
+    sharding, ahead=8)`: `next(left)` a batch on the devices, several put at once;
+    `get_state()`, `epoch` as of the batches handed out.
   - `cache_root(data_cfg) -> Path`, `DataError` (from `llm_jax.tokenizer`).
 
 Caches live under `data.cache_dir`, else `$LLM_JAX_CACHE`, else `~/.cache/llm_jax`:
@@ -429,3 +431,37 @@ def to_global(
     from `jax.make_mesh` does), so process p's rows are rows p*local..(p+1)*local.
     """
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+class DeviceBatches:
+    """An iterator's batches, put on the devices up to `ahead` at a time (one transfer for
+    them in a single process: on a CPU each put cost ~0.4 ms of a small model's ~4 ms
+    step). `get_state()` and `epoch` are those after the batches handed out so far, so a
+    checkpoint resumes at the next one to train on, whatever was fetched ahead."""
+
+    def __init__(self, iterator, sharding: jax.sharding.Sharding, ahead: int = 8):
+        self.iterator, self.sharding, self.ahead = iterator, sharding, ahead
+        self._queue: list[dict[str, jax.Array]] = []
+        self._before: list[tuple[dict, float]] = []  # (state, epoch) before each queued one
+
+    def next(self, left: int) -> dict[str, jax.Array]:
+        """The next batch, on the devices; `left`: batches the run still needs (>= 1)."""
+        if not self._queue:
+            before, batches = [], []
+            for _ in range(max(1, min(self.ahead, left))):
+                before.append((self.iterator.get_state(), self.iterator.epoch))
+                batches.append(next(self.iterator))
+            if jax.process_count() == 1:
+                self._queue = jax.device_put(batches, self.sharding)
+            else:
+                self._queue = [to_global(b, self.sharding) for b in batches]
+            self._before = before
+        self._before.pop(0)
+        return self._queue.pop(0)
+
+    def get_state(self) -> dict:
+        return self._before[0][0] if self._before else self.iterator.get_state()
+
+    @property
+    def epoch(self) -> float:
+        return self._before[0][1] if self._before else self.iterator.epoch

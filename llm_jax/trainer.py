@@ -254,10 +254,10 @@ class Trainer:
             if mixture
             else data_lib.BatchIterator(self.prepared, t.batch_size, seed=t.seed, **rows)
         )
-        self._to_global = data_lib.to_global
         self.task = tasks_lib.make_data(config, self.prepared)  # None for lm
         if self.task is not None:
             self.iterator = self.task.iterator
+        self.batches = data_lib.DeviceBatches(self.iterator, self.setup.batch_sharding)
         val_size, num_val = config.data.val_batch_size or t.batch_size, config.data.num_val_batches
         local_val_sets = (
             {"": self.task.val_batches}
@@ -360,12 +360,12 @@ class Trainer:
             "step": s,
             "tokens": s * self.tokens_per_step,
             "flops": s * self.tokens_per_step * self.flops_per_token,
-            "epochs": self.iterator.epoch,
+            "epochs": self.batches.epoch,
         }
 
     def step(self) -> None:
         """One optimizer step; its metrics stay on the device until `log`."""
-        batch = self._to_global(next(self.iterator), self.setup.batch_sharding)
+        batch = self.batches.next(left=self.setup.total_steps - self.step_count)
         self.state, metrics = self.setup.train_step(self.state, batch, self.schedule_args)
         self.step_count += 1
         self.window.pending.append(metrics)
@@ -461,7 +461,7 @@ class Trainer:
     def save(self, force: bool) -> None:
         """Checkpoint the state and the global data position (on the interval, or now)."""
         s = self.step_count
-        positions = ckpt_lib.gather_host_states(self.iterator.get_state())
+        positions = ckpt_lib.gather_host_states(self.batches.get_state())
         if any(p != positions[0] for p in positions):
             raise RuntimeError(f"hosts disagree on the global data position: {positions}")
         meta = {

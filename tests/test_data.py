@@ -319,6 +319,31 @@ def test_to_global_assembles_a_sharded_batch(shakespeare):
     assert np.array_equal(np.asarray(arrays["targets"]), batch["targets"])
 
 
+def test_device_batches_fetch_ahead_but_save_the_position_of_those_handed_out():
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    tokens = np.arange(1007, dtype=np.uint32)  # 111 windows of 9: an epoch ends at batch 14
+
+    def iterator():
+        return data.BatchIterator(tokens, 8, 8, seed=3, process_index=0, process_count=1)
+
+    plain, ahead = iterator(), data.DeviceBatches(iterator(), sharding, ahead=5)
+    for i in range(17):
+        batch = ahead.next(left=100)
+        assert batch["inputs"].sharding == sharding
+        assert np.array_equal(np.asarray(batch["inputs"]), next(plain)["inputs"]), i
+        # What a checkpoint saves here resumes at the next batch to train on.
+        assert ahead.get_state() == plain.get_state() and ahead.epoch == plain.epoch, i
+    assert ahead.iterator.get_state() != plain.get_state()  # it did fetch ahead
+    # `left` bounds how far ahead: the run's last batches draw no more than it needs.
+    last = data.DeviceBatches(iterator(), sharding, ahead=5)
+    last.next(left=2)
+    plain = iterator()
+    for _ in range(2):
+        next(plain)
+    assert last.iterator.get_state() == plain.get_state()
+
+
 # --- bad input ----------------------------------------------------------------------------
 
 
