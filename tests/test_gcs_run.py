@@ -3,12 +3,10 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 from test_scaling_runner import _write_sweep
-from tiny_run import metric_rows, subprocess_env, tiny_config, write_corpus
+from tiny_run import metric_rows, tiny_config, write_corpus
 
 from llm_jax import data as data_lib
 from llm_jax import storage, trainer
@@ -34,7 +32,7 @@ class _StopAfter:
         return "SIGTERM" if self.left <= 0 else None
 
 
-def test_train_stop_resume_and_generate_in_a_bucket(gs, tmp_path):
+def test_train_stop_resume_and_generate_in_a_bucket(gs, tmp_path, capsys):
     local_glob = write_corpus(tmp_path / "corpus")
     _upload_corpus(local_glob, f"{gs}/corpus")
     config = tiny_config(
@@ -59,16 +57,10 @@ def test_train_stop_resume_and_generate_in_a_bucket(gs, tmp_path):
     )  # bit-exact: the same losses, step by step
     assert json.loads(storage.read_text(f"{workdir}/config.json"))["train"]["steps"] == 8
 
-    result = subprocess.run(
-        [sys.executable, "-m", "llm_jax.cli", "generate", "--workdir", workdir]
-        + ["--prompt", "the king", "--max-new-tokens", "5", "--no-stream"],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("--- prompt 1, sample 1 ---\nthe king")
+    capsys.readouterr()
+    generate = ["generate", "--workdir", workdir, "--prompt", "the king", "--max-new-tokens", "5"]
+    assert cli_run([*generate, "--no-stream"]) == 0
+    assert capsys.readouterr().out.startswith("--- prompt 1, sample 1 ---\nthe king")
 
 
 def test_a_jsonl_corpus_in_a_bucket_tokenizes_like_the_local_copy(gs, tmp_path):
@@ -86,16 +78,10 @@ def test_a_jsonl_corpus_in_a_bucket_tokenizes_like_the_local_copy(gs, tmp_path):
     assert tokens["gcs"] == tokens["local"] and tokens["gcs"][0]
 
 
-def test_missing_gcs_workdir_is_one_line_error(gs):
-    result = subprocess.run(
-        [sys.executable, "-m", "llm_jax.cli", "generate", "--workdir", f"{gs}/none"],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: --workdir {gs}/none is not a directory"]
+def test_missing_gcs_workdir_is_one_line_error(gs, capsys):
+    assert cli_run(["generate", "--workdir", f"{gs}/none"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"error: --workdir {gs}/none is not a directory"]
 
 
 def test_a_sweep_in_a_bucket_runs_collects_and_plots(gs, tmp_path, capsys):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_jax import lease
+from llm_jax import cli, lease
 from llm_jax.scaling import results, runner
 from llm_jax.scaling.sweep import SweepError
 
@@ -92,7 +92,7 @@ def _wait_for(predicate, timeout, what):
         time.sleep(0.2)
 
 
-def test_killed_runner_stops_its_trial_and_a_rerun_resumes(tmp_path):
+def test_killed_runner_stops_its_trial_and_a_rerun_resumes(tmp_path, capsys):
     sweep = _write_sweep(
         tmp_path / "sweep.py", '[Trial("long", {"train.lr": 3e-3})]', steps=1000, every=50
     )
@@ -135,8 +135,9 @@ def test_killed_runner_stops_its_trial_and_a_rerun_resumes(tmp_path):
     assert state["wall_s"] == pytest.approx(sum(a["end"] - a["start"] for a in state["attempts"]))
 
     # A third run has nothing to do and says so.
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "1 already done, 0 to run" in result.stdout
+    capsys.readouterr()
+    assert cli.run(["sweep", sweep, "--workdir", str(work)]) == 0
+    assert "1 already done, 0 to run" in capsys.readouterr().out
 
 
 def test_sweep_directory_and_live_trials_are_not_shared(tmp_path, capsys):
