@@ -54,6 +54,7 @@ results support are fitted into DIR/fit.json, and the plots are drawn into DIR/p
 from __future__ import annotations
 
 import fnmatch
+import gc
 import multiprocessing
 import os
 import shlex
@@ -373,6 +374,7 @@ def _run_trial(argv: list[str], log_path: str, env: dict[str, str]) -> int:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         _default_signals()
+        gc.collect()  # the trial's arrays held in reference cycles: freed before the next
     return code
 
 
