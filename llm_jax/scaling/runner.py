@@ -355,10 +355,10 @@ def _run_trial(argv: list[str], log_path: str, env: dict[str, str]) -> int:
     from llm_jax.trainer import PhaseClock
 
     code = 1
-    with open(log_path, "a") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
     try:
+        with open(log_path, "a") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
         os.environ.clear()
         os.environ.update(env)  # XLA reads XLA_FLAGS when the first trial starts its backend
         sys.argv = ["llm-jax", *argv]
