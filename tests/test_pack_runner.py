@@ -4,6 +4,8 @@ a packed sweep whose trial directories read as an unpacked sweep's."""
 import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,12 +93,16 @@ def _losses(trial_dir: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_packed_sweep_reads_as_the_unpacked_sweep(tmp_path, capsys):
+def test_packed_sweep_reads_as_the_unpacked_sweep(tmp_path):
     sweep = _sweep(tmp_path)
     packed, alone = tmp_path / "packed", tmp_path / "alone"
     only = "lr-*,wide"
-    assert runner.run_sweep(sweep, str(packed), parallel=1, only=only, n_boot=0, pack=4) == 0
-    assert "packed 3 per program" in capsys.readouterr().out
+    # Packed by `llm-jax sweep` (its trials in a worker process), alone by subprocesses.
+    command = [sys.executable, "-m", "llm_jax.cli", "sweep", sweep, "--workdir", str(packed)]
+    flags = ["--parallel", "1", "--only", only, "--pack", "4"]
+    out = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "packed 3 per program" in out.stdout
     assert runner.run_sweep(sweep, str(alone), parallel=2, only=only, n_boot=0, pack=1) == 0
     for name in ("lr-a", "lr-b", "lr-c", "wide"):
         assert (packed / name / "done.json").exists()

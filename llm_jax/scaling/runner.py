@@ -56,6 +56,7 @@ from __future__ import annotations
 import fnmatch
 import gc
 import multiprocessing
+import multiprocessing.connection
 import os
 import shlex
 import signal
@@ -709,7 +710,7 @@ def run_local(
                 outcome.update({t.name: "busy" for t, _ in group if t.name not in names})
                 running += started
                 changed = True
-            time.sleep(0.05)
+            _wait(running)
             for r in [r for r in running if r.proc.poll() is not None]:
                 running.remove(r)
                 outcome[r.trial.name] = _finished(r, eta, out)
@@ -736,6 +737,17 @@ def run_local(
             worker.close()
         out.close()
     return outcome
+
+
+def _wait(running: list, timeout: float = 0.2) -> None:
+    """Until a running trial may have ended, at most `timeout` seconds (a worker's answer
+    wakes the runner at once; subprocesses are polled)."""
+    procs = list({id(r.proc): r.proc for r in running}.values())  # a pack's trials share one
+    ends = [p.worker.conn for p in procs if isinstance(p, _Job)]
+    if ends and len(ends) == len(procs):
+        multiprocessing.connection.wait(ends, timeout)
+    else:
+        time.sleep(0.05)
 
 
 def _retire(r: _Running, workers: dict) -> None:
