@@ -375,7 +375,11 @@ def _run_trial(argv: list[str], log_path: str, env: dict[str, str]) -> int:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         _default_signals()
-        gc.collect()  # the trial's arrays held in reference cycles: freed before the next
+        # The trial's arrays held in reference cycles are freed before the next trial; what
+        # survives (modules, compiled programs) is frozen out of later collections, which
+        # then take ~1 ms instead of 0.1-0.25 s (growing with every trial).
+        gc.collect()
+        gc.freeze()
     return code
 
 
