@@ -54,6 +54,16 @@ def _trial(root: Path, name: str, span: tuple[float, float], phases: dict) -> No
     (folder / "phases.json").write_text(json.dumps([rows]))
 
 
+def test_a_workers_next_run_starts_its_clock_afresh():
+    # A sweep worker idles between trials: that wait is no trial's start-up.
+    trainer.PhaseClock().lap("steps")
+    time.sleep(0.3)
+    trainer.PhaseClock.start_run()
+    assert trainer.PhaseClock().totals["startup"][0] < 0.2
+    time.sleep(0.3)  # without start_run, the previous lap's run would pay for it
+    assert trainer.PhaseClock().totals["startup"][0] >= 0.3
+
+
 def test_an_unreadable_phases_file_is_kept_aside_not_a_crash(tmp_path):
     (tmp_path / trainer.PHASES_FILE).write_text("{not json")
     clock = trainer.PhaseClock()
