@@ -139,7 +139,8 @@ def test_one_minus_sqrt_cooldown():
     assert float(schedule(100)) == 0.0
 
 
-RUNNER_SWEEP = """
+# An 8-step constant-rate parent with checkpoints every 4 steps; each sweep adds get_sweep.
+BRANCH_CONFIG = """
 from llm_jax.config import default_config
 from llm_jax.scaling.sweep import Trial
 
@@ -153,7 +154,11 @@ def get_config():
                         schedule="constant")
     config.checkpoint.update(every=4, keep_every=4, async_save=False)
     return config
+"""
 
+RUNNER_SWEEP = (
+    BRANCH_CONFIG
+    + """
 
 def get_sweep():
     branch = {"train.steps": 6, "train.schedule": "wsd", "train.decay_fraction": 2 / 6,
@@ -166,6 +171,7 @@ def get_sweep():
         Trial("orphan", branch, parent="broken"),
     ]
 """
+)
 
 
 def test_runner_starts_a_branch_once_its_checkpoint_exists(tmp_path, capsys):
@@ -183,21 +189,9 @@ def test_runner_starts_a_branch_once_its_checkpoint_exists(tmp_path, capsys):
         runner.run_sweep(str(tmp_path / "sweep.py"), str(work), launcher="slurm")
 
 
-WORKER_SWEEP = """
-from llm_jax.config import default_config
-from llm_jax.scaling.sweep import Trial
-
-
-def get_config():
-    config = default_config()
-    config.model.update(d_model=16, n_layers=1, n_heads=1, d_ff=32, vocab_size=512,
-                        max_seq_len=32)
-    config.data.update(seq_len=32, num_val_batches=1)
-    config.train.update(steps=8, batch_size=4, warmup_steps=2, log_every=2, eval_every=8,
-                        schedule="constant")
-    config.checkpoint.update(every=4, keep_every=4, async_save=False)
-    return config
-
+WORKER_SWEEP = (
+    BRANCH_CONFIG
+    + """
 
 def get_sweep():
     def branch(step, steps):
@@ -208,6 +202,7 @@ def get_sweep():
     return [Trial("parent", {}), Trial("early", branch(4, 6), parent="parent"),
             Trial("late", branch(8, 10), parent="parent")]
 """
+)
 
 
 @pytest.mark.slow

@@ -95,29 +95,26 @@ def test_a_pinned_llm_jax_process_may_run_on_its_cpus_only():
     assert out.stdout.strip() == f"[{allowed[-1]}]"
 
 
-def test_a_bad_cpu_list_is_one_line_and_exit_2():
-    env = dict(os.environ, **{xla_cpu.CPUS_ENV: "9999"})
-    out = subprocess.run(
+def _llm_jax_help_with(name: str, value: str) -> subprocess.CompletedProcess:
+    """`llm-jax inspect --help` in a new process with the environment variable `name` set."""
+    return subprocess.run(
         [sys.executable, "-m", "llm_jax.cli", "inspect", "--help"],
-        env=env,
+        env=dict(os.environ, **{name: value}),
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_a_bad_cpu_list_is_one_line_and_exit_2():
+    out = _llm_jax_help_with(xla_cpu.CPUS_ENV, "9999")
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: LLM_JAX_CPUS='9999' is not a usable CPU list")
     assert "Traceback" not in out.stderr
 
 
 def test_a_bad_reuse_memory_value_is_one_line_and_exit_2():
-    env = dict(os.environ, **{xla_cpu.REUSE_MEMORY_ENV: "yes"})
-    out = subprocess.run(
-        [sys.executable, "-m", "llm_jax.cli", "inspect", "--help"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = _llm_jax_help_with(xla_cpu.REUSE_MEMORY_ENV, "yes")
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "error: LLM_JAX_REUSE_MEMORY='yes': use 1 to reuse freed memory, 0 or unset not to"
