@@ -84,10 +84,10 @@ def reuse_freed_memory() -> bool:
     malloc serve every block from one heap and never shrink it, so freed memory is reused
     without page faults; False otherwise or where there is no glibc.
 
-    Opt-in (README, Speed on CPU): 1.2-1.33x faster steps where a step's temporaries
-    exceed 32 MB, but the README demo's small forked trials ran 13% slower with it, and
-    the process keeps its peak heap. `import llm_jax` calls it: it must run before JAX
-    starts its threads (a thread keeps the arena it took).
+    Opt-in (README, Speed on CPU): 1.2-1.5x faster steps where a step's temporaries
+    exceed 32 MB, but the README demo's many small trials ran 20% slower with it (in
+    sweep workers), and the process keeps its peak heap. `import llm_jax` calls it: it
+    must run before JAX starts its threads (a thread keeps the arena it took).
     """
     try:
         asked = reuse_memory_asked()

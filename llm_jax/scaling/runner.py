@@ -315,7 +315,7 @@ class _Job:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None and self.worker.alive():
+        if self.poll() is None:  # None: the worker is alive and has not answered
             os.kill(self.pid, sig)
 
     def kill(self) -> None:
