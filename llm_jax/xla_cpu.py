@@ -14,9 +14,9 @@ the kernels and `llm-jax` (the CLI dispatcher) and tools/bench.py pin the thread
   CPUs; the sweep runner gives each parallel trial its own share.
 - Memory: XLA:CPU allocates each execution's temporaries anew, and glibc serves blocks
   over 32 MB with fresh pages from the kernel and hands them back when freed, so every
-  step faulted its temporaries in again, page by page. With LLM_JAX_REUSE_MEMORY=1,
-  `reuse_freed_memory` (called on import where JAX will run on the CPU) keeps freed
-  memory in the process instead.
+  step faulted its temporaries in again, page by page. `reuse_freed_memory` (called on
+  import where JAX will run on the CPU) keeps freed memory in the process instead, unless
+  LLM_JAX_REUSE_MEMORY=0.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import re
 from llm_jax import tpu_env
 
 CPUS_ENV = "LLM_JAX_CPUS"
-REUSE_MEMORY_ENV = "LLM_JAX_REUSE_MEMORY"  # 1: reuse freed memory (see reuse_freed_memory)
+REUSE_MEMORY_ENV = "LLM_JAX_REUSE_MEMORY"  # 0: glibc's defaults (see reuse_freed_memory)
 _KERNEL_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 
@@ -56,7 +56,7 @@ def set_default_flags() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} {_KERNEL_FLAG}=".strip()
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 
 def jax_runs_on_cpu() -> bool:
@@ -70,24 +70,26 @@ def jax_runs_on_cpu() -> bool:
 
 
 def reuse_memory_asked() -> bool:
-    """LLM_JAX_REUSE_MEMORY as a bool; ValueError for anything but unset, 0 or 1."""
-    value = os.environ.get(REUSE_MEMORY_ENV, "0").strip()
+    """LLM_JAX_REUSE_MEMORY as a bool, unset meaning 1; ValueError for anything but 0 or 1."""
+    value = os.environ.get(REUSE_MEMORY_ENV, "1").strip()
     if value not in ("0", "1"):
         raise ValueError(
-            f"{REUSE_MEMORY_ENV}={value!r}: use 1 to reuse freed memory, 0 or unset not to"
+            f"{REUSE_MEMORY_ENV}={value!r}: use 0 to give freed memory back to the system, "
+            "1 or unset to reuse it"
         )
     return value == "1"
 
 
 def reuse_freed_memory() -> bool:
-    """With LLM_JAX_REUSE_MEMORY=1 and JAX on the CPU (`jax_runs_on_cpu`), make glibc's
-    malloc serve every block from one heap and never shrink it, so freed memory is reused
-    without page faults; False otherwise or where there is no glibc.
+    """Unless LLM_JAX_REUSE_MEMORY=0, and where JAX runs on the CPU (`jax_runs_on_cpu`),
+    make glibc's malloc serve blocks from its heaps instead of fresh mappings and never
+    shrink them, so freed memory is reused without page faults; False otherwise or where
+    there is no glibc.
 
-    Opt-in (README, Speed on CPU): 1.2-1.5x faster steps where a step's temporaries
-    exceed 32 MB, but the README demo's many small trials ran 20% slower with it (in
-    sweep workers), and the process keeps its peak heap. `import llm_jax` calls it: it
-    must run before JAX starts its threads (a thread keeps the arena it took).
+    Steps whose temporaries pass 32 MB run up to 1.3x faster (README, Speed on CPU); the
+    process keeps its peak heap. A thread's arena still maps blocks over its 64 MB heap
+    size afresh: capping the arenas at one would serve those too, but it made the README
+    demo's small steps 15-40% slower.
     """
     try:
         asked = reuse_memory_asked()
@@ -99,9 +101,7 @@ def reuse_freed_memory() -> bool:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):
         return False
-    # One arena: a thread's own arena maps blocks over its 64 MB heap size whatever
-    # M_MMAP_MAX says; the main arena grows its heap instead.
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
     return all([bool(mallopt(param, value)) for param, value in settings])
 
 
