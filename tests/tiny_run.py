@@ -133,10 +133,9 @@ def free_port() -> int:
 
 
 def subprocess_env(num_devices: int = 1) -> dict:
-    """Environment for a CPU-only child process with `num_devices` devices."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices))
-    env.pop("XLA_FLAGS", None)
-    return env
+    """Environment for a CPU-only child process with `num_devices` devices (and the
+    session's XLA settings, tests/conftest.py)."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices))
 
 
 def metric_rows(workdir) -> list[dict]:
