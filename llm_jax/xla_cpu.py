@@ -16,7 +16,7 @@ the kernels and `llm-jax` (the CLI dispatcher) and tools/bench.py pin the thread
   over 32 MB with fresh pages from the kernel and hands them back when freed, so every
   step faulted its temporaries in again, page by page. `reuse_freed_memory` (called on
   import where JAX will run on the CPU) keeps freed memory in the process instead, unless
-  LLM_JAX_REUSE_MEMORY=0.
+  LLM_JAX_REUSE_MEMORY=0 (and with =one-arena, blocks over 64 MB too).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import re
 from llm_jax import tpu_env
 
 CPUS_ENV = "LLM_JAX_CPUS"
-REUSE_MEMORY_ENV = "LLM_JAX_REUSE_MEMORY"  # 0: glibc's defaults (see reuse_freed_memory)
+REUSE_MEMORY_ENV = "LLM_JAX_REUSE_MEMORY"  # see reuse_freed_memory
 _KERNEL_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 
@@ -56,7 +56,7 @@ def set_default_flags() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} {_KERNEL_FLAG}=".strip()
 
 
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc's mallopt (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8  # mallopt's
 
 
 def jax_runs_on_cpu() -> bool:
@@ -69,15 +69,18 @@ def jax_runs_on_cpu() -> bool:
     return not (accelerators or tpu_env.has_tpu_chips())
 
 
-def reuse_memory_asked() -> bool:
-    """LLM_JAX_REUSE_MEMORY as a bool, unset meaning 1; ValueError for anything but 0 or 1."""
+REUSE_MEMORY_MODES = ("0", "1", "one-arena")  # LLM_JAX_REUSE_MEMORY's values; unset is "1"
+
+
+def reuse_memory_mode() -> str:
+    """LLM_JAX_REUSE_MEMORY, "1" when unset; ValueError for a value not in REUSE_MEMORY_MODES."""
     value = os.environ.get(REUSE_MEMORY_ENV, "1").strip()
-    if value not in ("0", "1"):
+    if value not in REUSE_MEMORY_MODES:
         raise ValueError(
             f"{REUSE_MEMORY_ENV}={value!r}: use 0 to give freed memory back to the system, "
-            "1 or unset to reuse it"
+            "1 or unset to reuse it, one-arena to reuse blocks over 64 MB too"
         )
-    return value == "1"
+    return value
 
 
 def reuse_freed_memory() -> bool:
@@ -89,20 +92,24 @@ def reuse_freed_memory() -> bool:
 
     Steps whose temporaries pass 32 MB run up to 1.3x faster (README, Speed on CPU); the
     process keeps its peak heap. A thread's arena still maps blocks over its 64 MB heap
-    size afresh: capping the arenas at one would serve those too, but it made the README
-    demo's small steps 15-40% slower.
+    size afresh. "one-arena" serves every thread from the main heap, which keeps those
+    too (1.18x at 4 x d_model 256, seq 256), but it made the README demo's small steps
+    15-40% slower, so it is not the default. It must be set before JAX's threads take
+    their arenas: `import llm_jax` calls this.
     """
     try:
-        asked = reuse_memory_asked()
+        mode = reuse_memory_mode()
     except ValueError:  # `llm-jax` refuses the value in one line (cli.run)
         return False
-    if not asked or not jax_runs_on_cpu():
+    if mode == "0" or not jax_runs_on_cpu():
         return False
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):
         return False
-    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 64 << 20))
+    settings = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 64 << 20)]
+    if mode == "one-arena":
+        settings.append((_M_ARENA_MAX, 1))
     return all([bool(mallopt(param, value)) for param, value in settings])
 
 

@@ -118,7 +118,7 @@ def test_a_bad_reuse_memory_value_is_one_line_and_exit_2():
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "error: LLM_JAX_REUSE_MEMORY='yes': use 0 to give freed memory back to the system, "
-        "1 or unset to reuse it"
+        "1 or unset to reuse it, one-arena to reuse blocks over 64 MB too"
     )
 
 
@@ -127,7 +127,8 @@ def test_reuse_freed_memory_stops_refaulting_a_freed_block():
     # calling thread or its own: a block freed and allocated again must come back without
     # page faults; glibc returns blocks over 32 MB to the kernel at free, so each reuse
     # faulted every 4 KB page in again. In a thread's arena a block that needs a second
-    # 64 MB heap must keep it: glibc unmaps a heap that a free leaves empty.
+    # 64 MB heap must keep it: glibc unmaps a heap that a free leaves empty. A thread's
+    # block over 64 MB is mapped afresh unless every thread shares the main heap.
     code = """
 import ctypes, ctypes.util, resource, sys, threading
 from llm_jax import xla_cpu  # `import llm_jax` calls it here (a CPU) unless the env says 0
@@ -148,6 +149,7 @@ def in_a_second_heap():
     kept = libc.malloc(40 << 20)
     ctypes.memset(kept, 1, 40 << 20)
     counts.append(twice(40 << 20))
+    counts.append(twice(80 << 20))
 counts = [twice(64 << 20)]
 thread = threading.Thread(target=in_a_second_heap)
 thread.start()
@@ -158,17 +160,19 @@ print(*counts)
     def faults(mode: str) -> list[int]:
         env = {k: v for k, v in os.environ.items() if k != xla_cpu.REUSE_MEMORY_ENV}
         if mode != "unset":
-            env[xla_cpu.REUSE_MEMORY_ENV] = "0" if mode == "default" else "1"
+            env[xla_cpu.REUSE_MEMORY_ENV] = {"default": "0", "reuse": "1"}.get(mode, mode)
         run = subprocess.run(
             [sys.executable, "-c", code, mode], env=env, capture_output=True, text=True
         )
         assert run.returncode == 0, run.stderr
         return [int(n) for n in run.stdout.split()]
 
-    faults = {mode: faults(mode) for mode in ("default", "reuse", "unset")}
-    assert min(faults["default"]) > 10_000  # 40-64 MB in 4 KB pages, every time
-    assert max(faults["reuse"]) < 1_000
-    assert max(faults["unset"]) < 1_000
+    faults = {mode: faults(mode) for mode in ("default", "reuse", "unset", "one-arena")}
+    assert min(faults["default"]) > 10_000  # 40-80 MB in 4 KB pages, every time
+    for mode in ("reuse", "unset"):
+        assert max(faults[mode][:2]) < 1_000
+        assert faults[mode][2] > 10_000  # over a thread's heap size
+    assert max(faults["one-arena"]) < 1_000
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,7 @@ def _apply_cpu_env() -> None:
     """Apply LLM_JAX_CPUS (llm_jax/xla_cpu.py) before any subcommand starts JAX, and check
     LLM_JAX_REUSE_MEMORY (`import llm_jax` applied it, or ignored a bad value)."""
     try:
-        xla_cpu.reuse_memory_asked()
+        xla_cpu.reuse_memory_mode()
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:
