@@ -315,11 +315,9 @@ def test_forced_cudnn_on_cpu_is_a_clear_error():
     assert model_lib.choose_attention_impl(model_lib.ModelConfig.from_config(tiny())) == "xla"
     # Inspect mode writes attention out on any backend: a run trained with cuDNN
     # attention can still be inspected on a CPU.
-    tokens = jnp.zeros((1, 4), jnp.int32)
-    params = model_lib.Transformer(model_lib.ModelConfig.from_config(tiny())).init(
-        jax.random.key(0), tokens
-    )
-    _, sown = forced.apply(params, tokens, inspect=True, mutable=["intermediates"])
+    _, params, _, _ = build(tiny())
+    inspect = jax.jit(functools.partial(forced.apply, inspect=True, mutable=["intermediates"]))
+    _, sown = inspect({"params": params}, jnp.zeros((1, 4), jnp.int32))
     assert "intermediates" in sown
 
 
