@@ -9,18 +9,26 @@ import json
 import jax
 import numpy as np
 import pytest
+from hf_tokenizers import byte_level_bpe
+from tiny_run import init_params
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from llm_jax import cli
+from llm_jax import workdir as workdir_lib
+from llm_jax.hf import convert, io
+from llm_jax.hf import safetensors as st
+from llm_jax.model import ModelConfig, Transformer
 
-from hf_tokenizers import byte_level_bpe  # noqa: E402
-from tiny_run import init_params  # noqa: E402
+torch = transformers = None  # set by `_hf_libraries` when this module's tests run
 
-from llm_jax import cli  # noqa: E402
-from llm_jax import workdir as workdir_lib  # noqa: E402
-from llm_jax.hf import convert, io  # noqa: E402
-from llm_jax.hf import safetensors as st  # noqa: E402
-from llm_jax.model import ModelConfig, Transformer  # noqa: E402
+
+@pytest.fixture(autouse=True, scope="module")
+def _hf_libraries():
+    """Import torch and transformers (~2.7 s) for this module's tests, not at collection:
+    every pytest worker collects this file, one runs it."""
+    global torch, transformers
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+
 
 VOCAB = 300  # not a multiple of 128: the padded rows are exercised
 LLAMA = dict(
@@ -138,54 +146,10 @@ def test_bf16_sharded_llama_round_trip(tmp_path):
         assert torch.equal(reloaded.state_dict()[name], tensor), name  # bit-exact weights
 
 
-class NanoGPTBlock(torch.nn.Module):
-    """nanoGPT's block (model.py): nn.Linear layers, exact GELU, optional biases."""
-
-    def __init__(self, d: int, heads: int, bias: bool):
-        super().__init__()
-        self.ln_1 = torch.nn.LayerNorm(d, bias=bias)
-        self.attn = torch.nn.Module()
-        self.attn.c_attn = torch.nn.Linear(d, 3 * d, bias=bias)
-        self.attn.c_proj = torch.nn.Linear(d, d, bias=bias)
-        self.ln_2 = torch.nn.LayerNorm(d, bias=bias)
-        self.mlp = torch.nn.Module()
-        self.mlp.c_fc = torch.nn.Linear(d, 4 * d, bias=bias)
-        self.mlp.c_proj = torch.nn.Linear(4 * d, d, bias=bias)
-        self.heads = heads
-
-    def forward(self, x):
-        B, T, D = x.shape
-        q, k, v = self.attn.c_attn(self.ln_1(x)).split(D, dim=2)
-        q, k, v = (t.view(B, T, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))
-        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.attn.c_proj(y.transpose(1, 2).reshape(B, T, D))
-        return x + self.mlp.c_proj(torch.nn.functional.gelu(self.mlp.c_fc(self.ln_2(x))))
-
-
-class NanoGPT(torch.nn.Module):
-    def __init__(self, vocab: int, block_size: int, d: int, layers: int, heads: int, bias: bool):
-        super().__init__()
-        self.transformer = torch.nn.Module()
-        self.transformer.wte = torch.nn.Embedding(vocab, d)
-        self.transformer.wpe = torch.nn.Embedding(block_size, d)
-        self.transformer.h = torch.nn.ModuleList(
-            NanoGPTBlock(d, heads, bias) for _ in range(layers)
-        )
-        self.transformer.ln_f = torch.nn.LayerNorm(d, bias=bias)
-        self.lm_head = torch.nn.Linear(d, vocab, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied
-        for p in self.parameters():  # non-trivial norms and biases too
-            torch.nn.init.normal_(p, std=0.2)
-
-    def forward(self, idx):
-        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.shape[1]))
-        for block in self.transformer.h:
-            x = block(x)
-        return self.lm_head(self.transformer.ln_f(x))
-
-
 @pytest.mark.parametrize("bias", [True, False])
 def test_nanogpt_matches_torch(tmp_path, bias):
+    from nanogpt_torch import NanoGPT
+
     torch.manual_seed(0)
     args = dict(n_layer=2, n_head=4, n_embd=64, block_size=64, bias=bias, vocab_size=VOCAB)
     model = NanoGPT(VOCAB, 64, 64, 2, 4, bias).eval()

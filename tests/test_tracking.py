@@ -7,9 +7,7 @@ import struct
 import time
 
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
 from tiny_run import tiny_config, write_corpus
-from wandb.proto import wandb_internal_pb2
 
 from llm_jax import config as config_lib
 from llm_jax import metrics as metrics_lib
@@ -33,10 +31,19 @@ class _Guard:
         return "SIGTERM" if self.stop_at and self.polls >= self.stop_at else None
 
 
+def _event_accumulator():
+    """TensorBoard's reader module, imported when a test reads events (0.25 s)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    return event_accumulator
+
+
 def _wandb_records(path):
     """The Record protos of a .wandb file: a 7-byte header (':W&B', magic, version), then
     LevelDB log blocks of 32 KiB holding records (crc32c, uint16 length, type, data)."""
     data, records, chunks = open(path, "rb").read(), [], b""
+    from wandb.proto.wandb_internal_pb2 import Record  # 0.5 s: when a test needs it
+
     assert data[:4] == b":W&B"
     at, block = 7, 32768
     while at + 7 <= len(data):
@@ -49,7 +56,7 @@ def _wandb_records(path):
         chunks += data[at + 7 : at + 7 + length]
         at += 7 + length
         if kind in (1, 4):  # FULL or LAST
-            records.append(wandb_internal_pb2.Record.FromString(chunks))
+            records.append(Record.FromString(chunks))
             chunks = b""
     return records
 
@@ -101,7 +108,7 @@ def test_a_resumed_writer_shows_each_step_once_in_tensorboard_and_wandb(tmp_path
     for step in (6, 8):
         resumed.write({"step": step, "train/loss": float(step)})
     resumed.close()
-    events = event_accumulator.EventAccumulator(f"{workdir}/tensorboard")
+    events = _event_accumulator().EventAccumulator(f"{workdir}/tensorboard")
     events.Reload()
     shown = [(e.step, e.value) for e in events.Scalars("train/loss")]
     assert shown == [(2, 12.0), (4, 14.0), (6, 6.0), (8, 8.0)]
@@ -156,7 +163,7 @@ def test_crash_stop_and_resume_log_each_step_once(tmp_path, offline_wandb):
     assert [r["step"] for r in rows] == [2, 3, 4, 6, 6, 8, 8]  # train and val rows, once each
 
     # TensorBoard's reader sees each step once, with the values of the resumed run.
-    events = event_accumulator.EventAccumulator(f"{workdir}/tensorboard")
+    events = _event_accumulator().EventAccumulator(f"{workdir}/tensorboard")
     events.Reload()
     assert len(glob.glob(f"{workdir}/tensorboard/events.out.tfevents.*")) >= 1
     for key in ("train/loss", "val/loss"):
