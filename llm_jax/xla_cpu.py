@@ -93,7 +93,7 @@ def reuse_freed_memory() -> bool:
     Steps whose temporaries pass 32 MB run up to 1.3x faster (README, Speed on CPU); the
     process keeps its peak heap. A thread's arena still maps blocks over its 64 MB heap
     size afresh. "one-arena" serves every thread from the main heap, which keeps those
-    too (1.18x at 4 x d_model 256, seq 256), but it made the README demo's small steps
+    too (1.08-1.18x at 4 x d_model 256, seq 256), but it made the README demo's small steps
     15-40% slower, so it is not the default. It must be set before JAX's threads take
     their arenas: `import llm_jax` calls this.
     """
