@@ -35,8 +35,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         ("vocab-size", 512),
         ("repeats", 10),
     ]:
-        p.add_argument(f"--{name}", type=int, default=default)
-    return p.parse_args(argv)
+        p.add_argument(f"--{name}", type=_positive_int, default=default)
+    args = p.parse_args(argv)
+    if args.d_model % args.n_heads:
+        p.error(f"--d-model {args.d_model} is not a multiple of --n-heads {args.n_heads}")
+    return args
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1, or a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
 
 
 def step_products(args) -> list[tuple[str, tuple[int, ...], tuple[int, ...], int]]:
