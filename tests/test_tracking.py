@@ -41,9 +41,9 @@ def _event_accumulator():
 def _wandb_records(path):
     """The Record protos of a .wandb file: a 7-byte header (':W&B', magic, version), then
     LevelDB log blocks of 32 KiB holding records (crc32c, uint16 length, type, data)."""
-    data, records, chunks = open(path, "rb").read(), [], b""
     from wandb.proto.wandb_internal_pb2 import Record  # 0.5 s: when a test needs it
 
+    data, records, chunks = open(path, "rb").read(), [], b""
     assert data[:4] == b":W&B"
     at, block = 7, 32768
     while at + 7 <= len(data):
