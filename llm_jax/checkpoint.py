@@ -79,16 +79,14 @@ def _leaf_fingerprint(x: jax.Array, offset: jax.Array) -> jax.Array:
 
 
 # XLA materialises the uint32 products before summing them (4 bytes per element, twice a
-# bf16 array): above this many elements a leaf is fingerprinted in blocks of leading rows.
+# bf16 array): above this many elements a leaf is fingerprinted in blocks of leading rows,
+# and smaller leaves go together in one program of at most this many elements.
 _FINGERPRINT_BLOCK = 1 << 22
 
 
 def _fingerprint_blocks(fingerprint: Callable, x: Any) -> int:
-    """`fingerprint` of `x`, summed over blocks of its leading rows when it is large."""
-    size = int(np.size(x))
-    if size <= _FINGERPRINT_BLOCK:  # scalars and PRNG keys included
-        return int(jax.device_get(fingerprint(x, jnp.uint32(0))))
-    row = size // x.shape[0] * (2 if x.dtype.itemsize == 8 else 1)  # uint32 words per row
+    """`fingerprint` of a large `x`, summed over blocks of its leading rows."""
+    row = int(np.size(x)) // x.shape[0] * (2 if x.dtype.itemsize == 8 else 1)  # uint32 words
     rows = max(1, _FINGERPRINT_BLOCK // row)
     total = 0
     for start in range(0, x.shape[0], rows):
@@ -97,25 +95,61 @@ def _fingerprint_blocks(fingerprint: Callable, x: Any) -> int:
     return total % 2**32
 
 
+def _many_fingerprints(xs: list) -> list:
+    """`_leaf_fingerprint` of each of `xs`, in one program."""
+    return [_leaf_fingerprint(x, jnp.uint32(0)) for x in xs]
+
+
 @functools.lru_cache(maxsize=4)
-def _fingerprinter(mesh: jax.sharding.Mesh | None):
-    """One jitted function per mesh, its result replicated (readable on every host)."""
+def _fingerprinters(mesh: jax.sharding.Mesh | None) -> tuple[Callable, Callable]:
+    """(one leaf, many small leaves) jitted for a mesh, results replicated (readable on every
+    host)."""
     out = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(_leaf_fingerprint, out_shardings=out)
+    return jax.jit(_leaf_fingerprint, out_shardings=out), jax.jit(
+        _many_fingerprints, out_shardings=out
+    )
+
+
+def _small_groups(leaves: list) -> list[list[int]]:
+    """Indices of the small leaves, in groups of at most `_FINGERPRINT_BLOCK` elements that
+    live on one set of devices: one program per group, not one per leaf shape."""
+    groups: dict[Any, list[list[int]]] = {}
+    sizes: dict[Any, int] = {}
+    for i, x in enumerate(leaves):
+        size = int(np.size(x))
+        if size > _FINGERPRINT_BLOCK:
+            continue
+        sharding = getattr(x, "sharding", None)
+        devices = None if sharding is None else frozenset(sharding.device_set)
+        runs = groups.setdefault(devices, [[]])
+        if sizes.get(devices, 0) + size > _FINGERPRINT_BLOCK:
+            runs.append([])
+            sizes[devices] = 0
+        runs[-1].append(i)
+        sizes[devices] = sizes.get(devices, 0) + size
+    return [run for runs in groups.values() for run in runs]
 
 
 def fingerprints(state: Any) -> dict[str, int]:
     """Path -> fingerprint of every array of `state` (a collective on multi-host runs).
 
-    Leaf by leaf and block by block: the temporaries of a few million elements at a time,
-    not of the whole state (an 8B import must fit its host).
+    Small leaves go a group at a time, large ones a block of rows at a time: temporaries of
+    a few million elements, not of the whole state (an 8B import must fit its host).
     """
-    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-    sharding = getattr(leaves[0][1], "sharding", None) if leaves else None
-    fingerprint = _fingerprinter(
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    leaves = [x for _, x in flat]
+    sharding = getattr(leaves[0], "sharding", None) if leaves else None
+    one, many = _fingerprinters(
         sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
     )
-    return {trees.path_str(p): _fingerprint_blocks(fingerprint, x) for p, x in leaves}
+    values: dict[int, int] = {}
+    for group in _small_groups(leaves):
+        got = jax.device_get(many([leaves[i] for i in group]))
+        values.update({i: int(v) for i, v in zip(group, got)})
+    for i, x in enumerate(leaves):
+        if i not in values:
+            values[i] = _fingerprint_blocks(one, x)
+    return {trees.path_str(path): values[i] for i, (path, _) in enumerate(flat)}
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

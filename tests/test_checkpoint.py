@@ -170,3 +170,29 @@ def test_keep_every_preserves_intermediate_checkpoints(tmp_path):
     checkpointer = ckpt_lib.Checkpointer(str(directory), read_only=True)
     assert checkpointer.steps() == [2, 4, 5]
     checkpointer.close()
+
+
+def test_fingerprints_of_grouped_leaves_are_each_leafs_own(monkeypatch):
+    """Small leaves share one program per group (and per set of devices); each still gets
+    its own fingerprint, the value checkpoints written before grouping recorded."""
+    mesh = sharding_lib.make_mesh(_config().mesh, jax.devices())
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    rng = np.random.default_rng(0)
+    state = {
+        "a": jax.numpy.asarray(rng.standard_normal((7, 5, 3)), jax.numpy.bfloat16),
+        "b": jax.device_put(rng.standard_normal((64, 32)).astype(np.float32), replicated),
+        "key": jax.random.key(3),
+        "n": np.arange(10, dtype=np.int64),
+        "step": jax.numpy.int32(4),
+    }
+    # Recorded with the leaf-by-leaf code (one program per leaf shape).
+    recorded = {"a": 3225220485, "b": 2304599517, "key": 3041712681, "n": 1199895623, "step": 4}
+    assert ckpt_lib.fingerprints(state) == recorded
+    groups = ckpt_lib._small_groups(jax.tree.leaves(state))
+    assert len(groups) == 3  # one device, all eight, host arrays
+    # "a" (105 elements) and the key fill a group, "step" starts the next; "b" goes in blocks.
+    monkeypatch.setattr(ckpt_lib, "_FINGERPRINT_BLOCK", 106)
+    assert ckpt_lib._small_groups(jax.tree.leaves(state)) == [[0, 2], [4], [3]]
+    assert ckpt_lib.fingerprints(state) == recorded
+    state["b"] = state["b"].at[63, 31].add(1.0)
+    assert ckpt_lib.fingerprints(state)["b"] != recorded["b"]
