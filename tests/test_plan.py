@@ -106,7 +106,7 @@ def gpt2_reports() -> dict[str, plan.PlanReport]:
     # is the full-size compile), on a v5p host; the v4 host only needs to show the chip's
     # numbers, so a tiny model keeps its compile short (the unrolled one whose FLOPs
     # test_xla_flops_agree_with_the_model_count checks: one compile for both).
-    gpt2 = _config("gpt2-small", seq_len=128, batch_size=16, **GPT2_NARROW)
+    gpt2 = _config("gpt2-small", seq_len=64, batch_size=16, **GPT2_NARROW)
     return {
         "v5p-8": plan.plan(gpt2, plan.get_topology("v5p-8")),
         "v4-8": plan.plan(_config(**UNROLLED_TINY), plan.get_topology("v4-8")),
@@ -134,7 +134,7 @@ def test_gpt2_small_fits_on_one_host(gpt2_reports, name, chip):
 
 @needs_libtpu
 def test_parameter_count_is_llm_jax_flops(gpt2_reports):
-    counts = flops.param_counts(_config("gpt2-small", 128, 16, **GPT2_NARROW).model)
+    counts = flops.param_counts(_config("gpt2-small", 64, 16, **GPT2_NARROW).model)
     report = gpt2_reports["v5p-8"]
     assert report.params_total == counts.total
     assert report.params_allocated == counts.total + counts.vocab_padding

@@ -94,7 +94,7 @@ def _wait_for(predicate, timeout, what):
 
 def test_killed_runner_stops_its_trial_and_a_rerun_resumes(tmp_path, capsys):
     sweep = _write_sweep(
-        tmp_path / "sweep.py", '[Trial("long", {"train.lr": 3e-3})]', steps=1000, every=50
+        tmp_path / "sweep.py", '[Trial("long", {"train.lr": 3e-3})]', steps=600, every=100
     )
     work = tmp_path / "runs"
     cmd = [sys.executable, "-m", "llm_jax.cli", "sweep", sweep, "--workdir", str(work)]
@@ -104,11 +104,11 @@ def test_killed_runner_stops_its_trial_and_a_rerun_resumes(tmp_path, capsys):
     checkpoints = work / "long" / "checkpoints"
     _wait_for(
         lambda: any(
-            p.name.isdigit() and int(p.name) >= 50
+            p.name.isdigit() and int(p.name) >= 100
             for p in (checkpoints.iterdir() if checkpoints.exists() else [])
         ),
         180,
-        "no checkpoint at step 50",
+        "no checkpoint at step 100",
     )
     trainer_pid = lease.read_holder(str(work / "long"))["pid"]
     os.kill(proc.pid, signal.SIGKILL)  # the runner alone: no clean shutdown, no signal passed on
@@ -117,19 +117,19 @@ def test_killed_runner_stops_its_trial_and_a_rerun_resumes(tmp_path, capsys):
     _wait_for(lambda: lease.read_holder(str(work / "long")) is None, 120, "the trial lives on")
     _wait_for(lambda: not os.path.exists(f"/proc/{trainer_pid}"), 30, "trainer still exists")
     saved = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-    assert 50 <= saved < 1000 and not (work / "long" / "done.json").exists()
+    assert 100 <= saved < 600 and not (work / "long" / "done.json").exists()
     killed = json.loads((work / "long" / "status.json").read_text())["attempts"]
     assert len(killed) == 1 and killed[0]["rc"] is None and killed[0]["end"] > killed[0]["start"]
 
     assert runner.run_sweep(sweep, str(work), n_boot=0) == 0
     assert results.trial_status(work / "long") == "done"
     last_attempt = (work / "long" / "train.log").read_text().split("=== attempt")[-1]
-    assert f"resumed from step {saved} of 1000" in last_attempt  # resumed, not restarted
+    assert f"resumed from step {saved} of 600" in last_attempt  # resumed, not restarted
     steps = [
         json.loads(line)["step"]
         for line in (work / "long" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert max(steps) == 1000
+    assert max(steps) == 600
     state = json.loads((work / "long" / "status.json").read_text())
     assert len(state["attempts"]) == 2 and state["attempts"][0] == killed[0]
     assert state["wall_s"] == pytest.approx(sum(a["end"] - a["start"] for a in state["attempts"]))
