@@ -145,7 +145,7 @@ def fingerprints(state: Any) -> dict[str, int]:
     values: dict[int, int] = {}
     for group in _small_groups(leaves):
         got = jax.device_get(many([leaves[i] for i in group]))
-        values.update({i: int(v) for i, v in zip(group, got)})
+        values.update({i: int(v) for i, v in zip(group, got, strict=True)})
     for i, x in enumerate(leaves):
         if i not in values:
             values[i] = _fingerprint_blocks(one, x)
