@@ -20,6 +20,7 @@ import numpy as np
 from llm_jax import config as config_lib
 from llm_jax import metrics as metrics_lib
 from llm_jax import storage
+from llm_jax import train as train_lib
 
 BASE_CONFIG = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "base.py")
 _WORDS = (
@@ -46,15 +47,10 @@ def tiny_model(**overrides):
     return m
 
 
-# How llm_jax.train compiles the trainer's init on a CPU (its _INIT_COMPILE_CPU): LLVM's
-# level 1 compiles the random draws 2-3x faster (~2 s, not ~5 s, per tiny model on these
-# cores) and gives the same values bit for bit (tested in test_train.py).
-_INIT_COMPILE_CPU = {"xla_backend_optimization_level": 1}
-
-
 def init_params(model: nn.Module, tokens_BxL, seed: int = 0, **init_kwargs):
     """`model`'s random params (unboxed), its init compiled as the trainer compiles it."""
-    init = jax.jit(model.init, compiler_options=_INIT_COMPILE_CPU)
+    options = train_lib.init_compiler_options(jax.devices()[0].platform)
+    init = jax.jit(model.init, compiler_options=options)
     return nn.meta.unbox(init(jax.random.key(seed), tokens_BxL, **init_kwargs)["params"])
 
 
