@@ -101,49 +101,53 @@ UNROLLED_TINY = dict(preset="llama-tiny", seq_len=256, batch_size=16, scan_layer
 
 
 @pytest.fixture(scope="module")
-def gpt2_reports() -> dict[str, plan.PlanReport]:
-    # GPT-2 small's layout, narrowed (TPU code generation grows with width; the 7B plan
-    # is the full-size compile), on a v5p host; the v4 host only needs to show the chip's
-    # numbers, so a tiny model keeps its compile short (the unrolled one whose FLOPs
-    # test_xla_flops_agree_with_the_model_count checks: one compile for both).
-    gpt2 = _config("gpt2-small", seq_len=64, batch_size=16, **GPT2_NARROW)
+def reports() -> dict[str, plan.PlanReport]:
+    """Two compiles shared by the tests below: GPT-2 small's layout, narrowed (TPU code
+    generation grows with width; the 7B plan is the full-size compile), FSDP over a
+    16-chip v5p slice; and on one v4 host, data parallel, the unrolled tiny model whose
+    FLOPs test_xla_flops_agree_with_the_model_count checks."""
+    gpt2 = _config("gpt2-small", seq_len=64, batch_size=64, **GPT2_NARROW)
+    gpt2.mesh.update(data=1, fsdp=-1)
     return {
-        "v5p-8": plan.plan(gpt2, plan.get_topology("v5p-8")),
+        "v5p-32": plan.plan(gpt2, plan.get_topology("v5p-32")),
         "v4-8": plan.plan(_config(**UNROLLED_TINY), plan.get_topology("v4-8")),
     }
 
 
 @needs_libtpu
-@pytest.mark.parametrize("name, chip", [("v5p-8", "v5p"), ("v4-8", "v4")])
-def test_gpt2_small_fits_on_one_host(gpt2_reports, name, chip):
-    report = gpt2_reports[name]
-    assert (report.chip, report.devices, report.mesh) == (
-        chip,
-        4,
-        {"data": 4, "fsdp": 1, "tensor": 1},
-    )
+@pytest.mark.parametrize(
+    "name, chip, chips, mesh",
+    [
+        ("v5p-32", "v5p", 16, {"data": 1, "fsdp": 16, "tensor": 1}),
+        ("v4-8", "v4", 4, {"data": 4, "fsdp": 1, "tensor": 1}),
+    ],
+)
+def test_the_state_fits_replicated_or_divided_by_fsdp(reports, name, chip, chips, mesh):
+    report = reports[name]
+    assert (report.chip, report.devices, report.mesh) == (chip, chips, mesh)
     memory = report.memory
     assert memory.fits and 0 < memory.total < memory.hbm
     # Arguments are the state (donated: aliased by the outputs) plus the batch.
     assert memory.arguments >= report.state_bytes_per_device
     assert memory.aliased >= report.state_bytes_per_device - 1024
-    assert report.params_per_device == report.params_allocated  # data parallel: replicated
+    per_chip = report.params_allocated / mesh["fsdp"]  # data parallel: replicated
+    assert per_chip <= report.params_per_device < 1.02 * per_chip  # norm scales replicated
     text = plan.format_report(report)
-    assert f"topology  {name}: 4 {chip} chips" in text and "fits      yes" in text
+    assert f"topology  {name}: {chips} {chip} chips" in text and "fits      yes" in text
 
 
 @needs_libtpu
-def test_parameter_count_is_llm_jax_flops(gpt2_reports):
-    counts = flops.param_counts(_config("gpt2-small", 64, 16, **GPT2_NARROW).model)
-    report = gpt2_reports["v5p-8"]
+def test_parameter_count_is_llm_jax_flops(reports):
+    counts = flops.param_counts(_config("gpt2-small", 64, 64, **GPT2_NARROW).model)
+    report = reports["v5p-32"]
     assert report.params_total == counts.total
     assert report.params_allocated == counts.total + counts.vocab_padding
 
 
 @needs_libtpu
-def test_xla_flops_agree_with_the_model_count(gpt2_reports):
+def test_xla_flops_agree_with_the_model_count(reports):
     # The v4 host's unrolled tiny model; no Pallas kernels here (XLA attention).
-    config, report = _config(**UNROLLED_TINY), gpt2_reports["v4-8"]
+    config, report = _config(**UNROLLED_TINY), reports["v4-8"]
     ratio = report.xla_flops_per_step / report.model_flops_per_step
     # The model count ignores norms, softmax, the loss and the optimizer: a few %.
     assert 0.95 < ratio < 1.10, ratio
@@ -154,18 +158,6 @@ def test_xla_flops_agree_with_the_model_count(gpt2_reports):
         report.model_flops_per_step / (4 * plan.CHIPS["v4"].peak_flops)
     )
     assert report.tokens_per_second_at_mfu == pytest.approx(0.4 * report.tokens_per_second_at_peak)
-
-
-@needs_libtpu
-def test_fsdp_divides_the_state_over_the_chips():
-    """What the 7B plan below shows, on a narrow model and a 16-chip slice (fast)."""
-    config = _config("llama-tiny", seq_len=64, batch_size=64, d_model=256, d_ff=512)
-    config.mesh.update(data=1, fsdp=-1)
-    report = plan.plan(config, plan.get_topology("v5p-32"))
-    assert report.mesh == {"data": 1, "fsdp": 16, "tensor": 1}
-    assert report.memory.fits
-    per_chip = report.params_allocated / 16
-    assert per_chip <= report.params_per_device < 1.02 * per_chip  # norm scales replicated
 
 
 @needs_libtpu
