@@ -32,9 +32,11 @@ asks JAX's preemption sync point, fed by the runtime's own SIGTERM notice, at ev
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -315,12 +317,14 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
         )
+        _quiet_abandoned_reads()
         try:
             self.check_shapes(step, abstract_state, model)
             restored = self._manager.restore(step, args=args)
         except CheckpointError:  # another model shape: the user's to fix, not a fallback
             raise
         except Exception as e:  # noqa: BLE001 - any read failure means this one is unusable
+            gc.collect()  # finalize the abandoned reads now, not in a later phase
             return None, None, _first_line(e)
         return restored["state"], restored["meta"], ""
 
@@ -373,6 +377,7 @@ class Checkpointer:
                 f"{', '.join(map(str, steps))}"
             )
         failures: list[str] = []
+        _quiet_abandoned_reads()
         for candidate in [step] if step is not None else reversed(steps):
             try:
                 entries = self.restore_subtree(candidate, abstract, model)
@@ -380,6 +385,7 @@ class Checkpointer:
             except CheckpointError:  # another model shape: the user's to fix
                 raise
             except Exception as e:  # noqa: BLE001 - any read failure makes it unusable
+                gc.collect()  # finalize the abandoned reads now (_quiet_abandoned_reads)
                 why = _first_line(e)
             if not why:
                 if failures:
@@ -411,8 +417,40 @@ def _checksum_mismatch(state: Any, meta: Any, partial: bool = False) -> str:
     return f"checksum mismatch in {', '.join(bad[:3])}" if bad else ""
 
 
+def _is_abandoned_read(unraisable: Any) -> bool:
+    """Whether an unraisable exception is the echo of a read Orbax gave up on."""
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and code.co_name == "_read_array_index_and_device_put":
+        return True  # a read coroutine of the failed restore, finalized unawaited
+    # Its reads still in flight finish on TensorStore's threads, into a closed event loop.
+    error = unraisable.exc_value
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _quiet_abandoned_reads() -> None:
+    """Keep the echoes of a failed restore off stderr (once per process).
+
+    When one array of a checkpoint fails to read, Orbax's restore raises and leaves its
+    other reads behind; their errors reach Python as 'unraisable' exceptions, which it
+    prints as tracebacks (1,160 lines for a tiny model's truncated file). The failure is
+    reported once, by the caller; everything else goes to the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_llm_jax_quiet", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if _is_abandoned_read(unraisable):
+            log.debug("dropped an abandoned checkpoint read: %s", unraisable.exc_value)
+        else:
+            previous(unraisable)
+
+    hook._llm_jax_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
+    text = str(e).strip().split(" See full TensorStore details")[0]
     return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}".rstrip(": ")
 
 

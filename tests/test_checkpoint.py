@@ -132,6 +132,8 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("fault", sorted(CORRUPTIONS))
+# The reads Orbax abandons print no tracebacks (they reach pytest as unraisable exceptions).
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_good_one(tmp_path, fault, caplog):
     directory = tmp_path / "checkpoints"
     setup, states = _save_steps(directory, [2, 4])
