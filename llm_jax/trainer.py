@@ -52,8 +52,8 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> str:
     )
     jax.config.update("jax_compilation_cache_dir", path)
     # Every program, however quick to compile: a small model's train step compiles in under
-    # a second on an idle machine, and the checkpoint fingerprints are a dozen tiny
-    # programs per run, which every trial of a sweep would otherwise compile again.
+    # a second on an idle machine, and every trial of a sweep would otherwise compile it,
+    # its eval step and its checkpoint fingerprints again.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return path
 
