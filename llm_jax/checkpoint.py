@@ -289,6 +289,7 @@ class Checkpointer:
         checkpoint of another model shape is refused at once (see `check_shapes`).
         """
         failures: list[tuple[int, str]] = []
+        _quiet_abandoned_reads()
         for step in reversed(self.steps()):
             state, meta, why = self._read(step, abstract_state, model)
             # Hosts agree before the next collective (a fingerprint, another restore).
@@ -317,7 +318,6 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
         )
-        _quiet_abandoned_reads()
         try:
             self.check_shapes(step, abstract_state, model)
             restored = self._manager.restore(step, args=args)
