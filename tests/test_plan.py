@@ -25,7 +25,9 @@ needs_libtpu = pytest.mark.skipif(
     not HAVE_LIBTPU, reason="libtpu is not installed: pip install -e .[tpu] (CI installs it)"
 )
 LLAMA_7B_CONFIG = "experiments/configs/llama2_7b.py"
-GPT2_NARROW = dict(d_model=128, n_heads=2, d_ff=512)  # GPT-2 small's 12 layers, 1/6 the width
+# GPT-2 small's 12 layers at 1/6 the width, and a vocabulary that still pads (1000 -> 1024
+# rows): its 50,257 rows were half the compile.
+GPT2_NARROW = dict(d_model=128, n_heads=2, d_ff=512, vocab_size=1000)
 # Plans report the memory and FLOPs of the program users' runs compile.
 pytestmark = pytest.mark.usefixtures("optimized_xla_module")
 
@@ -131,7 +133,8 @@ def test_the_state_fits_replicated_or_divided_by_fsdp(reports, name, chip, chips
     assert memory.arguments >= report.state_bytes_per_device
     assert memory.aliased >= report.state_bytes_per_device - 1024
     per_chip = report.params_allocated / mesh["fsdp"]  # data parallel: replicated
-    assert per_chip <= report.params_per_device < 1.02 * per_chip  # norm scales replicated
+    # Norm scales and output biases stay replicated: 10,752 of the 2.6M, 6.5% over the share.
+    assert per_chip <= report.params_per_device < 1.1 * per_chip
     text = plan.format_report(report)
     assert f"topology  {name}: {chips} {chip} chips" in text and "fits      yes" in text
 
