@@ -22,20 +22,34 @@ import time
 import jax
 import numpy as np
 
-from llm_jax import chips
+from llm_jax import chips, cli
 from llm_jax import config as config_lib
 from llm_jax import flops as flops_lib
 from llm_jax import pack as pack_lib
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
+from llm_jax.cli import args as args_lib
+
+
+def _mesh(text: str) -> tuple[int, int, int]:
+    """An argparse type: 'data,fsdp,tensor' mesh sizes, -1 for the rest."""
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r} is not three integers data,fsdp,tensor")
+    return sizes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line switches."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = args_lib.parser("tools/bench.py", __doc__.splitlines()[0])
     p.add_argument("--preset", default="llama-150m", choices=sorted(config_lib.MODEL_PRESETS))
-    p.add_argument("--batch", type=int, default=8, help="global batch, in sequences")
-    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument(
+        "--batch", type=args_lib.positive_int, default=8, help="global batch, in sequences"
+    )
+    p.add_argument("--seq-len", type=args_lib.positive_int, default=512)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
     p.add_argument(
@@ -43,16 +57,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     # Any shape: these override the preset's (0 keeps the preset's value).
     for name in ("d-model", "n-layers", "n-heads", "d-ff", "vocab-size"):
-        p.add_argument(f"--{name}", type=int, default=0, help="override the preset's value")
+        p.add_argument(
+            f"--{name}",
+            type=args_lib.nonnegative_int,
+            default=0,
+            help="override the preset's value",
+        )
     p.add_argument("--no-scan", action="store_true", help="unrolled layers instead of nn.scan")
     p.add_argument(
         "--cpu-matmul-bias-grads",
         action="store_true",
         help="config.model.cpu_matmul_bias_grads (faster on CPU, not bit-identical)",
     )
-    p.add_argument("--microbatches", type=int, default=1)
-    p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes (-1 = the rest)")
-    p.add_argument("--pack", type=int, default=1, help="K models in one step (llm_jax/pack.py)")
+    p.add_argument("--microbatches", type=args_lib.positive_int, default=1)
+    p.add_argument(
+        "--mesh", type=_mesh, default="-1,1,1", help="data,fsdp,tensor sizes (-1 = the rest)"
+    )
+    p.add_argument(
+        "--pack",
+        type=args_lib.positive_int,
+        default=1,
+        help="K models in one step (llm_jax/pack.py)",
+    )
     p.add_argument(
         "--pack-mode",
         default="auto",
@@ -61,12 +87,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=args_lib.nonnegative_int,
         default=0,
         help="pin to this many CPUs (XLA:CPU runs one thread per CPU it may use; 0: all)",
     )
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=args_lib.nonnegative_int, default=3)
+    p.add_argument("--steps", type=args_lib.positive_int, default=20)
     return p.parse_args(argv)
 
 
@@ -87,7 +113,7 @@ def build_config(args: argparse.Namespace):
     )
     config.data.seq_len = args.seq_len
     config.train.update(batch_size=args.batch, microbatches=args.microbatches, steps=1000)
-    data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
+    data, fsdp, tensor = args.mesh
     config.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
     return config_lib.validate(config)
 
@@ -134,7 +160,7 @@ def main(argv=None) -> None:
         )
         for _ in range(args.warmup):
             state, out = step(state, batch)
-        jax.block_until_ready(out)
+        jax.block_until_ready(state)  # not `out`: with --warmup 0 there is none
         times = []
         for _ in range(args.steps):
             start = time.perf_counter()
@@ -176,4 +202,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main)

@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm_jax import cli, sample
 from llm_jax import config as config_lib
-from llm_jax import sample
+from llm_jax.cli import args as args_lib
 from llm_jax.model import ModelConfig, Transformer
 
 BUCKET = 32
@@ -54,17 +55,22 @@ def seconds(fn, repeats: int) -> float:
     return min(times)
 
 
-def main() -> None:
-    """Print a table of decode tokens/s, cache vs naive, for each batch size."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--prompt-len", type=int, default=16)
-    parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
-    args = parser.parse_args()
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line switches."""
+    p = args_lib.parser("tools/bench_decode.py", __doc__.split("\n\n")[0])
+    p.add_argument("--new-tokens", type=args_lib.positive_int, default=256)
+    p.add_argument("--prompt-len", type=args_lib.positive_int, default=16)
+    p.add_argument("--batches", type=args_lib.comma_list(args_lib.positive_int), default="1,8")
+    p.add_argument("--d-model", type=args_lib.positive_int, default=128)
+    p.add_argument("--layers", type=args_lib.positive_int, default=4)
+    return p.parse_args(argv)
 
-    m = config_lib.default_config().model
+
+def main(argv=None) -> None:
+    """Print a table of decode tokens/s, cache vs naive, for each batch size."""
+    args = parse_args(argv)
+    config = config_lib.default_config()
+    m = config.model
     m.update(
         d_model=args.d_model,
         n_layers=args.layers,
@@ -73,6 +79,8 @@ def main() -> None:
         vocab_size=512,
         max_seq_len=args.prompt_len + args.new_tokens,
     )
+    config.data.seq_len = m.max_seq_len
+    config_lib.validate(config)  # e.g. a --d-model the 4 heads do not divide: one line
     model = Transformer(ModelConfig.from_config(m))
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     sampler = sample.Sampler(
@@ -90,7 +98,7 @@ def main() -> None:
         f"{jax.devices()[0].device_kind}"
     )
     print(f"{'batch':>5} | {'cache tok/s':>11} | {'naive tok/s':>11} | {'speed-up':>8} | same")
-    for batch in (int(b) for b in args.batches.split(",")):
+    for batch in args.batches:
         rng = np.random.default_rng(batch)
         prompts_BxP = rng.integers(0, m.vocab_size, (batch, args.prompt_len)).astype(np.int32)
         keys_B = sample.row_keys(0, range(batch), [0] * batch)
@@ -114,4 +122,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main)

@@ -26,6 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_jax import cli
+from llm_jax.cli import args as args_lib
+from llm_jax.errors import UsageError
+
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("E", "A", "B", "alpha", "beta", "a")
 SCIPY_LOOP = "4c390b4"  # the commit before fits were batched
@@ -45,6 +49,33 @@ print(json.dumps({"wall": wall, "cpu": cpu, **{k: out[k] for k in keys}, "ci": o
 """
 
 
+def _read_rows(src: str) -> list[tuple[float, float, float]]:
+    """(N, D, loss) rows of the --csv table `src`; a UsageError if it cannot give any."""
+    columns = "columns N, D, loss (or Epoch AI's Model Size, Training FLOP, loss)"
+    try:
+        with open(src, newline="") as f:
+            table = list(csv.DictReader(f))
+        if table and "Model Size" in table[0]:  # Epoch AI's: drop the 5 highest losses
+            cut = sorted(float(r["loss"]) for r in table)[-min(5, len(table))]
+            rows = [
+                (n, float(r["Training FLOP"]) / (6 * n), float(r["loss"]))
+                for r in table
+                if float(r["loss"]) < cut
+                for n in [float(r["Model Size"])]
+            ]
+        else:
+            rows = [(float(r["N"]), float(r["D"]), float(r["loss"])) for r in table]
+    except OSError as e:
+        raise UsageError(f"--csv {src}: {e.strerror}; give a CSV file with {columns}") from None
+    except KeyError as e:
+        raise UsageError(f"--csv {src} has no column {e}; it needs {columns}") from None
+    except ValueError as e:
+        raise UsageError(f"--csv {src}: {e}; every value in {columns} is a number") from None
+    if not rows:
+        raise UsageError(f"--csv {src} has no rows to fit; give a CSV file with {columns}")
+    return rows
+
+
 def write_points(src: str | None, path: Path) -> int:
     """Write N, D, loss to `path` from `src` (see the module docstring); returns the count."""
     if src is None:
@@ -54,18 +85,7 @@ def write_points(src: str | None, path: Path) -> int:
         loss = (1.69 + 406.4 / n**0.34 + 410.7 / d**0.28) * np.exp(rng.normal(0, 0.02, 240))
         rows = list(zip(n, d, loss, strict=True))
     else:
-        with open(src, newline="") as f:
-            table = list(csv.DictReader(f))
-        if "Model Size" in table[0]:  # Epoch AI's extraction: drop the 5 highest losses
-            cut = sorted(float(r["loss"]) for r in table)[-5]
-            table = [r for r in table if float(r["loss"]) < cut]
-            rows = [
-                (n, float(r["Training FLOP"]) / (6 * n), float(r["loss"]))
-                for r in table
-                for n in [float(r["Model Size"])]
-            ]
-        else:
-            rows = [(float(r["N"]), float(r["D"]), float(r["loss"])) for r in table]
+        rows = _read_rows(src)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["N", "D", "loss"])
@@ -77,25 +97,38 @@ def fit_source(rev: str | None, folder: Path) -> Path:
     """llm_jax/scaling/fit.py of the working tree (rev None) or of a git revision."""
     if rev is None:
         return ROOT / "llm_jax/scaling/fit.py"
-    text = subprocess.run(
+    done = subprocess.run(
         ["git", "-C", str(ROOT), "show", f"{rev}:llm_jax/scaling/fit.py"],
-        check=True,
         capture_output=True,
         text=True,
-    ).stdout
+    )
+    if done.returncode:
+        raise UsageError(
+            f"--before {rev}: {_last_line(done.stderr).rstrip('.')}; give a git revision that has "
+            "llm_jax/scaling/fit.py"
+        )
+    text = done.stdout
     path = folder / f"fit_{rev.replace('/', '_').replace('~', '_')}.py"
     path.write_text(text)
     return path
 
 
+def _last_line(text: str) -> str:
+    """The last non-blank line of a child's stderr (its error), or a note that it said none."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no message)"
+
+
 def run_child(module: Path, points: Path, n_boot: int) -> dict:
+    """Fit with the fit.py at `module` in a fresh process; its JSON line as a dict."""
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(module), str(points), str(n_boot)],
-        check=True,
         capture_output=True,
         text=True,
         cwd=ROOT,
     )
+    if out.returncode:  # too few points (FitError), or a --before whose fit.py differs
+        raise UsageError(f"fitting with {module.name} failed: {_last_line(out.stderr)}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -111,18 +144,24 @@ def max_rel_diff(a: dict, b: dict) -> tuple[float, float]:
     return est, max(ends, default=0.0)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line switches."""
+    p = args_lib.parser("tools/bench_fit.py", __doc__.split("\n\n")[0])
     p.add_argument("--csv", help="N, D, loss table or Epoch AI's svg_extracted_data.csv")
-    p.add_argument("--bootstrap", type=int, default=100)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--bootstrap", type=args_lib.nonnegative_int, default=100)
+    p.add_argument("--repeat", type=args_lib.positive_int, default=3)
     p.add_argument(
         "--before",
         default=SCIPY_LOOP,
         help="git revision of the implementation to compare with (default: the last one "
         "fitting with scipy, one L-BFGS-B run at a time)",
     )
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    """Time the fits and print the table."""
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         points = folder / "points.csv"
@@ -146,4 +185,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main)

@@ -28,6 +28,10 @@ from pathlib import Path
 
 import psutil
 
+from llm_jax import cli
+from llm_jax.cli import args as args_lib
+from llm_jax.errors import UsageError
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -67,25 +71,41 @@ def _run(tree: Path, flags: list[str]) -> tuple[float, float, str, float, float]
     tree_mb, one_mb = _sample(proc)
     out, err = proc.communicate()
     wall = time.perf_counter() - start
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode()[-2000:]}")
+    if proc.returncode == 2:  # its one-line `error: ...`: the corpus or flags are wrong
+        message = err.decode().strip().splitlines()[-1].removeprefix("error: ")
+        raise UsageError(f"data prepare in {tree} failed: {message}")
+    if proc.returncode:  # a crash of the code under test: a bug, with its traceback
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.decode()[-2000:]}")
     return wall, _cpu_of_children() - cpu, out.decode(), tree_mb, one_mb
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line switches."""
+    p = args_lib.parser("tools/bench_prepare.py", __doc__.split("\n\n")[0])
     p.add_argument("--corpus", required=True, help="data.path: a glob of .txt files")
     p.add_argument("--tokenizer", default="", help="a .model file (data.tokenizer_path)")
-    p.add_argument("--before", type=Path, help="a checkout of the code to compare against")
-    p.add_argument("--workers", default="1,2", help="data.workers values to run now")
-    args = p.parse_args()
+    p.add_argument(
+        "--before", type=args_lib.existing_dir, help="a checkout of the code to compare against"
+    )
+    p.add_argument(
+        "--workers",
+        type=args_lib.comma_list(args_lib.nonnegative_int),
+        default="1,2",
+        help="data.workers values to run now",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    """Run each prepare (and reopen) and print a row for each."""
+    args = parse_args(argv)
     base = [
         "--config.data.source=files",
         f"--config.data.path={args.corpus}",
         f"--config.data.tokenizer_path={args.tokenizer}",
     ]
     runs = [("before", args.before, [])] if args.before else []
-    runs += [("now", ROOT, [f"--config.data.workers={w}"]) for w in args.workers.split(",") if w]
+    runs += [("now", ROOT, [f"--config.data.workers={w}"]) for w in args.workers]
     print(
         f"{'code':<8}{'flags':<11}{'load':>6}{'wall s':>8}{'cpu s':>8}{'Mtokens':>9}"
         f"{'Mtok/s':>8}{'Mtok/cpu-s':>11}{'peak MB':>9}{'max 1 MB':>10}{'reopen s':>10}"
@@ -110,4 +130,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main)

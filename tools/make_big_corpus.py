@@ -15,19 +15,29 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_jax import cli
+from llm_jax.cli import args as args_lib
 from llm_jax.corpus import shakespeare_dir
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line switches."""
+    p = args_lib.parser("tools/make_big_corpus.py", __doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="folder to write doc-NNNNN.txt files into")
-    p.add_argument("--mb", type=float, default=200.0, help="corpus size in MB (10^6 bytes)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    p.add_argument(
+        "--mb", type=args_lib.positive_float, default=200.0, help="corpus size in MB (10^6 bytes)"
+    )
+    p.add_argument("--seed", type=args_lib.nonnegative_int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    """Write the corpus and say how much."""
+    args = parse_args(argv)
     plays = [f.read_text(encoding="utf-8") for f in sorted(shakespeare_dir().rglob("*.md"))]
     paragraphs = [play.split("\n\n") for play in plays]
     rng = np.random.default_rng(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args_lib.make_dir(args.out, "output folder")
     written, target, index = 0, int(args.mb * 1e6), 0
     while written < target:
         blocks = paragraphs[rng.integers(len(plays))]
@@ -39,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main)

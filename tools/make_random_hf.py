@@ -19,6 +19,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from llm_jax import cli
+from llm_jax.cli import args as args_lib
 from llm_jax.hf import convert, io
 from llm_jax.hf import safetensors as st
 
@@ -89,18 +91,26 @@ def make(shape: str, out: Path, shard_gb: float, seed: int = 0) -> int:
         # Uniform in +-0.05 (std 0.029, close to the usual 0.02 init): faster than normal.
         return ((rng.random(shapes[name], np.float32) - 0.5) * 0.1).astype(bf16)
 
-    out.mkdir(parents=True, exist_ok=True)
+    args_lib.make_dir(out, "--out")
     st.write_checkpoint(out, tensors, produce, max_shard_bytes=int(shard_gb * 1e9))
     (out / io.CONFIG_JSON).write_text(json.dumps(hf, indent=1))
     return sum(int(np.prod(s)) for s in shapes.values())
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line switches."""
+    p = args_lib.parser("tools/make_random_hf.py", __doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES), required=True)
     p.add_argument("--out", type=Path, required=True, help="the directory to write")
-    p.add_argument("--shard-gb", type=float, default=1.0, help="largest safetensors file")
-    args = p.parse_args()
+    p.add_argument(
+        "--shard-gb", type=args_lib.positive_float, default=1.0, help="largest safetensors file"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    """Write the model and say how big it is."""
+    args = parse_args(argv)
     start = time.perf_counter()
     n_params = make(args.shape, args.out, args.shard_gb)
     print(
@@ -110,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main)

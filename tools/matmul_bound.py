@@ -21,11 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import llm_jax  # noqa: F401  (XLA:CPU kernel flags and memory settings, before JAX starts)
+from llm_jax import cli
+from llm_jax.cli import args as args_lib
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line switches: the model and batch shape."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = args_lib.parser("tools/matmul_bound.py", __doc__.splitlines()[0])
     for name, default in [
         ("n-layers", 4),
         ("n-heads", 4),
@@ -35,22 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         ("vocab-size", 512),
         ("repeats", 10),
     ]:
-        p.add_argument(f"--{name}", type=_positive_int, default=default)
+        p.add_argument(f"--{name}", type=args_lib.positive_int, default=default)
     args = p.parse_args(argv)
     if args.d_model % args.n_heads:
         p.error(f"--d-model {args.d_model} is not a multiple of --n-heads {args.n_heads}")
     return args
-
-
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1, or a one-line usage error."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
 
 
 def step_products(args) -> list[tuple[str, tuple[int, ...], tuple[int, ...], int]]:
@@ -113,4 +104,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main)

@@ -19,6 +19,9 @@ import argparse
 import json
 from pathlib import Path
 
+from llm_jax import cli
+from llm_jax.cli import args as args_lib
+
 ORDER = [
     "startup",
     "setup",
@@ -123,16 +126,29 @@ def profile(
     return "\n".join(out)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep_dir", type=Path)
-    p.add_argument("--parallel", type=int, default=2, help="the sweep's parallel slots")
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line switches."""
+    p = args_lib.parser("tools/profile_sweep.py", __doc__.split("\n\n")[0])
+    p.add_argument("sweep_dir", type=args_lib.existing_dir)
+    p.add_argument(
+        "--parallel", type=args_lib.positive_int, default=2, help="the sweep's parallel slots"
+    )
     p.add_argument("--trials", action="store_true", help="also one line per trial")
-    p.add_argument("--same-as", type=Path, metavar="DIR", help="only the trials DIR has timed too")
-    args = p.parse_args()
+    p.add_argument(
+        "--same-as",
+        type=args_lib.existing_dir,
+        metavar="DIR",
+        help="only the trials DIR has timed too",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    """Print the table of a sweep directory."""
+    args = parse_args(argv)
     only = set(timed_trials(args.same_as)) if args.same_as else None
     print(profile(args.sweep_dir, args.parallel, args.trials, only))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main)

@@ -4,7 +4,7 @@ To add a subcommand, add a module `llm_jax/cli/<name>.py` (dashes in the name be
 underscores) with `main(argv) -> int` and one line to `COMMANDS`. `argv` is
 `[prog, *args]` (prog e.g. "llm-jax train"). A `UserError` from anywhere below prints
 one line, `error: ...`, and exits with code 2; any other exception is a bug and keeps
-its traceback.
+its traceback. The scripts in tools/ start through `run_tool`, under the same contract.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from llm_jax import tpu_env, xla_cpu
 from llm_jax.errors import UsageError, UserError
@@ -99,15 +100,32 @@ def run(argv: Sequence[str]) -> int:
         return 2
     tpu_env.quiet_libtpu_without_tpu()  # before any subcommand starts JAX
     configure_logging()
-    try:
+
+    def command() -> int | None:
         _apply_cpu_env()
         module = importlib.import_module(f"llm_jax.cli.{name.replace('-', '_')}")
-        return int(module.main([f"llm-jax {name}", *rest]) or 0)
+        return module.main([f"llm-jax {name}", *rest])
+
+    return exit_code(command)
+
+
+def exit_code(fn: Callable[[], int | None]) -> int:
+    """Call `fn` and return the process's exit code: `fn`'s (None: 0), or 2 after printing
+    a `UserError` as one line, `error: ...`, on stderr. Other exceptions keep their traceback."""
+    try:
+        return int(fn() or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except SystemExit as e:  # argparse's --help
         return e.code if isinstance(e.code, int) else 0
+
+
+def run_tool(main_fn: Callable[[Sequence[str]], int | None]) -> NoReturn:
+    """The `__main__` of a script in tools/: keep libtpu quiet (before JAX starts its
+    backend), run `main_fn(sys.argv[1:])` under the error contract and exit with its code."""
+    tpu_env.quiet_libtpu_without_tpu()
+    sys.exit(exit_code(lambda: main_fn(sys.argv[1:])))
 
 
 def main() -> None:

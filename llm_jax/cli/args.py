@@ -1,11 +1,14 @@
-"""What every subcommand's parsing shares: an argparse parser whose errors are
-`UsageError`s (one line, exit 2), and the config flags (`--config FILE` plus
-`--config.section.key=value` overrides) of the commands that take a config."""
+"""What every subcommand's (and tools/ script's) parsing shares: an argparse parser whose
+errors are `UsageError`s (one line, exit 2), argparse types that refuse bad numbers and
+paths in one line, and the config flags (`--config FILE` plus `--config.section.key=value`
+overrides) of the commands that take a config."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import ml_collections
 
@@ -42,6 +45,49 @@ def parser(prog: str, description: str, config: str | None = None) -> Parser:
             + ("" if config == "required" else " (default: the built-in defaults)"),
         )
     return p
+
+
+def _number(convert: Callable[[str], float], accept: Callable[[float], bool], what: str):
+    """An argparse type: `convert(text)` where `accept` takes it, else a one-line usage error."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
+
+
+# argparse types for sizes and counts (`type=positive_int`).
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive number")
+
+
+def comma_list(item: Callable[[str], object]) -> Callable[[str], list]:
+    """An argparse type: comma-separated values (e.g. '1,8'), each read by the type `item`."""
+    return lambda text: [item(part) for part in text.split(",") if part]
+
+
+def existing_dir(text: str) -> Path:
+    """An argparse type: the path of an existing directory."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    return Path(text)
+
+
+def make_dir(path: Path, flag: str) -> None:
+    """Create the output folder `path` (given as `flag`) if need be, or refuse it in one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(
+            f"{flag} {path}: cannot create this folder ({e.strerror}); give one you can write"
+        ) from None
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
