@@ -38,6 +38,7 @@ from llm_jax import config as config_lib
 from llm_jax import sharding as sharding_lib
 from llm_jax import train as train_lib
 from llm_jax import trainer as trainer_lib
+from llm_jax import xla_cpu
 from llm_jax.config import ConfigError
 from llm_jax.trainer import Trainer, TrainError
 
@@ -305,6 +306,7 @@ def train_packed(
     if len(configs) != len(workdirs) or len(set(workdirs)) != len(workdirs):
         raise ConfigError("a pack needs one distinct workdir per config")
     check_packable(configs)
+    xla_cpu.one_arena_for_step(configs[0])  # before JAX's backend starts (CPU: models in turn)
     with contextlib.ExitStack() as stack:
         if guard is None:
             guard = stack.enter_context(ckpt_lib.PreemptionGuard())

@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from llm_jax import checkpoint as ckpt_lib
-from llm_jax import chips, finetune, storage
+from llm_jax import chips, finetune, storage, xla_cpu
 from llm_jax import config as config_lib
 from llm_jax import lease as lease_lib
 from llm_jax import metrics as metrics_lib
@@ -593,6 +593,7 @@ def train_and_evaluate(
     another live process trains in `workdir`.
     """
     config = config_lib.validate(ml_collections.ConfigDict(config.to_dict()))
+    xla_cpu.one_arena_for_step(config)  # before JAX's backend starts
     with contextlib.ExitStack() as stack:
         if guard is None:
             guard = stack.enter_context(ckpt_lib.PreemptionGuard())

@@ -246,3 +246,22 @@ def test_sweep_forks_trials_and_one_killed_does_not_stop_the_others(corpus, tmp_
     assert runner.run_sweep(str(sweep), str(work), n_boot=0, pack=1) == 0  # unforked here
     log = (work / "killed" / "train.log").read_text().split("=== attempt")[-1]
     assert "resumed from step" in log and results.trial_status(work / "killed") == "done"
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+def test_a_worker_runs_only_trials_that_want_its_heaps(tmp_path, monkeypatch):
+    # A worker's threads keep the heaps its first trial chose (xla_cpu.one_arena_for_step):
+    # a trial that wants the other choice gets a new worker; one that wants the same, this one.
+    def ok(argv):
+        print("pid", os.getpid())
+        return 0
+
+    monkeypatch.setattr(cli, "run", ok)  # the forks inherit the patched module
+    monkeypatch.setattr(runner, "fork_ready", lambda: True)  # as `llm-jax sweep` is
+    names = ("big", "big2", "small")  # started in this order (by C, descending)
+    plans = [{"N": 1e5, "steps": 1, "C_detailed": 3.0 - i} for i in range(3)]
+    todo = [(Trial(n, {}), p) for n, p in zip(names, plans, strict=True)]
+    one_heap = {"big": True, "big2": True, "small": False}
+    runner.run_local("sweep.py", str(tmp_path), todo, 1, 3, 0, fork=True, one_heap=one_heap)
+    pid = {n: (tmp_path / n / "train.log").read_text().split("pid ")[1].split()[0] for n in names}
+    assert pid["big"] == pid["big2"] != pid["small"]

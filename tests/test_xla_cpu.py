@@ -118,7 +118,8 @@ def test_a_bad_reuse_memory_value_is_one_line_and_exit_2():
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "error: LLM_JAX_REUSE_MEMORY='yes': use 0 to give freed memory back to the system, "
-        "1 or unset to reuse it, one-arena to reuse blocks over 64 MB too"
+        "1 to reuse it, auto or unset to reuse it and serve a step whose temporaries pass "
+        "64 MB from one heap, one-arena to serve every step from one heap"
     )
 
 
@@ -128,11 +129,18 @@ def test_reuse_freed_memory_stops_refaulting_a_freed_block():
     # page faults; glibc returns blocks over 32 MB to the kernel at free, so each reuse
     # faulted every 4 KB page in again. In a thread's arena a block that needs a second
     # 64 MB heap must keep it: glibc unmaps a heap that a free leaves empty. A thread's
-    # block over 64 MB is mapped afresh unless every thread shares the main heap.
+    # block over 64 MB is mapped afresh unless every thread shares the main heap: always
+    # with one-arena, and by default (auto) once a step's temporaries are known to need it.
     code = """
 import ctypes, ctypes.util, resource, sys, threading
+from llm_jax import config as config_lib
 from llm_jax import xla_cpu  # `import llm_jax` calls it here (a CPU) unless the env says 0
 assert xla_cpu.reuse_freed_memory() == (sys.argv[1] != "default")
+config = config_lib.default_config()  # 2 x 64, seq 128, batch 16: ~32 MB
+if sys.argv[2] == "large":
+    config.model.update(d_model=96, d_ff=384, n_heads=6)
+    config.data.seq_len, config.train.batch_size = 256, 32  # ~340 MB
+print(xla_cpu.one_arena_for_step(config))
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -157,22 +165,26 @@ thread.join()
 print(*counts)
 """
 
-    def faults(mode: str) -> list[int]:
+    def faults(mode: str, step: str) -> list[int]:
         env = {k: v for k, v in os.environ.items() if k != xla_cpu.REUSE_MEMORY_ENV}
         if mode != "unset":
             env[xla_cpu.REUSE_MEMORY_ENV] = {"default": "0", "reuse": "1"}.get(mode, mode)
         run = subprocess.run(
-            [sys.executable, "-c", code, mode], env=env, capture_output=True, text=True
+            [sys.executable, "-c", code, mode, step], env=env, capture_output=True, text=True
         )
         assert run.returncode == 0, run.stderr
-        return [int(n) for n in run.stdout.split()]
+        capped, *counts = run.stdout.split()
+        assert capped == str(step == "large" and mode in ("unset", "auto"))
+        return [int(n) for n in counts]
 
-    faults = {mode: faults(mode) for mode in ("default", "reuse", "unset", "one-arena")}
+    runs = [("default", "large"), ("reuse", "large"), ("unset", "small"), ("auto", "large")]
+    faults = {mode: faults(mode, step) for mode, step in runs + [("one-arena", "small")]}
     assert min(faults["default"]) > 10_000  # 40-80 MB in 4 KB pages, every time
-    for mode in ("reuse", "unset"):
+    for mode in ("reuse", "unset"):  # a thread's heap each
         assert max(faults[mode][:2]) < 1_000
         assert faults[mode][2] > 10_000  # over a thread's heap size
-    assert max(faults["one-arena"]) < 1_000
+    for mode in ("auto", "one-arena"):  # one heap
+        assert max(faults[mode]) < 1_000
 
 
 @pytest.mark.parametrize(

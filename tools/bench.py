@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from llm_jax import chips, cli
+from llm_jax import chips, cli, xla_cpu
 from llm_jax import config as config_lib
 from llm_jax import flops as flops_lib
 from llm_jax import pack as pack_lib
@@ -153,6 +153,7 @@ def main(argv=None) -> None:
     if args.threads:  # before JAX starts its backend (llm_jax/xla_cpu.py: why affinity)
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
     config = build_config(args)
+    one_heap = xla_cpu.one_arena_for_step(config)  # as `llm-jax train` does
     setup = train_lib.make_train(config, sharding_lib.make_mesh(config.mesh))
     with setup.context():
         step, state, batch, compile_s = _compiled(
@@ -187,6 +188,12 @@ def main(argv=None) -> None:
         ("batch x seq_len", f"{args.batch} x {args.seq_len}"),
         ("CPUs the process may use", f"{len(os.sched_getaffinity(0))} of {os.cpu_count()}"),
         ("models per step (--pack)", f"{args.pack} ({args.pack_mode})"),
+        (
+            "CPU step temporaries",
+            f"~{xla_cpu.step_temporaries_bytes(config) / 2**20:,.0f} MB (estimate); "
+            f"{xla_cpu.REUSE_MEMORY_ENV}={xla_cpu.reuse_memory_mode()}"
+            + (": one heap for every thread" if one_heap else ""),
+        ),
         ("step time (median)", f"{step_s * 1e3:.2f} ms  (min {min(times) * 1e3:.2f})"),
         ("tokens/s", f"{tokens_per_s:,.0f}"),
         ("tokens/s per model", f"{tokens_per_s / args.pack:,.0f}"),

@@ -213,8 +213,7 @@ def fork_ready() -> bool:
     (forking a running XLA runtime is unsafe; the runner never starts one)."""
     if not sys.platform.startswith("linux") or os.environ.get(FORK_ENV, "1") == "0":
         return False
-    bridge = sys.modules.get("jax._src.xla_bridge")
-    return bridge is None or getattr(bridge, "_backends", None) == {}
+    return not xla_cpu.backend_started()
 
 
 _WORKER_ENDS: list = []  # the runner's ends of its live workers' pipes (a fork closes them)
@@ -231,8 +230,9 @@ class _Worker:
     a failed or stopped trial left behind reaches the next; one that dies (killed, or a
     crash below Python) is its trial's exit code, as for a process."""
 
-    def __init__(self):
+    def __init__(self, one_heap: bool = False):
         self.families: set[str] = set()  # the trials' parents or names: programs held here
+        self.one_heap = one_heap  # its first trial's choice, kept by its threads (xla_cpu.py)
         self.conn, child = multiprocessing.Pipe()
         for stream in (sys.stdout, sys.stderr):  # or the child would write them again
             stream.flush()
@@ -252,6 +252,10 @@ class _Worker:
         child.close()
         _WORKER_ENDS.append(self.conn)
         self.returncode: int | None = None  # the process's, once it has ended
+
+    def suits(self, one_heap: bool) -> bool:
+        """Whether a trial wanting `one_heap` may run here: alive, with the same heaps."""
+        return self.alive() and self.one_heap == one_heap
 
     def alive(self) -> bool:
         if self.returncode is None:
@@ -678,12 +682,14 @@ def run_local(
     stream=None,
     groups: list | None = None,
     fork: bool = False,
+    one_heap: dict[str, bool] | None = None,
 ) -> dict[str, str]:
     """Run `todo` [(trial, plan)] with `parallel` processes at a time; returns name -> final
     status. `groups` (`pack_groups`): trials that train together in one process. `fork`:
     run trials in `_Worker` forks of this process where `fork_ready` (only a process whose
     JAX config is a fresh one's, as `llm-jax sweep`'s is, may: a fork inherits it), one
-    worker per parallel slot."""
+    worker per parallel slot. `one_heap`: trial name -> `xla_cpu.wants_one_arena` of its
+    config; a worker runs only trials that want what its first one did."""
     pack_of = {t.name: i for i, group in enumerate(groups or []) for t, _ in group}
     fork = fork and fork_ready()
     if fork:  # imported once here, not once per trial
@@ -706,8 +712,11 @@ def run_local(
                 slot = env.get(xla_cpu.CPUS_ENV, "")
                 held = workers[slot].families if slot in workers else set()
                 group = _pop_group(queue, _pick(queue, ready, held, waited_on), pack_of)
-                if fork and (slot not in workers or not workers[slot].alive()):
-                    workers[slot] = _Worker()
+                heap = (one_heap or {}).get(group[0][0].name, False)
+                if fork and not (slot in workers and workers[slot].suits(heap)):
+                    if slot in workers:
+                        workers.pop(slot).close()
+                    workers[slot] = _Worker(heap)
                 worker = workers.get(slot)
                 started = _start(group, sweep_path, workdir, env, out, worker)
                 names = {r.trial.name for r in started}
@@ -920,7 +929,9 @@ def run_sweep(
     trials = _select(loaded.trials, only)
     if not trials:
         raise sweep_lib.SweepError(f"--only {only!r} matches no trial of {sweep_path}")
-    planned = [(t, sweep_lib.plan(sweep_lib.trial_config(loaded, t))) for t in trials]
+    configs = {t.name: sweep_lib.trial_config(loaded, t) for t in trials}
+    planned = [(t, sweep_lib.plan(configs[t.name])) for t in trials]
+    one_heap = {name: xla_cpu.wants_one_arena(c) for name, c in configs.items()}
     root = storage.path(workdir)
     status = {t.name: results_io.trial_status(root / t.name, p["steps"]) for t, p in planned}
     todo = [(t, p) for t, p in planned if status[t.name] != "done"]
@@ -941,7 +952,7 @@ def run_sweep(
         return 0
     with lease_lib.Lease(workdir, "sweep directory"):  # before anything is written
         return _run_owned(
-            sweep_path, workdir, planned, todo, parallel, launcher, n_boot, groups, fork
+            sweep_path, workdir, planned, todo, parallel, launcher, n_boot, groups, fork, one_heap
         )
 
 
@@ -955,6 +966,7 @@ def _run_owned(
     n_boot: int,
     groups: list | None = None,
     fork: bool = False,
+    one_heap: dict[str, bool] | None = None,
 ) -> int:
     """`run_sweep` once the sweep directory's lease is held."""
     root = storage.path(workdir)
@@ -1011,6 +1023,7 @@ def _run_owned(
             len(planned) - len(todo),
             groups=groups,
             fork=fork,
+            one_heap=one_heap,
         )
         if todo
         else {}
