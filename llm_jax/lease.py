@@ -9,13 +9,16 @@ heartbeat is older than `timeout_s`, on another) is taken over with a warning.
 
 The file operations go through a `Store` with three primitives a object store also has:
 create-if-absent, read with a generation, and replace-if-generation-matches. `LocalStore`
-implements them with `O_EXCL` and atomic renames on a POSIX filesystem; `storage.GCSStore`
+implements them with atomic links and renames (the file is never absent or partial) and
+a lock on the directory around each check-and-replace, on a POSIX filesystem; `storage.GCSStore`
 with GCS preconditions (`ifGenerationMatch=0` create, generation-checked write) on a gs://
 directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -65,27 +68,52 @@ class LocalStore:
     def replace(self, path: str, data: bytes, generation: Any) -> bool:
         """Replace `path` with `data` if it is still at `generation`; False otherwise.
 
-        Two processes replacing the same generation race on the rename of the old file
-        aside: only one rename finds it, so only one wins.
+        The new file is renamed over the old one, so a reader (or a process creating the
+        lease) never finds it absent; the check and the rename hold the directory's lock,
+        so of two processes replacing one generation only one wins.
         """
-        aside = f"{path}.{uuid.uuid4().hex}.old"
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
         try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            return False
-        if os.stat(aside).st_ino != generation:  # changed since read: put it back
-            if not self.create(path, open(aside, "rb").read()):
-                log.warning("lease %s changed twice while being replaced", path)
-            os.unlink(aside)
-            return False
-        os.unlink(aside)
-        return self.create(path, data)
+            with _directory_lock(path):
+                if _inode(path) != generation:
+                    return False
+                os.replace(tmp, path)
+                return True
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def delete(self, path: str, generation: Any) -> None:
         """Remove `path` if it is still at `generation`."""
-        current = self.read(path)
-        if current is not None and current[1] == generation:
-            os.unlink(path)
+        with _directory_lock(path):
+            if _inode(path) == generation:
+                os.unlink(path)
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def _directory_lock(path: str):
+    """An exclusive lock on the directory holding `path` (flock: released if the process
+    dies), among the processes that change leases there. Where the filesystem has no
+    flock there is none: two takeovers of one dead holder may then both go ahead, and the
+    loser finds out at its next heartbeat (`lost`)."""
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def store_for(directory: str) -> LocalStore | storage.GCSStore:

@@ -42,6 +42,22 @@ def test_a_live_lease_refuses_a_second_owner_and_names_it(tmp_path):
     assert not (tmp_path / lease_lib.LEASE_FILE).exists()  # released
 
 
+def test_a_heartbeat_never_leaves_the_lease_absent(tmp_path):
+    # Each heartbeat replaces the file: a reader, or a second process taking the lease,
+    # must find the holder's whole record at every moment (the replace once renamed the
+    # old file aside before linking the new one: a second owner could slip in between).
+    with lease_lib.Lease(str(tmp_path), heartbeat_s=0.0005) as held:
+        deadline, reads = time.time() + 0.5, 0
+        while time.time() < deadline:
+            assert lease_lib.read_holder(str(tmp_path))["pid"] == os.getpid()
+            with pytest.raises(lease_lib.LeaseHeld):
+                lease_lib.Lease(str(tmp_path)).acquire()
+            reads += 1
+        assert not held.lost and reads > 100
+    assert not (tmp_path / lease_lib.LEASE_FILE).exists()
+    assert not list(tmp_path.iterdir())  # no temporary file left behind
+
+
 def _write_holder(directory, **fields):
     holder = dict(host=socket.gethostname(), pid=os.getpid(), start=time.time(), token="x")
     holder["heartbeat"] = time.time()
