@@ -138,7 +138,7 @@ def step_temporaries_bytes(config) -> int:
     per layer and 2.5 per vocabulary entry, plus 2.5 bytes per parameter. Fit to XLA's
     `memory_analysis()` of unscanned float32 GPT-2 steps, 26-523 MB, within 5%."""
     m, seq = config.model, config.data.seq_len
-    tokens = config.train.batch_size // config.train.microbatches * seq
+    tokens = config.train.batch_size // max(1, config.train.microbatches) * seq
     per_layer = 6 * m.d_model + 3 * m.d_ff + 2 * m.n_heads * seq
     value_bytes = 2 if m.dtype == "bfloat16" else 4
     params = (m.n_layers * (4 * m.d_model + 2 * m.d_ff) + m.vocab_size) * m.d_model
