@@ -73,14 +73,16 @@ class LocalStore:
         so of two processes replacing one generation only one wins.
         """
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
         try:
+            with open(tmp, "wb") as f:
+                f.write(data)
             with _directory_lock(path):
                 if _inode(path) != generation:
                     return False
                 os.replace(tmp, path)
                 return True
+        except FileNotFoundError:  # the directory is gone, and the lease with it
+            return False
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -104,8 +106,12 @@ def _directory_lock(path: str):
     """An exclusive lock on the directory holding `path` (flock: released if the process
     dies), among the processes that change leases there. Where the filesystem has no
     flock there is none: two takeovers of one dead holder may then both go ahead, and the
-    loser finds out at its next heartbeat (`lost`)."""
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    loser finds out at its next heartbeat (`lost`). A directory that is gone needs none."""
+    try:
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    except FileNotFoundError:
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

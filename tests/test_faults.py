@@ -7,6 +7,7 @@ as an `llm-jax train` subprocess where the process boundary is the point).
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,6 +57,13 @@ def test_a_heartbeat_never_leaves_the_lease_absent(tmp_path):
         assert not held.lost and reads > 100
     assert not (tmp_path / lease_lib.LEASE_FILE).exists()
     assert not list(tmp_path.iterdir())  # no temporary file left behind
+    # A directory deleted under a live lease: the heartbeat and the release give up quietly.
+    gone = tmp_path / "gone"
+    held = lease_lib.Lease(str(gone)).acquire()
+    generation = held.store.read(held.path)[1]
+    shutil.rmtree(gone)
+    assert held.store.replace(held.path, b"{}", generation) is False
+    held.release()
 
 
 def _write_holder(directory, **fields):
